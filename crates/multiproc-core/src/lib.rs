@@ -1,0 +1,4 @@
+//! Processes and start methods for multiproc.
+#![deny(unsafe_code)]
+
+pub mod reduction;

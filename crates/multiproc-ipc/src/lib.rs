@@ -1,0 +1,2 @@
+//! Connection and pipe().
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! multiproc facade.
