@@ -1,1 +1,313 @@
-fn main() {}
+//! `multiproc-benches`: multiproc's figures next to the machine's raw limits, in one run.
+//!
+//! Prints `name<TAB>median<TAB>unit` lines (the reference harness's output contract) with the
+//! figure names of CPython's `mp_bench.py` for multiproc and of `bench/limits/*.c` for the raw
+//! limits; `#spread` and `#meta` lines go to stderr. Figures that are compared with each other
+//! are measured alternately in the same rounds (see [`report::run_rotated`]).
+//! `cargo xtask bench` runs this binary and the Python twin and writes `docs/benchmarks.md`.
+//!
+//! ```text
+//! multiproc-benches [--only GROUP|FAMILY[,...]] [--reps N] [--quick] [--limits-out FILE] [--list]
+//! ```
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "printing figures is what a benchmark binary is for"
+)]
+
+mod limits;
+mod mp;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use report::{Bench, Out, Res, meta, run_rotated};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * 1024;
+/// The resident heap of the parent for the `.rss256MiB` figures.
+const BALLAST: usize = 256 * MIB;
+
+/// Operation groups, in run order.
+const GROUPS: &[(&str, &str)] = &[
+    (
+        "proc",
+        "start+join of a no-op child per start method; raw fork+_exit+waitpid, posix_spawn /bin/true",
+    ),
+    (
+        "proc.rss256MiB",
+        "the same from a parent holding 256 MiB of touched heap",
+    ),
+    (
+        "pipe.roundtrip",
+        "64 B round trip with a child (duplex and simplex); raw pipe and socketpair ping-pong",
+    ),
+    (
+        "pipe.throughput",
+        "child sends 1 KiB / 64 KiB / 16 MiB messages; raw pipe and socketpair streams",
+    ),
+];
+
+/// Figure families; `--only` accepts these next to group names.
+const FAMILIES: &[(&str, &str)] = &[
+    ("mp", "multiproc's figures (names of mp_bench.py)"),
+    ("limits", "raw limits over libc/rustix (names of bench/limits)"),
+];
+
+#[derive(Debug)]
+struct Args {
+    groups: Vec<String>,
+    mp: bool,
+    limits: bool,
+    reps: Option<usize>,
+    quick: bool,
+    limits_out: Option<PathBuf>,
+}
+
+fn usage() -> String {
+    let mut s = String::from(
+        "usage: multiproc-benches [--only GROUP|FAMILY[,...]] [--reps N] [--quick] [--limits-out FILE] [--list]\n\
+         \n\
+         --only       groups and/or families to run (default: all); a group prefix selects its subgroups;\n\
+         \x20            groups and families combine: `--only proc,limits` runs the raw limits of `proc`\n\
+         --reps N     rounds (repetitions) of every figure; default 11 proc, 5 proc.rss256MiB,\n\
+         \x20            9 pipe.roundtrip, 5 pipe.throughput (3 with --quick)\n\
+         --quick      tiny iteration counts (a smoke test, not a measurement)\n\
+         --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
+         \x20            otherwise they go to stdout as `limit:<name>`\n\
+         \ngroups:\n",
+    );
+    for (g, what) in GROUPS {
+        s += &format!("  {g:<16} {what}\n");
+    }
+    s += "families:\n";
+    for (f, what) in FAMILIES {
+        s += &format!("  {f:<16} {what}\n");
+    }
+    s
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut a = Args {
+        groups: Vec::new(),
+        mp: true,
+        limits: true,
+        reps: None,
+        quick: false,
+        limits_out: None,
+    };
+    let mut families = Vec::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "--only" => {
+                for tok in value("--only")?.split(',').filter(|t| !t.is_empty()) {
+                    if FAMILIES.iter().any(|(f, _)| *f == tok) {
+                        families.push(tok.to_string());
+                    } else if GROUPS
+                        .iter()
+                        .any(|(g, _)| *g == tok || g.starts_with(&format!("{tok}.")))
+                    {
+                        a.groups.push(tok.to_string());
+                    } else {
+                        return Err(format!("unknown group or family {tok:?}\n\n{}", usage()));
+                    }
+                }
+            }
+            "--reps" => {
+                let v = value("--reps")?;
+                let n: usize = v.parse().map_err(|_| format!("bad --reps {v:?}"))?;
+                a.reps = Some(n.max(1));
+            }
+            "--quick" => a.quick = true,
+            "--limits-out" => a.limits_out = Some(PathBuf::from(value("--limits-out")?)),
+            "--list" => {
+                for (g, _) in GROUPS {
+                    println!("{g}");
+                }
+                return Ok(None);
+            }
+            "-h" | "--help" => {
+                print!("{}", usage());
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{}", usage())),
+        }
+    }
+    if !families.is_empty() {
+        a.mp = families.iter().any(|f| f == "mp");
+        a.limits = families.iter().any(|f| f == "limits");
+    }
+    Ok(Some(a))
+}
+
+impl Args {
+    fn selected(&self, group: &str) -> bool {
+        self.groups.is_empty()
+            || self
+                .groups
+                .iter()
+                .any(|o| group == o || group.starts_with(&format!("{o}.")))
+    }
+
+    fn rounds(&self, default: usize) -> usize {
+        self.reps
+            .unwrap_or(if self.quick { 3 } else { default })
+            .max(1)
+    }
+
+    /// An iteration count: `full`, or `quick` with `--quick`.
+    fn n(&self, full: usize, quick: usize) -> usize {
+        if self.quick { quick } else { full }
+    }
+}
+
+fn main() {
+    // Children started with the spawn method re-execute this binary; they are dispatched
+    // here (or by the pre-main hook) and never reach the benchmarks.
+    // STUB multiproc_core::init();
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("multiproc-benches: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&args) {
+        eprintln!("multiproc-benches: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(a: &Args) -> Res<()> {
+    let mut out = match &a.limits_out {
+        Some(p) => Out::with_limits_file(p)?,
+        None => Out::default(),
+    };
+    meta("suite", "multiproc-benches");
+    meta("cpus", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    meta("quick", a.quick);
+    if let Some(r) = a.reps {
+        meta("reps", r);
+    }
+    meta(
+        "families",
+        match (a.mp, a.limits) {
+            (true, true) => "mp,limits",
+            (true, false) => "mp",
+            (false, true) => "limits",
+            (false, false) => "none",
+        },
+    );
+    let t_all = Instant::now();
+    if a.mp {
+        // One start+join per method before anything is measured: starts the fork server
+        // (before the 256 MiB ballast exists, as CPython's does in mp_bench.py).
+        mp::warm_up()?;
+    }
+    for (group, _) in GROUPS {
+        if !a.selected(group) {
+            continue;
+        }
+        let t0 = Instant::now();
+        match *group {
+            "proc" => proc_group(&mut out, a, "")?,
+            "proc.rss256MiB" => {
+                let ballast = limits::Ballast::new(BALLAST);
+                meta("rss_kib_with_ballast", limits::rss_kib());
+                proc_group(&mut out, a, ".rss256MiB")?;
+                drop(ballast);
+            }
+            "pipe.roundtrip" => roundtrip_group(&mut out, a)?,
+            "pipe.throughput" => throughput_group(&mut out, a)?,
+            _ => unreachable!("group {group} has no runner"),
+        }
+        eprintln!(
+            "#meta\tgroup_seconds\t{group}\t{:.1}",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    meta(
+        "total_seconds",
+        format!("{:.1}", t_all.elapsed().as_secs_f64()),
+    );
+    Ok(())
+}
+
+/// Start+join per start method, alternating with the raw fork and posix_spawn limits.
+fn proc_group(out: &mut Out, a: &Args, suffix: &'static str) -> Res<()> {
+    let big = !suffix.is_empty();
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        let nf = if big { a.n(20, 2) } else { a.n(300, 10) };
+        let ns = a.n(if big { 50 } else { 100 }, 5);
+        benches.push(Box::new(limits::ForkExitWait { n: nf, suffix }));
+        benches.push(Box::new(limits::PosixSpawnTrue { n: ns, suffix }));
+    }
+    if a.mp {
+        let nf = if big { a.n(20, 2) } else { a.n(200, 10) };
+        benches.push(mp::start_join(mp::Method::Fork, nf, suffix));
+        benches.push(mp::start_join(mp::Method::Forkserver, a.n(200, 10), suffix));
+        benches.push(mp::start_join(mp::Method::Spawn, a.n(100, 5), suffix));
+    }
+    run_rotated(out, &mut benches, a.rounds(if big { 5 } else { 11 }))
+}
+
+/// 64 B round trips: multiproc duplex and simplex pipes, raw pipe and socketpair ping-pong.
+fn roundtrip_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        let it = a.n(5000, 200);
+        benches.push(Box::new(limits::PingPong::new(limits::Chan::Pipe, 64, it)));
+        benches.push(Box::new(limits::PingPong::new(
+            limits::Chan::Socketpair,
+            64,
+            it,
+        )));
+    }
+    if a.mp {
+        let it = a.n(3000, 200);
+        benches.push(mp::roundtrip(true, 64, it));
+        benches.push(mp::roundtrip(false, 64, it));
+    }
+    run_rotated(out, &mut benches, a.rounds(9))
+}
+
+/// Streams of 1 KiB, 64 KiB and 16 MiB messages from a child to the parent.
+fn throughput_group(out: &mut Out, a: &Args) -> Res<()> {
+    // (size, label, raw bytes per repetition as in stream.c, multiproc messages as in mp_bench.py)
+    let sizes: [(usize, &'static str, usize, usize); 3] = [
+        (KIB, "1KiB", 64 * MIB, 20000),
+        (64 * KIB, "64KiB", 256 * MIB, 2000),
+        (16 * MIB, "16MiB", 256 * MIB, 16),
+    ];
+    for (size, label, raw_total, count) in sizes {
+        let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+        if a.limits {
+            let total = if a.quick { raw_total / 16 } else { raw_total };
+            for chan in [limits::Chan::Pipe, limits::Chan::Socketpair] {
+                benches.push(Box::new(limits::Throughput::new(chan, size, total, label)));
+            }
+        }
+        if a.mp {
+            let count = if a.quick { (count / 16).max(1) } else { count };
+            benches.push(mp::throughput(true, size, count, label));
+            benches.push(mp::throughput(false, size, count, label));
+        }
+        run_rotated(out, &mut benches, a.rounds(5))?;
+    }
+    Ok(())
+}

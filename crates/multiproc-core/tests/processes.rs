@@ -1,1 +1,722 @@
-fn main() {}
+//! Process behaviour across real process boundaries, every test under every start method.
+//!
+//! A `harness = false` binary: libtest-mimic with one test thread runs every trial on the main
+//! thread, so the process is single-threaded and the fork method is allowed.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use multiproc_core::{Error, Process, StartMethod, get_context, reduction};
+use serde::{Deserialize, Serialize};
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::Forkserver,
+];
+const LONG: Duration = Duration::from_secs(60);
+
+type TestFn = fn(StartMethod) -> Result<(), Failed>;
+
+fn main() {
+    multiproc_core::init();
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests: &[(&str, TestFn)] = &[
+        ("exit_code_return_is_0", exit_code_return_is_0),
+        ("exit_code_exit_3", exit_code_exit_3),
+        (
+            "exit_code_panic_is_1_with_message",
+            exit_code_panic_is_1_with_message,
+        ),
+        ("exit_code_kill_is_minus_9", exit_code_kill_is_minus_9),
+        (
+            "exit_code_terminate_is_minus_15",
+            exit_code_terminate_is_minus_15,
+        ),
+        (
+            "join_timeout_returns_while_alive",
+            join_timeout_returns_while_alive,
+        ),
+        (
+            "child_sees_identity_and_parent",
+            child_sees_identity_and_parent,
+        ),
+        ("handle_fd_travels_both_ways", handle_fd_travels_both_ways),
+        ("struct_with_run_method", struct_with_run_method),
+        (
+            "start_twice_and_join_before_start_are_errors",
+            start_twice_and_join_before_start_are_errors,
+        ),
+        ("daemon_cannot_start_children", daemon_cannot_start_children),
+        ("grandchild_names_and_reaping", grandchild_names_and_reaping),
+        (
+            "daemon_children_gone_after_parent_exits",
+            daemon_children_gone_after_parent_exits,
+        ),
+        (
+            "daemon_children_die_with_killed_parent",
+            daemon_children_die_with_killed_parent,
+        ),
+        ("no_zombie_after_join", no_zombie_after_join),
+        (
+            "active_children_reaps_finished",
+            active_children_reaps_finished,
+        ),
+        ("sentinel_becomes_readable", sentinel_becomes_readable),
+        ("close_rules", close_rules),
+        ("no_fd_leak_after_1000_cycles", no_fd_leak_after_1000_cycles),
+        ("many_concurrent_children", many_concurrent_children),
+    ];
+    let mut trials = Vec::new();
+    for &(name, test) in tests {
+        for method in METHODS {
+            trials.push(Trial::test(format!("{name}::{method}"), move || {
+                test(method)
+            }));
+        }
+    }
+    trials.push(Trial::test("start_method_settings", start_method_settings));
+    trials.push(Trial::test(
+        "fork_refused_with_threads",
+        fork_refused_with_threads,
+    ));
+    trials.push(Trial::test(
+        "current_process_in_main",
+        current_process_in_main,
+    ));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*).into());
+        }
+    };
+}
+
+/// A one-way pipe whose ends can be process arguments (the fds travel in the fd table).
+#[derive(Serialize, Deserialize)]
+struct End(#[serde(with = "reduction::fd")] OwnedFd);
+
+impl End {
+    fn pair() -> (End, End) {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        (End(r), End(w))
+    }
+
+    fn send(&self, msg: &str) {
+        let mut f = std::fs::File::from(self.0.try_clone().unwrap());
+        f.write_all(format!("{msg}\n").as_bytes()).unwrap();
+    }
+
+    /// Reads until EOF or `lines` lines, with a deadline.
+    fn lines(self, lines: usize) -> Result<Vec<String>, Failed> {
+        let deadline = Instant::now() + LONG;
+        let mut f = std::fs::File::from(self.0);
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while buf.iter().filter(|&&b| b == b'\n').count() < lines {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ts = rustix::event::Timespec::try_from(left).unwrap();
+            let mut fds = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
+            if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(1) == 0 {
+                return Err("timed out reading from a child".into());
+            }
+            match f.read(&mut chunk)? {
+                0 => break,
+                n => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(String::from_utf8(buf)?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+fn join(p: &Process) -> Result<i32, Failed> {
+    match p.join_timeout(LONG)? {
+        Some(code) => Ok(code),
+        None => {
+            p.kill()?;
+            Err(format!("{} did not exit within {LONG:?}", p.name()).into())
+        }
+    }
+}
+
+fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
+where
+    A: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+{
+    let mut p = get_context(m).process(f, a);
+    p.start()?;
+    Ok(p)
+}
+
+fn sleep_forever(_: ()) {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn exit_code_return_is_0(m: StartMethod) -> Result<(), Failed> {
+    let p = start(m, |x: u32| assert_eq!(x, 5), 5)?;
+    check!(join(&p)? == 0, "exit code {:?}", p.exitcode());
+    check!(p.exitcode() == Some(0), "exitcode() {:?}", p.exitcode());
+    check!(!p.is_alive(), "alive after join");
+    Ok(())
+}
+
+fn exit_code_exit_3(m: StartMethod) -> Result<(), Failed> {
+    let p = start(m, |code: i32| std::process::exit(code), 3)?;
+    check!(join(&p)? == 3, "exit code {:?}", p.exitcode());
+    Ok(())
+}
+
+fn panic_with_stderr(w: End) {
+    rustix::stdio::dup2_stderr(&w.0).unwrap();
+    drop(w);
+    panic!("boom from the child");
+}
+
+fn exit_code_panic_is_1_with_message(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, panic_with_stderr, w)?;
+    let code = join(&p)?;
+    let text = r.lines(usize::MAX)?.join("\n");
+    check!(code == 1, "exit code {code}");
+    check!(
+        text.contains(&format!("Process {}:", p.name())),
+        "no process name in stderr: {text:?}"
+    );
+    check!(
+        text.contains("boom from the child"),
+        "no panic message in stderr: {text:?}"
+    );
+    check!(
+        text.contains("processes.rs"),
+        "no panic location in stderr: {text:?}"
+    );
+    Ok(())
+}
+
+fn started_then_ready(m: StartMethod) -> Result<Process, Failed> {
+    fn announce_then_sleep(w: End) {
+        w.send("ready");
+        drop(w);
+        sleep_forever(());
+    }
+    let (r, w) = End::pair();
+    let p = start(m, announce_then_sleep, w)?;
+    check!(r.lines(1)? == ["ready"], "child did not announce itself");
+    Ok(p)
+}
+
+fn exit_code_kill_is_minus_9(m: StartMethod) -> Result<(), Failed> {
+    let p = started_then_ready(m)?;
+    check!(p.is_alive(), "not alive before kill");
+    p.kill()?;
+    check!(join(&p)? == -9, "exit code {:?}", p.exitcode());
+    p.kill()?; // a no-op once reaped
+    Ok(())
+}
+
+fn exit_code_terminate_is_minus_15(m: StartMethod) -> Result<(), Failed> {
+    let p = started_then_ready(m)?;
+    p.terminate()?;
+    check!(join(&p)? == -15, "exit code {:?}", p.exitcode());
+    Ok(())
+}
+
+fn join_timeout_returns_while_alive(m: StartMethod) -> Result<(), Failed> {
+    let p = started_then_ready(m)?;
+    let t = Instant::now();
+    let r = p.join_timeout(Duration::from_millis(200))?;
+    let took = t.elapsed();
+    check!(
+        r.is_none(),
+        "join_timeout returned {r:?} for a sleeping child"
+    );
+    check!(
+        took >= Duration::from_millis(200),
+        "returned early after {took:?}"
+    );
+    check!(
+        took < Duration::from_secs(20),
+        "returned late after {took:?}"
+    );
+    check!(
+        p.is_alive() && p.exitcode().is_none(),
+        "child not alive after the timeout"
+    );
+    check!(
+        p.join_timeout(Duration::ZERO)?.is_none(),
+        "join_timeout(0) waited or reported exit"
+    );
+    p.kill()?;
+    join(&p)?;
+    Ok(())
+}
+
+fn report_identity(w: End) {
+    let me = multiproc_core::current_process();
+    let parent = multiproc_core::parent_process().expect("a child has a parent");
+    w.send(&me.name);
+    w.send(&me.pid.to_string());
+    w.send(&parent.pid().to_string());
+    w.send(parent.name());
+    w.send(&format!("{:?}", me.authkey));
+    w.send(&format!("{:?}", me.start_method));
+    w.send(&parent.is_alive().to_string());
+    w.send(&std::process::id().to_string());
+}
+
+fn child_sees_identity_and_parent(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, report_identity, w)?;
+    let lines = r.lines(8)?;
+    join(&p)?;
+    let me = multiproc_core::current_process();
+    check!(lines.len() == 8, "got {lines:?}");
+    check!(
+        lines[0] == p.name(),
+        "child name {} vs {}",
+        lines[0],
+        p.name()
+    );
+    check!(
+        lines[1] == p.pid().unwrap().to_string(),
+        "child pid {} vs {:?}",
+        lines[1],
+        p.pid()
+    );
+    check!(
+        lines[2] == std::process::id().to_string(),
+        "parent pid seen {} vs {}",
+        lines[2],
+        std::process::id()
+    );
+    check!(lines[3] == "MainProcess", "parent name {}", lines[3]);
+    check!(
+        lines[4] == format!("{:?}", me.authkey),
+        "authkey not inherited"
+    );
+    check!(
+        lines[5] == format!("{:?}", Some(m)),
+        "start method {}",
+        lines[5]
+    );
+    check!(lines[6] == "true", "parent not alive from the child");
+    check!(lines[7] == lines[1], "os pid {} vs {}", lines[7], lines[1]);
+    Ok(())
+}
+
+/// Two pipes, one each way: the child echoes one line upper-cased.
+fn echo_upper((r, w): (End, End)) {
+    let line = r.lines(1).unwrap().remove(0);
+    w.send(&line.to_uppercase());
+}
+
+fn handle_fd_travels_both_ways(m: StartMethod) -> Result<(), Failed> {
+    let (to_child_r, to_child_w) = End::pair();
+    let (from_child_r, from_child_w) = End::pair();
+    let p = start(m, echo_upper, (to_child_r, from_child_w))?;
+    to_child_w.send("hello child");
+    drop(to_child_w);
+    check!(from_child_r.lines(1)? == ["HELLO CHILD"], "echo mismatch");
+    check!(join(&p)? == 0, "echo child failed");
+    Ok(())
+}
+
+#[derive(Serialize, Deserialize)]
+struct Job {
+    label: String,
+    out: End,
+}
+
+impl Job {
+    fn run(self) {
+        self.out.send(&format!("test process {}", self.label));
+    }
+}
+
+fn struct_with_run_method(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let mut ps = Vec::new();
+    for i in 0..10 {
+        let out = End(w.0.try_clone()?);
+        ps.push(start(
+            m,
+            Job::run,
+            Job {
+                label: i.to_string(),
+                out,
+            },
+        )?);
+    }
+    drop(w);
+    let mut lines = r.lines(10)?;
+    for p in &ps {
+        check!(join(p)? == 0, "{} failed", p.name());
+    }
+    lines.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("test process {i}")).collect();
+    want.sort();
+    check!(lines == want, "got {lines:?}");
+    Ok(())
+}
+
+fn start_twice_and_join_before_start_are_errors(m: StartMethod) -> Result<(), Failed> {
+    let mut p = get_context(m).process(|_: ()| {}, ());
+    check!(
+        matches!(p.join(), Err(Error::NotStarted)),
+        "join before start"
+    );
+    check!(
+        matches!(p.terminate(), Err(Error::NotStarted)),
+        "terminate before start"
+    );
+    check!(p.sentinel().is_err(), "sentinel before start");
+    check!(
+        !p.is_alive() && p.exitcode().is_none() && p.pid().is_none(),
+        "state before start"
+    );
+    p.start()?;
+    check!(
+        matches!(p.start(), Err(Error::AlreadyStarted)),
+        "second start"
+    );
+    check!(
+        matches!(p.set_daemon(true), Err(Error::AlreadyStartedSetting)),
+        "daemon after start"
+    );
+    join(&p)?;
+    Ok(())
+}
+
+fn try_start_child(w: End) {
+    let mut p = Process::new(|_: ()| {}, ());
+    match p.start() {
+        Err(Error::DaemonCannotHaveChildren) => w.send("refused"),
+        other => w.send(&format!("unexpected: {other:?}")),
+    }
+}
+
+fn daemon_cannot_start_children(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let mut p = get_context(m).process(try_start_child, w);
+    p.set_daemon(true)?;
+    check!(p.daemon(), "daemon flag");
+    p.start()?;
+    let lines = r.lines(1)?;
+    check!(lines == ["refused"], "daemon child said {lines:?}");
+    check!(join(&p)? == 0, "daemon child failed");
+    Ok(())
+}
+
+/// Starts a grandchild with the same method, reports both names, checks reaping.
+fn spawn_grandchild((m, w): (StartMethod, End)) {
+    let mut p = get_context(m).process(|_: ()| {}, ());
+    w.send(&multiproc_core::current_process().name);
+    w.send(p.name());
+    p.start().unwrap();
+    p.join().unwrap();
+    w.send(&multiproc_core::active_children().len().to_string());
+}
+
+fn grandchild_names_and_reaping(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, spawn_grandchild, (m, w))?;
+    let lines = r.lines(3)?;
+    check!(join(&p)? == 0, "child failed");
+    let id = p.name().rsplit('-').next().unwrap().to_string();
+    check!(lines[0] == p.name(), "child name {:?}", lines[0]);
+    check!(
+        lines[1] == format!("{}-{id}:1", m_class(m)),
+        "grandchild name {:?} (child {})",
+        lines[1],
+        p.name()
+    );
+    check!(lines[2] == "0", "active children after join: {}", lines[2]);
+    Ok(())
+}
+
+fn m_class(m: StartMethod) -> &'static str {
+    match m {
+        StartMethod::Fork => "ForkProcess",
+        StartMethod::Spawn => "SpawnProcess",
+        StartMethod::Forkserver => "ForkServerProcess",
+    }
+}
+
+/// Starts a daemon that sleeps forever, reports its pid, then returns or waits to be killed.
+fn parent_of_daemon((m, w, wait_for_kill): (StartMethod, End, bool)) {
+    let mut d = get_context(m).process(sleep_forever, ());
+    d.set_daemon(true).unwrap();
+    d.start().unwrap();
+    w.send(&d.pid().unwrap().to_string());
+    drop(w);
+    if wait_for_kill {
+        sleep_forever(());
+    }
+}
+
+fn wait_gone(pid: u32) -> Result<(), Failed> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return Ok(()); // already gone
+    };
+    let ts = rustix::event::Timespec::try_from(LONG).unwrap();
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    check!(
+        rustix::event::poll(&mut fds, Some(&ts))? == 1,
+        "daemon {pid:?} still alive after its parent ended"
+    );
+    Ok(())
+}
+
+fn daemon_pid_from(m: StartMethod, wait_for_kill: bool) -> Result<(Process, u32, OwnedFd), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, parent_of_daemon, (m, w, wait_for_kill))?;
+    let lines = r.lines(1)?;
+    let pid: u32 = lines.first().ok_or("no daemon pid")?.parse()?;
+    // Open the daemon's pidfd while it surely runs, so a reused pid cannot fool the check.
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )?;
+    Ok((p, pid, pidfd))
+}
+
+fn wait_pidfd(pidfd: &OwnedFd, what: &str) -> Result<(), Failed> {
+    let ts = rustix::event::Timespec::try_from(LONG).unwrap();
+    let mut fds = [rustix::event::PollFd::new(
+        pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    check!(rustix::event::poll(&mut fds, Some(&ts))? == 1, "{what}");
+    Ok(())
+}
+
+fn daemon_children_gone_after_parent_exits(m: StartMethod) -> Result<(), Failed> {
+    let (p, pid, pidfd) = daemon_pid_from(m, false)?;
+    check!(join(&p)? == 0, "parent of the daemon failed");
+    wait_pidfd(&pidfd, "daemon still alive after its parent returned")?;
+    wait_gone(pid)
+}
+
+fn daemon_children_die_with_killed_parent(m: StartMethod) -> Result<(), Failed> {
+    let (p, _pid, pidfd) = daemon_pid_from(m, true)?;
+    p.kill()?;
+    check!(join(&p)? == -9, "parent not killed");
+    wait_pidfd(&pidfd, "daemon still alive after its parent was killed")
+}
+
+fn is_zombie_or_present(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // A reused pid would not be our child; only a zombie of this pid matters.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or("");
+            state == "Z"
+        }
+        Err(_) => false,
+    }
+}
+
+fn no_zombie_after_join(m: StartMethod) -> Result<(), Failed> {
+    let p = start(m, |_: ()| {}, ())?;
+    join(&p)?;
+    let pid = p.pid().unwrap();
+    check!(
+        !is_zombie_or_present(pid),
+        "pid {pid} is a zombie after join"
+    );
+    Ok(())
+}
+
+fn active_children_reaps_finished(m: StartMethod) -> Result<(), Failed> {
+    let sleeper = started_then_ready(m)?;
+    let quick = start(m, |_: ()| {}, ())?;
+    let pid = quick.pid().unwrap();
+    // Wait for the quick one to end without reaping it through the Process.
+    let deadline = Instant::now() + LONG;
+    loop {
+        let active: Vec<u32> = multiproc_core::active_children()
+            .iter()
+            .map(|h| h.pid())
+            .collect();
+        check!(
+            active.contains(&sleeper.pid().unwrap()),
+            "sleeper missing from {active:?}"
+        );
+        if !active.contains(&pid) {
+            break;
+        }
+        check!(Instant::now() < deadline, "quick child still active");
+        std::thread::yield_now();
+    }
+    check!(
+        quick.exitcode() == Some(0),
+        "quick exitcode {:?}",
+        quick.exitcode()
+    );
+    check!(!is_zombie_or_present(pid), "quick child is a zombie");
+    sleeper.kill()?;
+    join(&sleeper)?;
+    check!(
+        !multiproc_core::active_children()
+            .iter()
+            .any(|h| h.pid() == sleeper.pid().unwrap()),
+        "sleeper still listed"
+    );
+    Ok(())
+}
+
+fn sentinel_becomes_readable(m: StartMethod) -> Result<(), Failed> {
+    let p = started_then_ready(m)?;
+    let ready = |t: Duration| {
+        let ts = rustix::event::Timespec::try_from(t).unwrap();
+        let sentinel = p.sentinel().unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &sentinel,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, Some(&ts)).unwrap() == 1
+    };
+    check!(!ready(Duration::ZERO), "sentinel ready while running");
+    p.kill()?;
+    check!(ready(LONG), "sentinel not ready after kill");
+    check!(join(&p)? == -9, "exit code");
+    Ok(())
+}
+
+fn close_rules(m: StartMethod) -> Result<(), Failed> {
+    let mut p = started_then_ready(m)?;
+    check!(
+        matches!(p.close(), Err(Error::StillRunning)),
+        "close while running"
+    );
+    p.kill()?;
+    join(&p)?;
+    p.close()?;
+    p.close()?;
+    check!(matches!(p.join(), Err(Error::Closed)), "join after close");
+    check!(matches!(p.start(), Err(Error::Closed)), "start after close");
+    check!(format!("{p:?}").contains("closed"), "repr {p:?}");
+    Ok(())
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn no_fd_leak_after_1000_cycles(m: StartMethod) -> Result<(), Failed> {
+    // Warm up (the forkserver keeps one socket and one pidfd).
+    join(&start(m, |_: ()| {}, ())?)?;
+    let before = open_fds();
+    for i in 0..1000u32 {
+        let p = start(m, |i: u32| assert!(i < 1000), i)?;
+        check!(join(&p)? == 0, "cycle {i} failed");
+    }
+    let after = open_fds();
+    check!(
+        after == before,
+        "{before} fds before, {after} after 1000 cycles"
+    );
+    Ok(())
+}
+
+fn many_concurrent_children(m: StartMethod) -> Result<(), Failed> {
+    let ps: Vec<Process> = (0..50u64)
+        .map(|i| start(m, |i: u64| std::process::exit((i % 7) as i32), i))
+        .collect::<Result<_, _>>()?;
+    for (i, p) in ps.iter().enumerate() {
+        check!(
+            join(p)? == (i % 7) as i32,
+            "child {i} exit code {:?}",
+            p.exitcode()
+        );
+    }
+    Ok(())
+}
+
+fn start_method_settings() -> Result<(), Failed> {
+    use multiproc_core::*;
+    check!(
+        get_all_start_methods()[0] == StartMethod::Forkserver,
+        "default first"
+    );
+    check!(get_all_start_methods().len() == 3, "three methods");
+    check!("bogus".parse::<StartMethod>().is_err(), "bogus parsed");
+    check!(
+        "spawn".parse::<StartMethod>()? == StartMethod::Spawn,
+        "spawn parse"
+    );
+    force_start_method(None);
+    check!(start_method_if_set().is_none(), "unset");
+    set_start_method(StartMethod::Spawn)?;
+    check!(
+        matches!(
+            set_start_method(StartMethod::Fork),
+            Err(Error::StartMethodAlreadySet)
+        ),
+        "second set"
+    );
+    check!(get_start_method() == StartMethod::Spawn, "get");
+    let mut p = Process::new(|_: ()| {}, ());
+    check!(p.name().starts_with("Process-"), "name {}", p.name());
+    p.start()?;
+    join(&p)?;
+    force_start_method(None);
+    check!(
+        get_start_method() == DEFAULT_START_METHOD,
+        "default fixed by get"
+    );
+    check!(cpu_count() >= 1, "cpu_count");
+    Ok(())
+}
+
+fn fork_refused_with_threads() -> Result<(), Failed> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || rx.recv());
+    let mut p = get_context(StartMethod::Fork).process(|_: ()| {}, ());
+    let r = p.start();
+    drop(tx);
+    let _ = t.join();
+    check!(
+        matches!(r, Err(Error::ForkWithThreads { threads }) if threads >= 2),
+        "got {r:?}"
+    );
+    // Spawn and forkserver are fine with threads around.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || rx.recv());
+    let r = start(StartMethod::Spawn, |_: ()| {}, ()).and_then(|p| join(&p));
+    drop(tx);
+    let _ = t.join();
+    check!(r? == 0, "spawn with a thread");
+    Ok(())
+}
+
+fn current_process_in_main() -> Result<(), Failed> {
+    let me = multiproc_core::current_process();
+    check!(me.name == "MainProcess", "name {}", me.name);
+    check!(me.pid == std::process::id(), "pid");
+    check!(!me.daemon && me.identity.is_empty(), "daemon/identity");
+    check!(
+        multiproc_core::parent_process().is_none(),
+        "main has no parent"
+    );
+    let _ = AsFd::as_fd(&std::io::stdin());
+    Ok(())
+}

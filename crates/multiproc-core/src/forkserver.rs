@@ -1,0 +1,265 @@
+//! The forkserver start method: a small single-threaded server, spawned on first use, forks
+//! children on request and reports their exit codes.
+//!
+//! Protocol, over the server's bootstrap socket (the only way to reach it: it listens on
+//! nothing, so no other local user can ask it to run code):
+//! - request: a [`Boot`](crate::child::Boot) record of kind `Run`, with fds `[status, arg fds…]`
+//!   where `status` is one end of a fresh socketpair whose other end the client keeps;
+//! - on `status` the server answers `[pid: i32 LE][errno: i32 LE]` with the child's pidfd
+//!   attached (pid 0 and an errno if fork failed), and later `[exit code: i32 LE]`.
+//!
+//! The server exits when the control socket reaches EOF (the client process ended); daemon
+//! children die with it (their parent-death signal).
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use parking_lot::Mutex;
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+
+use crate::child::{self, Boot, BootKind, MAX_BOOT_RECORD};
+use crate::error::{Error, Result};
+use crate::process::{Child, Target, Waiter};
+use crate::state::ChildInfo;
+use crate::{exe, fdpass, spawn, sys};
+
+struct Server {
+    control: OwnedFd,
+    pid: Pid,
+    pidfd: OwnedFd,
+    /// The process that started the server; a fork child inheriting this must not use it.
+    owner: Pid,
+}
+
+static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+fn launch() -> Result<Server> {
+    spawn::check_reexecutable()?;
+    let boot = Boot {
+        exe: exe::parent_exe_id().map_err(Error::NotReexecutable)?,
+        kind: BootKind::Forkserver,
+    };
+    let record = postcard::to_allocvec(&boot).map_err(|e| Error::Forkserver(e.to_string()))?;
+    let (pid, control) = spawn::spawn_raw(&record, &[])?;
+    let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+        .map_err(Error::errno("pidfd_open"))?;
+    Ok(Server {
+        control,
+        pid,
+        pidfd,
+        owner: rustix::process::getpid(),
+    })
+}
+
+/// Stops and reaps a server that stopped answering.
+fn retire(server: Server) {
+    drop(server.control);
+    let _ = rustix::process::pidfd_send_signal(&server.pidfd, Signal::KILL);
+    let _ = rustix::process::waitid(WaitId::PidFd(server.pidfd.as_fd()), WaitIdOptions::EXITED);
+    let _ = server.pid;
+}
+
+/// In a fork child: close the inherited connection to the parent's server (so the server still
+/// sees EOF when the parent ends) without touching the server itself.
+pub(crate) fn forget_inherited() {
+    if let Some(mut guard) = SERVER.try_lock() {
+        *guard = None;
+    }
+}
+
+/// The pid of the running forkserver, if this process started one.
+pub fn forkserver_pid() -> Option<u32> {
+    SERVER
+        .lock()
+        .as_ref()
+        .filter(|s| s.owner == rustix::process::getpid())
+        .map(|s| s.pid.as_raw_nonzero().get() as u32)
+}
+
+/// Starts `target` as a child of the forkserver.
+pub(crate) fn start(info: ChildInfo, target: &dyn Target) -> Result<Child> {
+    let (record, fds) = spawn::job(info.clone(), target)?;
+    let (mine, theirs) = fdpass::socketpair().map_err(Error::os("socketpair"))?;
+    let mut passed = vec![theirs.as_fd()];
+    passed.extend(fdpass::borrow_all(&fds));
+    {
+        let mut guard = SERVER.lock();
+        let mut attempt = 0;
+        loop {
+            if guard
+                .as_ref()
+                .is_some_and(|s| s.owner != rustix::process::getpid())
+            {
+                *guard = None;
+            }
+            if guard.is_none() {
+                *guard = Some(launch()?);
+            }
+            let server = guard.as_ref().expect("just launched");
+            match fdpass::send_msg(server.control.as_fd(), &record, &passed) {
+                Ok(()) => break,
+                Err(e) if attempt > 0 => {
+                    return Err(Error::Forkserver(format!("cannot send a request: {e}")));
+                }
+                Err(_) => {
+                    // The server died (killed, or its process ended): start a new one once.
+                    retire(guard.take().expect("present"));
+                    attempt += 1;
+                }
+            }
+        }
+    }
+    drop(passed);
+    drop(theirs);
+    drop(fds);
+    let mut reply = [0u8; 8];
+    let got = fdpass::recv_with_fds(mine.as_fd(), &mut reply)
+        .map_err(|e| Error::Forkserver(e.to_string()))?;
+    let pidfd = got
+        .ok_or_else(|| Error::Forkserver("the server closed the request without forking".into()))?
+        .into_iter()
+        .next();
+    let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
+    match (Pid::from_raw(pid), pidfd) {
+        (Some(pid), Some(pidfd)) => Ok(Child::new(
+            pid,
+            pidfd,
+            Waiter::Served { status: mine },
+            &info,
+        )),
+        _ => Err(Error::Os {
+            op: "fork (in the forkserver)",
+            source: std::io::Error::from_raw_os_error(errno),
+        }),
+    }
+}
+
+struct Served {
+    pidfd: OwnedFd,
+    status: OwnedFd,
+}
+
+/// The server's loop, in a spawned child. Never returns.
+pub(crate) fn serve(control: OwnedFd) -> ! {
+    let me = rustix::process::getpid().as_raw_nonzero().get();
+    let mut children: Vec<Served> = Vec::new();
+    loop {
+        let (control_ready, ready) = {
+            let mut fds = Vec::with_capacity(children.len() + 1);
+            fds.push(PollFd::new(&control, PollFlags::IN));
+            fds.extend(
+                children
+                    .iter()
+                    .map(|c| PollFd::new(&c.pidfd, PollFlags::IN)),
+            );
+            match rustix::event::poll(&mut fds, None) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => sys::exit_child(1),
+            }
+            let ready: Vec<usize> = (1..fds.len())
+                .filter(|&i| !fds[i].revents().is_empty())
+                .collect();
+            (!fds[0].revents().is_empty(), ready)
+        };
+        for i in ready.into_iter().rev() {
+            let child = children.swap_remove(i - 1);
+            let status = loop {
+                match rustix::process::waitid(
+                    WaitId::PidFd(child.pidfd.as_fd()),
+                    WaitIdOptions::EXITED,
+                ) {
+                    Err(rustix::io::Errno::INTR) => continue,
+                    other => break other,
+                }
+            };
+            let code = match status {
+                Ok(Some(s)) => s
+                    .exit_status()
+                    .or(s.terminating_signal().map(|sig| -sig))
+                    .unwrap_or(255),
+                _ => 255,
+            };
+            let _ = rustix::net::send(
+                &child.status,
+                &code.to_le_bytes(),
+                rustix::net::SendFlags::NOSIGNAL,
+            );
+        }
+        if control_ready {
+            match fdpass::recv_msg(control.as_fd(), MAX_BOOT_RECORD) {
+                Ok(Some((record, fds))) => match handle(&record, fds) {
+                    Some(Forked::Parent(served)) => children.push(served),
+                    Some(Forked::Child(job, fds)) => {
+                        // In the new child: drop the server's fds (control socket, the other
+                        // children's pidfds and status sockets) so only the server holds them.
+                        drop(control);
+                        drop(children);
+                        child::run_job(job, fds, me)
+                    }
+                    None => {}
+                },
+                // EOF: the client process ended. Daemon children die with us.
+                Ok(None) | Err(_) => sys::exit_child(0),
+            }
+        }
+    }
+}
+
+enum Forked {
+    Parent(Served),
+    Child(crate::child::Job, Vec<OwnedFd>),
+}
+
+/// Decodes a request and forks; `None` if the request was malformed or fork failed (reported).
+fn handle(record: &[u8], mut fds: Vec<OwnedFd>) -> Option<Forked> {
+    if fds.is_empty() {
+        return None;
+    }
+    let status = fds.remove(0);
+    let reply = |pid: i32, errno: i32, pidfd: Option<&OwnedFd>| {
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&pid.to_le_bytes());
+        msg[4..].copy_from_slice(&errno.to_le_bytes());
+        let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
+        let _ = fdpass::send_bytes_with_fds(status.as_fd(), &msg, &fds);
+    };
+    let job = match postcard::from_bytes::<Boot>(record) {
+        Ok(Boot {
+            kind: BootKind::Run(job),
+            ..
+        }) => job,
+        _ => {
+            reply(0, libc::EINVAL, None);
+            return None;
+        }
+    };
+    match sys::fork() {
+        Err(e) => {
+            reply(0, e.raw_os_error().unwrap_or(libc::EIO), None);
+            None
+        }
+        Ok(None) => {
+            drop(status);
+            Some(Forked::Child(job, fds))
+        }
+        Ok(Some(pid)) => {
+            drop(fds);
+            match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+                Ok(pidfd) => {
+                    reply(pid.as_raw_nonzero().get(), 0, Some(&pidfd));
+                    Some(Forked::Parent(Served { pidfd, status }))
+                }
+                Err(e) => {
+                    // Cannot track it: kill and reap it, report failure.
+                    let _ = rustix::process::kill_process(pid, Signal::KILL);
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                    reply(0, e.raw_os_error(), None);
+                    None
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! The spawn start method: re-execute `/proc/self/exe`, send the bootstrap record.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::process::{Pid, PidfdFlags};
+
+use crate::child::{Boot, BootKind, Job};
+use crate::error::{Error, Result};
+use crate::process::{Child, Target};
+use crate::state::ChildInfo;
+use crate::{exe, fdpass, sys};
+
+/// Set by [`init`](crate::init).
+pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
+
+/// Checks that a re-executed child will be dispatched before `main` and runs our code.
+pub(crate) fn check_reexecutable() -> Result<()> {
+    if !sys::hook::HOOK_RAN.load(Ordering::Relaxed) && !INIT_CALLED.load(Ordering::Relaxed) {
+        return Err(Error::HookNotRun);
+    }
+    exe::image_range().map(drop).map_err(Error::NotReexecutable)
+}
+
+/// Encodes a target into a job record and its fds.
+pub(crate) fn job(info: ChildInfo, target: &dyn Target) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
+    check_reexecutable()?;
+    let entry = target.entry().ok_or(Error::TargetOutsideExecutable)?;
+    let (args, fds) = target.encode_args()?;
+    let boot = Boot {
+        exe: exe::parent_exe_id().map_err(Error::NotReexecutable)?,
+        kind: BootKind::Run(Job { info, entry, args }),
+    };
+    let bytes = postcard::to_allocvec(&boot)
+        .map_err(|e| Error::Reduction(crate::reduction::ReductionError::Encode(e.to_string())))?;
+    Ok((bytes, fds))
+}
+
+/// Re-executes this binary with `record` and `fds` on its bootstrap socket; returns the pid
+/// and the parent's end of that socket.
+pub(crate) fn spawn_raw(record: &[u8], fds: &[OwnedFd]) -> Result<(Pid, OwnedFd)> {
+    let (mine, theirs) = fdpass::socketpair().map_err(Error::os("socketpair"))?;
+    let pid = sys::spawn_self(theirs.as_fd()).map_err(Error::os("posix_spawn"))?;
+    drop(theirs);
+    if let Err(e) = fdpass::send_msg(mine.as_fd(), record, &fdpass::borrow_all(fds)) {
+        // The child died before reading its record; reap it.
+        if let Ok(pidfd) = rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+            let _ = rustix::process::waitid(
+                rustix::process::WaitId::PidFd(pidfd.as_fd()),
+                rustix::process::WaitIdOptions::EXITED,
+            );
+        }
+        return Err(Error::Os {
+            op: "sending the bootstrap record",
+            source: e,
+        });
+    }
+    Ok((pid, mine))
+}
+
+/// Starts `target` in a re-executed child.
+pub(crate) fn start(info: ChildInfo, target: &dyn Target) -> Result<Child> {
+    let (record, fds) = job(info.clone(), target)?;
+    let (pid, _sock) = spawn_raw(&record, &fds)?;
+    Child::own(pid, &info)
+}

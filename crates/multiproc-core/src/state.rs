@@ -1,0 +1,183 @@
+//! Identity of the calling process: Python's `current_process()` and `parent_process()`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use crate::method::StartMethod;
+
+/// What a child learns about itself from its parent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ChildInfo {
+    pub(crate) name: String,
+    pub(crate) identity: Vec<u32>,
+    pub(crate) daemon: bool,
+    pub(crate) authkey: [u8; 32],
+    pub(crate) parent_pid: i32,
+    pub(crate) parent_name: String,
+    pub(crate) method: StartMethod,
+}
+
+struct State {
+    name: String,
+    identity: Vec<u32>,
+    daemon: bool,
+    authkey: [u8; 32],
+    parent: Option<ParentProcess>,
+    method: Option<StartMethod>,
+    /// Children created so far (Python's `_process_counter`), for `Process-N` names.
+    counter: u32,
+}
+
+static STATE: RwLock<Option<State>> = RwLock::new(None);
+
+fn main_state() -> State {
+    let mut authkey = [0u8; 32];
+    // getrandom only fails on ancient kernels; a zero key is then still a valid key.
+    let _ = rustix::rand::getrandom(&mut authkey, rustix::rand::GetRandomFlags::empty());
+    State {
+        name: "MainProcess".into(),
+        identity: Vec::new(),
+        daemon: false,
+        authkey,
+        parent: None,
+        method: None,
+        counter: 0,
+    }
+}
+
+fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let mut guard = STATE.write();
+    f(guard.get_or_insert_with(main_state))
+}
+
+/// Installs the identity a child received from its parent.
+pub(crate) fn become_child(info: &ChildInfo) {
+    let parent_pid = rustix::process::Pid::from_raw(info.parent_pid);
+    let pidfd = parent_pid
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+        .map(Arc::new);
+    *STATE.write() = Some(State {
+        name: info.name.clone(),
+        identity: info.identity.clone(),
+        daemon: info.daemon,
+        authkey: info.authkey,
+        parent: Some(ParentProcess {
+            name: info.parent_name.clone(),
+            pid: info.parent_pid as u32,
+            pidfd,
+        }),
+        method: Some(info.method),
+        counter: 0,
+    });
+}
+
+/// The next child identity (`[.., n]`) and the parent's daemon flag.
+pub(crate) fn next_child_identity() -> (Vec<u32>, bool) {
+    with(|s| {
+        s.counter += 1;
+        let mut id = s.identity.clone();
+        id.push(s.counter);
+        (id, s.daemon)
+    })
+}
+
+/// The identity a child of this process is started with.
+pub(crate) fn child_info(
+    name: &str,
+    identity: &[u32],
+    daemon: bool,
+    method: StartMethod,
+) -> ChildInfo {
+    with(|s| ChildInfo {
+        name: name.to_string(),
+        identity: identity.to_vec(),
+        daemon,
+        authkey: s.authkey,
+        parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
+        parent_name: s.name.clone(),
+        method,
+    })
+}
+
+/// The calling process, as Python's `multiprocessing.current_process()` describes it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CurrentProcess {
+    /// `"MainProcess"` in the main process, the child's name in a child.
+    pub name: String,
+    /// The OS process id.
+    pub pid: u32,
+    /// Whether this process is a daemon (daemons may not start children).
+    pub daemon: bool,
+    /// The position in the process tree: `[]` for the main process, `[2]` for its second child,
+    /// `[2, 1]` for that child's first child.
+    pub identity: Vec<u32>,
+    /// 32 random bytes made by the main process and inherited by every child (used to
+    /// authenticate connections between them).
+    pub authkey: [u8; 32],
+    /// How this process was started (`None` in the main process).
+    pub start_method: Option<StartMethod>,
+}
+
+/// The calling process: name, pid, daemon flag, identity and authkey.
+///
+/// ```
+/// let me = multiproc_core::current_process();
+/// assert_eq!(me.name, "MainProcess");
+/// assert_eq!(me.pid, std::process::id());
+/// ```
+pub fn current_process() -> CurrentProcess {
+    with(|s| CurrentProcess {
+        name: s.name.clone(),
+        pid: rustix::process::getpid().as_raw_nonzero().get() as u32,
+        daemon: s.daemon,
+        identity: s.identity.clone(),
+        authkey: s.authkey,
+        start_method: s.method,
+    })
+}
+
+/// The process that started this one; `None` in the main process.
+///
+/// Python: `multiprocessing.parent_process()`.
+pub fn parent_process() -> Option<ParentProcess> {
+    with(|s| s.parent.clone())
+}
+
+/// The parent of the calling process (the process that created it, also under the forkserver
+/// method, where the OS parent is the server).
+#[derive(Debug, Clone)]
+pub struct ParentProcess {
+    name: String,
+    pid: u32,
+    pidfd: Option<Arc<OwnedFd>>,
+}
+
+impl ParentProcess {
+    /// The parent's name (`"MainProcess"` for children of the main process).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The parent's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether the parent is still running.
+    pub fn is_alive(&self) -> bool {
+        !self.join_timeout(Duration::ZERO)
+    }
+
+    /// Waits up to `timeout` for the parent to exit; returns whether it did.
+    pub fn join_timeout(&self, timeout: Duration) -> bool {
+        match &self.pidfd {
+            Some(fd) => crate::wait::readable(fd.as_fd(), Some(timeout)).unwrap_or(true),
+            None => true,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Every `unsafe` operation of multiproc-core: fork, `_exit`, `posix_spawn`, the pre-`main`
+//! hook, signal dispositions, `atexit`, and turning anchor offsets back into fn pointers.
+//!
+//! Each block carries a `// SAFETY:` comment; the rest of the crate is `deny(unsafe_code)`.
+//! See `docs/unsafe.md` for the invariants these rely on.
+
+pub(crate) mod fnptr;
+pub(crate) mod hook;
+
+use std::ffi::{CStr, CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rustix::process::Pid;
+
+static FORK_WITH_THREADS_ALLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Allows the fork start method in a parent that runs other threads.
+///
+/// By default starting a process with [`StartMethod::Fork`](crate::StartMethod::Fork) while the
+/// parent has more than one thread fails with [`Error::ForkWithThreads`](crate::Error): the child
+/// gets a copy of memory in which another thread may hold a lock (std's stdout lock, a user
+/// mutex, an allocator arena) that no thread of the child will ever release.
+///
+/// # Safety
+///
+/// The caller promises that, whenever a fork child is started, no other thread of this process
+/// holds a lock or is in a state that the child's target could depend on (printing, allocating
+/// with a non-fork-safe allocator, using a mutex it shares with other threads).
+pub unsafe fn allow_fork_with_threads(allow: bool) {
+    FORK_WITH_THREADS_ALLOWED.store(allow, Ordering::Relaxed);
+}
+
+/// Whether [`allow_fork_with_threads`] opted in.
+pub(crate) fn fork_with_threads_allowed() -> bool {
+    FORK_WITH_THREADS_ALLOWED.load(Ordering::Relaxed)
+}
+
+/// `fork()`: `Ok(None)` in the child, `Ok(Some(pid))` in the parent.
+///
+/// Callers check the thread count first (or the user opted in through the `unsafe`
+/// [`allow_fork_with_threads`]); the child must leave through [`exit_child`].
+pub(crate) fn fork() -> io::Result<Option<Pid>> {
+    // SAFETY: glibc's fork runs its atfork handlers, so malloc stays usable in the child. The
+    // child only runs code of this crate that neither unwinds into the caller's frames nor
+    // returns (it ends in `exit_child`), and the callers make sure no other thread exists (or the
+    // user took responsibility through `allow_fork_with_threads`).
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(None),
+        pid => Ok(Some(
+            Pid::from_raw(pid).expect("fork returned a positive pid"),
+        )),
+    }
+}
+
+/// Leaves a child process at once with `code`, without running atexit handlers or destructors
+/// (they belong to the parent's copy of the program).
+pub(crate) fn exit_child(code: i32) -> ! {
+    // SAFETY: `_exit` is always safe to call; it does not return.
+    unsafe { libc::_exit(code) }
+}
+
+/// Sets SIGPIPE to ignored, as std does before `main` (the pre-`main` hook runs earlier).
+pub(crate) fn ignore_sigpipe() {
+    // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Registers `f` to run at normal process exit (`exit()` or return from `main`).
+pub(crate) fn register_atexit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: `f` is a plain `extern "C" fn()` that catches every panic before returning.
+    match unsafe { libc::atexit(f) } {
+        0 => Ok(()),
+        _ => Err(io::Error::other("atexit registration failed")),
+    }
+}
+
+/// Takes ownership of an fd number inherited through `exec` (the bootstrap socket).
+pub(crate) fn owned_fd_from_inherited(fd: RawFd) -> Option<OwnedFd> {
+    // fcntl(F_GETFD) tells whether the number is open at all.
+    // SAFETY: F_GETFD only reads the descriptor flags; any int is an acceptable argument.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return None;
+    }
+    // SAFETY: the fd is open, was handed to this process by `spawn_self` for it alone, and
+    // nothing else in this process refers to it (the hook runs before `main`).
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The fd number the bootstrap socket has in a spawned child.
+pub(crate) const BOOT_FD: RawFd = 3;
+/// `argv[1]` of a spawned child.
+pub(crate) const CHILD_MARKER: &CStr = c"--multiproc-child";
+
+/// `posix_spawn`s `/proc/self/exe` as a multiproc child: argv `[argv0, --multiproc-child, 3]`,
+/// `boot` becomes fd 3 and every other fd above 2 is closed, environment copied from std's view.
+///
+/// `posix_spawn` uses `CLONE_VFORK` in glibc, so its cost does not grow with the parent's
+/// memory, unlike `Command` with a `pre_exec` hook (which falls back to fork+exec).
+pub(crate) fn spawn_self(boot: BorrowedFd<'_>) -> io::Result<Pid> {
+    let argv0 = std::env::args_os()
+        .next()
+        .and_then(|a| CString::new(a.as_bytes()).ok())
+        .unwrap_or_else(|| c"multiproc-child".to_owned());
+    let fd_arg = CString::new(BOOT_FD.to_string()).expect("no NUL in a number");
+    let argv = [
+        argv0.as_ptr(),
+        CHILD_MARKER.as_ptr(),
+        fd_arg.as_ptr(),
+        std::ptr::null(),
+    ];
+    // The environment through std's lock-protected view, never a raw read of `environ`.
+    let env: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv: OsString = k;
+            kv.push("=");
+            kv.push(v);
+            CString::new(kv.as_bytes()).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|s| s.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+    let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the file actions and attributes are initialised before use and destroyed on
+    // every path; `argv`/`envp` are NULL-terminated arrays of pointers into CStrings that
+    // outlive the call; `boot` is an open fd. dup2(fd, 3) with fd == 3 clears FD_CLOEXEC
+    // (glibc >= 2.29), so exactly fd 3 is inherited; closefrom(4) drops stray inherited fds.
+    let rc = unsafe {
+        let actions = actions.as_mut_ptr();
+        let attr = attr.as_mut_ptr();
+        let mut rc = libc::posix_spawn_file_actions_init(actions);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        rc = libc::posix_spawnattr_init(attr);
+        if rc != 0 {
+            libc::posix_spawn_file_actions_destroy(actions);
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_adddup2(actions, boot.as_raw_fd(), BOOT_FD);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn_file_actions_addclosefrom_np(actions, BOOT_FD + 1);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawnattr_setsigmask(attr, &empty);
+        }
+        if rc == 0 {
+            rc =
+                libc::posix_spawnattr_setflags(attr, libc::POSIX_SPAWN_SETSIGMASK as libc::c_short);
+        }
+        if rc == 0 {
+            rc = libc::posix_spawn(
+                &mut pid,
+                c"/proc/self/exe".as_ptr(),
+                actions,
+                attr,
+                argv.as_ptr() as *const *mut libc::c_char,
+                envp.as_ptr() as *const *mut libc::c_char,
+            );
+        }
+        libc::posix_spawnattr_destroy(attr);
+        libc::posix_spawn_file_actions_destroy(actions);
+        rc
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(Pid::from_raw(pid).expect("posix_spawn returned a positive pid"))
+}

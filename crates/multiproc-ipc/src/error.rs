@@ -1,0 +1,74 @@
+//! The error type of this crate.
+
+/// An error of a [`Connection`](crate::Connection) operation or of [`pipe`](crate::pipe()).
+///
+/// Python raises `EOFError`, `OSError`, `BrokenPipeError` and `BufferTooShort` for these
+/// cases; here each one is a variant that can be matched on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The other end closed the connection before a new message began (Python's `EOFError`).
+    #[error("the other end closed the connection")]
+    Eof,
+    /// The other end closed the connection in the middle of a message (Python's
+    /// `OSError("got end of file during message")`).
+    ///
+    /// The counts are payload bytes, or header bytes when the end came inside a header.
+    #[error("got end of file during message: expected {expected} bytes, received {received}")]
+    Truncated {
+        /// The number of bytes the header announced (or the header's own length).
+        expected: u64,
+        /// The number of those bytes that arrived.
+        received: u64,
+    },
+    /// A header announced a message longer than the receiver's limit (Python's
+    /// `OSError("bad message length")`). Nothing was allocated, and the read side of the
+    /// connection is now unusable ([`Error::Poisoned`]).
+    ///
+    /// Without a limit set, `limit` is `isize::MAX`, the largest buffer Rust can allocate.
+    #[error("bad message length: a message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The length the header announced.
+        size: u64,
+        /// The limit in force.
+        limit: usize,
+    },
+    /// A 4-byte header held a negative length other than `-1` (the marker of the 12-byte
+    /// form): the stream is corrupt. The read side is now unusable ([`Error::Poisoned`]).
+    #[error("bad message length: invalid length {0} in a message header")]
+    InvalidLength(i32),
+    /// An earlier read lost the message boundaries (a bad message length, or an I/O error in
+    /// the middle of a message), so the read side was disabled and its fd closed.
+    #[error(
+        "the connection can no longer be read: an earlier message had a bad length or failed \
+         midway, so the message boundaries are lost"
+    )]
+    Poisoned,
+    /// The message is longer than the buffer given to
+    /// [`recv_bytes_into`](crate::Connection::recv_bytes_into); the whole message is here
+    /// (Python's `BufferTooShort`, whose `args[0]` is the message).
+    #[error("the buffer is too short for the message of {} bytes", .0.len())]
+    BufferTooShort(Vec<u8>),
+    /// The reading end is closed, so nothing can be written (Python's `BrokenPipeError`).
+    #[error("broken pipe: the other end of the connection is closed")]
+    BrokenPipe,
+    /// The connection is write-only.
+    #[error("connection is write-only")]
+    NotReadable,
+    /// The connection is read-only.
+    #[error("connection is read-only")]
+    NotWritable,
+    /// The connection was closed with [`close`](crate::Connection::close).
+    #[error("handle is closed")]
+    Closed,
+    /// The value could not be encoded with postcard.
+    #[error("cannot encode the message: {0}")]
+    Encode(String),
+    /// The message could not be decoded with postcard into the requested type (corrupt data
+    /// or a type mismatch). The message was consumed; the connection stays usable.
+    #[error("cannot decode the message: {0}")]
+    Decode(String),
+    /// An operating-system error.
+    #[error("I/O error on the connection: {0}")]
+    Io(#[from] std::io::Error),
+}
