@@ -1,1 +1,78 @@
-//! multiproc facade.
+//! **multiproc**: Python's `multiprocessing`, done right in Rust.
+//!
+//! True parallelism across OS processes with the vocabulary a Python programmer knows
+//! ([`Process`], start methods, [`pipe`] …) in the form a Rust programmer expects: types,
+//! `Result`, serde. The layers are separate crates, re-exported here:
+//!
+//! | module | crate | Python |
+//! |---|---|---|
+//! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
+//! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
+//!
+//! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
+//! common ones in [`prelude`].
+//!
+//! ```
+//! use multiproc::prelude::*;
+//!
+//! fn f(mut conn: Connection) {
+//!     conn.send(&(42, None::<i32>, "hello")).unwrap();
+//! }
+//!
+//! multiproc::init();
+//! let (mut parent_conn, child_conn) = pipe(true)?;
+//! let mut p = Process::new(f, child_conn);
+//! p.start()?;
+//! let got: (i32, Option<i32>, String) = parent_conn.recv()?;
+//! assert_eq!(got, (42, None, "hello".to_string()));
+//! p.join()?;
+//! # Ok::<(), multiproc::Error>(())
+//! ```
+//!
+//! ```python
+//! from multiprocessing import Process, Pipe
+//!
+//! def f(conn):
+//!     conn.send([42, None, 'hello'])
+//!     conn.close()
+//!
+//! if __name__ == '__main__':
+//!     parent_conn, child_conn = Pipe()
+//!     p = Process(target=f, args=(child_conn,))
+//!     p.start()
+//!     print(parent_conn.recv())   # prints "[42, None, 'hello']"
+//!     p.join()
+//! ```
+#![forbid(unsafe_code)]
+
+#[doc(inline)]
+pub use multiproc_core as process;
+#[doc(inline)]
+pub use multiproc_ipc as ipc;
+
+pub use multiproc_core::{
+    Context, CurrentProcess, DEFAULT_START_METHOD, ParentProcess, Process, ProcessHandle, StartMethod, active_children,
+    allow_fork_with_threads, cpu_count, current_process, force_start_method, get_all_start_methods, get_context,
+    get_start_method, init, parent_process, set_start_method, start_method_if_set,
+};
+pub use multiproc_ipc::{Connection, pipe};
+
+/// Any error of multiproc: a process error or a connection error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Creating, starting or waiting for a process failed.
+    #[error(transparent)]
+    Process(#[from] multiproc_core::Error),
+    /// Sending or receiving on a connection failed.
+    #[error(transparent)]
+    Ipc(#[from] multiproc_ipc::Error),
+}
+
+/// `Result` with the umbrella [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The names most programs use: `use multiproc::prelude::*;`.
+pub mod prelude {
+    pub use crate::{Connection, Process, StartMethod, get_context, pipe, set_start_method};
+}

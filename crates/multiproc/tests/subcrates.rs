@@ -1,0 +1,19 @@
+//! Every re-export of the facade resolves to the layer's item (crossbeam's subcrates test).
+
+#[test]
+fn reexports() {
+    let _: fn() = multiproc::init;
+    let _: fn() -> usize = multiproc::cpu_count;
+    let _ = multiproc::process::Process::name;
+    let _ = multiproc::ipc::Connection::send_bytes;
+    let _ = multiproc::Process::start;
+    let _: fn(bool) -> Result<(multiproc::Connection, multiproc::Connection), multiproc::ipc::Error> = multiproc::pipe;
+    assert_eq!(multiproc::get_all_start_methods()[0], multiproc::DEFAULT_START_METHOD);
+    assert_eq!(multiproc::current_process().name, "MainProcess");
+    let e: multiproc::Error = multiproc::process::Error::NotStarted.into();
+    assert!(e.to_string().contains("not started"));
+    let e: multiproc::Error = multiproc::ipc::Error::Eof.into();
+    assert!(!e.to_string().is_empty());
+    use multiproc::prelude::*;
+    let _ = get_context(StartMethod::Spawn);
+}
