@@ -37,7 +37,11 @@ fn foo(i: u32) {
 fn main() -> multiproc::Result<()> {
     multiproc::init();
     // Fork copies the parent's memory, spawn and forkserver start fresh: same result.
-    for method in [StartMethod::Fork, StartMethod::Forkserver, StartMethod::Spawn] {
+    for method in [
+        StartMethod::Fork,
+        StartMethod::Forkserver,
+        StartMethod::Spawn,
+    ] {
         let mut children: Vec<Process> = Vec::new();
         for i in 0..5 {
             let mut p = get_context(method).process(foo, i);

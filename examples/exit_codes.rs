@@ -28,8 +28,17 @@ fn main() -> multiproc::Result<()> {
         Ok(p.join()?)
     };
     println!("returned: {}", run(&mut Process::new(|_: ()| {}, ()))?);
-    println!("exit(3): {}", run(&mut Process::new(|c: i32| std::process::exit(c), 3))?);
-    println!("panicked: {}", run(&mut Process::new(|_: ()| panic!("expected: this child panics on purpose"), ()))?);
+    println!(
+        "exit(3): {}",
+        run(&mut Process::new(|c: i32| std::process::exit(c), 3))?
+    );
+    println!(
+        "panicked: {}",
+        run(&mut Process::new(
+            |_: ()| panic!("expected: this child panics on purpose"),
+            ()
+        ))?
+    );
 
     let mut p = Process::new(sleeper, ());
     p.start()?;

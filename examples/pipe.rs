@@ -38,6 +38,9 @@ fn main() -> multiproc::Result<()> {
     parent_conn.send(&"thanks")?;
     assert_eq!(p.join()?, 0);
     // The child closed its end and exited: the parent now sees end of file, not a hang.
-    assert!(matches!(parent_conn.recv_bytes(), Err(multiproc::ipc::Error::Eof)));
+    assert!(matches!(
+        parent_conn.recv_bytes(),
+        Err(multiproc::ipc::Error::Eof)
+    ));
     Ok(())
 }

@@ -38,7 +38,10 @@ fn foo((i, main_pid): (u32, u32)) {
         parent.pid(),
         me.pid,
     );
-    std::io::stdout().lock().write_all(block.as_bytes()).unwrap();
+    std::io::stdout()
+        .lock()
+        .write_all(block.as_bytes())
+        .unwrap();
     assert_eq!(parent.pid(), main_pid);
 }
 

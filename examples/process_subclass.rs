@@ -43,7 +43,9 @@ fn main() -> multiproc::Result<()> {
     multiproc::init();
     let mut process_list = Vec::new();
     for i in 0..10 {
-        let job = MyProcess { name: i.to_string() };
+        let job = MyProcess {
+            name: i.to_string(),
+        };
         let mut p = Process::new(MyProcess::run, job);
         p.set_name(i.to_string()); // Python's `self.name = name` names the process too
         p.start()?;

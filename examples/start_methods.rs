@@ -26,7 +26,10 @@ fn report(_: ()) {
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();
-    let all: Vec<String> = multiproc::get_all_start_methods().iter().map(ToString::to_string).collect();
+    let all: Vec<String> = multiproc::get_all_start_methods()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     println!("available: {}", all.join(", "));
 
     multiproc::set_start_method(StartMethod::Spawn)?;

@@ -8,7 +8,10 @@
 //! Forked children only make raw system calls (`read`, `write`, `close`, `_exit`) and never
 //! allocate, so forking is sound even if the parent has other threads.
 
-#![allow(unsafe_code, reason = "fork, _exit, waitpid, posix_spawn and mmap have no safe wrapper")]
+#![allow(
+    unsafe_code,
+    reason = "fork, _exit, waitpid, posix_spawn and mmap have no safe wrapper"
+)]
 #![allow(
     clippy::disallowed_methods,
     reason = "the raw limit of fork is measured on libc::fork itself"

@@ -53,7 +53,10 @@ const GROUPS: &[(&str, &str)] = &[
 /// Figure families; `--only` accepts these next to group names.
 const FAMILIES: &[(&str, &str)] = &[
     ("mp", "multiproc's figures (names of mp_bench.py)"),
-    ("limits", "raw limits over libc/rustix (names of bench/limits)"),
+    (
+        "limits",
+        "raw limits over libc/rustix (names of bench/limits)",
+    ),
 ];
 
 #[derive(Debug)]
@@ -72,8 +75,8 @@ fn usage() -> String {
          \n\
          --only       groups and/or families to run (default: all); a group prefix selects its subgroups;\n\
          \x20            groups and families combine: `--only proc,limits` runs the raw limits of `proc`\n\
-         --reps N     rounds (repetitions) of every figure; default 11 proc, 5 proc.rss256MiB,\n\
-         \x20            9 pipe.roundtrip, 5 pipe.throughput (3 with --quick)\n\
+         --reps N     rounds (repetitions) of every figure; default 15 proc, 7 proc.rss256MiB,\n\
+         \x20            15 pipe.roundtrip, 7 pipe.throughput (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -177,7 +180,7 @@ impl Args {
 fn main() {
     // Children started with the spawn method re-execute this binary; they are dispatched
     // here (or by the pre-main hook) and never reach the benchmarks.
-    // STUB multiproc_core::init();
+    multiproc_core::init();
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return,
@@ -198,7 +201,10 @@ fn run(a: &Args) -> Res<()> {
         None => Out::default(),
     };
     meta("suite", "multiproc-benches");
-    meta("cpus", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    meta(
+        "cpus",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
     meta("quick", a.quick);
     if let Some(r) = a.reps {
         meta("reps", r);
@@ -263,7 +269,7 @@ fn proc_group(out: &mut Out, a: &Args, suffix: &'static str) -> Res<()> {
         benches.push(mp::start_join(mp::Method::Forkserver, a.n(200, 10), suffix));
         benches.push(mp::start_join(mp::Method::Spawn, a.n(100, 5), suffix));
     }
-    run_rotated(out, &mut benches, a.rounds(if big { 5 } else { 11 }))
+    run_rotated(out, &mut benches, a.rounds(if big { 7 } else { 15 }))
 }
 
 /// 64 B round trips: multiproc duplex and simplex pipes, raw pipe and socketpair ping-pong.
@@ -283,7 +289,7 @@ fn roundtrip_group(out: &mut Out, a: &Args) -> Res<()> {
         benches.push(mp::roundtrip(true, 64, it));
         benches.push(mp::roundtrip(false, 64, it));
     }
-    run_rotated(out, &mut benches, a.rounds(9))
+    run_rotated(out, &mut benches, a.rounds(15))
 }
 
 /// Streams of 1 KiB, 64 KiB and 16 MiB messages from a child to the parent.
@@ -307,7 +313,7 @@ fn throughput_group(out: &mut Out, a: &Args) -> Res<()> {
             benches.push(mp::throughput(true, size, count, label));
             benches.push(mp::throughput(false, size, count, label));
         }
-        run_rotated(out, &mut benches, a.rounds(5))?;
+        run_rotated(out, &mut benches, a.rounds(7))?;
     }
     Ok(())
 }

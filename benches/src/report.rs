@@ -1,12 +1,14 @@
 //! The output contract of the reference harness, and the round-robin runner.
 //!
 //! stdout: `name<TAB>median<TAB>unit`, one line per figure.
-//! stderr: `#spread<TAB>name<TAB>min<TAB>median<TAB>max<TAB>n<TAB>unit` per figure, and `#meta` lines.
+//! stderr: `#spread<TAB>name<TAB>min<TAB>median<TAB>max<TAB>n<TAB>unit` per figure, `#meta` lines,
+//! and `#rounds<TAB>group<TAB>name<TAB>value...` (the value of each round, for per-round ratios).
 //! Values are formatted as the C and Python suites format them (`%.0f`, `%.2f`, `%.4g`).
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The error type of every benchmark step.
 pub(crate) type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -42,6 +44,30 @@ impl Out {
         })
     }
 
+    /// Writes the per-round values of a figure measured in rotation group `group` to the
+    /// spread stream: `#rounds<TAB>group<TAB>name<TAB>v1<TAB>v2...`. Values of the same group
+    /// and round index were measured in the same round, so their ratios can be taken per round.
+    pub(crate) fn rounds(&mut self, family: Family, group: usize, name: &str, values: &[f64]) {
+        let vals: Vec<String> = values.iter().map(|&v| fmt_value(v)).collect();
+        let vals = vals.join("\t");
+        let res = match (family, self.limits.as_mut()) {
+            (Family::Limit, Some((_, errs))) => {
+                writeln!(errs, "#rounds\t{group}\t{name}\t{vals}").and_then(|()| errs.flush())
+            }
+            (family, _) => {
+                let prefix = if family == Family::Limit {
+                    "limit:"
+                } else {
+                    ""
+                };
+                writeln!(io::stderr(), "#rounds\t{group}\t{prefix}{name}\t{vals}")
+            }
+        };
+        if let Err(e) = res {
+            eprintln!("#meta\twrite_error\t{e}");
+        }
+    }
+
     /// Emits the median of `values` as one figure; min/median/max go to the spread stream.
     pub(crate) fn emit(&mut self, family: Family, name: &str, values: &[f64], unit: &str) {
         if values.is_empty() {
@@ -56,7 +82,11 @@ impl Out {
                 .and_then(|()| figs.flush())
                 .and_then(|()| errs.flush()),
             (family, _) => {
-                let prefix = if family == Family::Limit { "limit:" } else { "" };
+                let prefix = if family == Family::Limit {
+                    "limit:"
+                } else {
+                    ""
+                };
                 let mut out = io::stdout().lock();
                 writeln!(out, "{prefix}{name}\t{med}\t{unit}")
                     .and_then(|()| out.flush())
@@ -152,6 +182,9 @@ pub(crate) trait Bench {
     }
 }
 
+/// Numbers the calls of [`run_rotated`] (the `group` of `#rounds` lines).
+static GROUP: AtomicUsize = AtomicUsize::new(1);
+
 /// Runs `benches` alternately, `rounds` rounds, rotating the order each round (round `r`
 /// starts with bench `r mod n`), then emits each bench's median in list order.
 ///
@@ -175,8 +208,10 @@ pub(crate) fn run_rotated(out: &mut Out, benches: &mut [Box<dyn Bench>], rounds:
     for b in benches.iter_mut() {
         b.finish()?;
     }
+    let group = GROUP.fetch_add(1, Ordering::Relaxed);
     for (b, v) in benches.iter().zip(&values) {
         out.emit(b.family(), &b.name(), v, b.unit());
+        out.rounds(b.family(), group, &b.name(), v);
     }
     Ok(())
 }
@@ -191,7 +226,7 @@ mod tests {
         assert_eq!(fmt_value(12.345), "12.35");
         assert_eq!(fmt_value(0.5), "0.5");
         assert_eq!(fmt_value(0.123456), "0.1235");
-        assert_eq!(fmt_value(0.00012345), "0.0001235");
+        assert_eq!(fmt_value(0.00012345), "0.0001234");
         assert_eq!(fmt_value(0.0000123), "1.23e-05");
         assert_eq!(fmt_value(0.0), "0");
     }

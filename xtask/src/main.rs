@@ -76,7 +76,13 @@ fn demo(args: &[String]) -> Res<()> {
     let names = match args.first().map(String::as_str) {
         Some("--all") => examples()?,
         Some(name) => vec![name.to_string()],
-        None => return Err(format!("usage: cargo xtask demo NAME|--all; examples: {}", examples()?.join(", ")).into()),
+        None => {
+            return Err(format!(
+                "usage: cargo xtask demo NAME|--all; examples: {}",
+                examples()?.join(", ")
+            )
+            .into());
+        }
     };
     run(cargo().args(["build", "--quiet", "-p", "multiproc-examples", "--examples"]))?;
     let mut failed = Vec::new();
@@ -93,7 +99,13 @@ fn demo(args: &[String]) -> Res<()> {
         eprintln!("{} demos passed", names.len());
         Ok(())
     } else {
-        Err(format!("{} of {} demos failed: {}", failed.len(), names.len(), failed.join(", ")).into())
+        Err(format!(
+            "{} of {} demos failed: {}",
+            failed.len(),
+            names.len(),
+            failed.join(", ")
+        )
+        .into())
     }
 }
 
@@ -101,7 +113,14 @@ fn demo_one(name: &str) -> Res<()> {
     let source = std::fs::read_to_string(root().join("examples").join(format!("{name}.rs")))
         .map_err(|e| format!("no example {name}: {e}"))?;
     let output = cargo()
-        .args(["run", "--quiet", "-p", "multiproc-examples", "--example", name])
+        .args([
+            "run",
+            "--quiet",
+            "-p",
+            "multiproc-examples",
+            "--example",
+            name,
+        ])
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()?;
@@ -111,10 +130,10 @@ fn demo_one(name: &str) -> Res<()> {
         return Err(format!("exited with {}", output.status).into());
     }
     for line in source.lines().map(str::trim) {
-        if let Some(want) = line.strip_prefix("// expect: ") {
-            if !stdout.lines().any(|l| l.contains(want)) {
-                return Err(format!("output has no line containing {want:?}").into());
-            }
+        if let Some(want) = line.strip_prefix("// expect: ")
+            && !stdout.lines().any(|l| l.contains(want))
+        {
+            return Err(format!("output has no line containing {want:?}").into());
         }
         if let Some(n) = line.strip_prefix("// expect-lines: ") {
             let n: usize = n.parse()?;
@@ -129,7 +148,14 @@ fn demo_one(name: &str) -> Res<()> {
 
 fn ci() -> Res<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["test", "--workspace"]))?;
     demo(&["--all".to_string()])
 }

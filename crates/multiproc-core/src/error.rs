@@ -61,6 +61,9 @@ pub enum Error {
     /// A spawn or forkserver record could not be encoded.
     #[error(transparent)]
     Reduction(#[from] ReductionError),
+    /// A child's arguments hold more fds than one message can carry.
+    #[error("the arguments hold {0} file descriptors; at most {max} can be handed to a child", max = crate::fdpass::MAX_FDS - 1)]
+    TooManyFds(usize),
     /// The forkserver died or answered with something unexpected.
     #[error("forkserver failed: {0}")]
     Forkserver(String),

@@ -27,6 +27,10 @@ pub(crate) fn job(info: ChildInfo, target: &dyn Target) -> Result<(Vec<u8>, Vec<
     check_reexecutable()?;
     let entry = target.entry().ok_or(Error::TargetOutsideExecutable)?;
     let (args, fds) = target.encode_args()?;
+    // One slot is kept for the forkserver's status socket.
+    if fds.len() >= fdpass::MAX_FDS {
+        return Err(Error::TooManyFds(fds.len()));
+    }
     let boot = Boot {
         exe: exe::parent_exe_id().map_err(Error::NotReexecutable)?,
         kind: BootKind::Run(Job { info, entry, args }),

@@ -87,6 +87,16 @@ fn main() {
         "current_process_in_main",
         current_process_in_main,
     ));
+    trials.push(Trial::test(
+        "forkserver_death_is_an_error_then_restarts",
+        forkserver_death_is_an_error_then_restarts,
+    ));
+    for method in METHODS {
+        trials.push(Trial::test(
+            format!("too_many_fds_is_an_error::{method}"),
+            move || too_many_fds_is_an_error(method),
+        ));
+    }
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -718,5 +728,42 @@ fn current_process_in_main() -> Result<(), Failed> {
         "main has no parent"
     );
     let _ = AsFd::as_fd(&std::io::stdin());
+    Ok(())
+}
+
+fn forkserver_death_is_an_error_then_restarts() -> Result<(), Failed> {
+    let p = started_then_ready(StartMethod::Forkserver)?;
+    let server = multiproc_core::forkserver_pid().ok_or("no forkserver running")?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )?;
+    let r = p.join_timeout(LONG);
+    check!(
+        matches!(r, Err(Error::Forkserver(_))),
+        "join after the server died: {r:?}"
+    );
+    // The orphaned child is still ours to kill through its pidfd.
+    p.kill()?;
+    let q = start(StartMethod::Forkserver, |_: ()| {}, ())?;
+    check!(join(&q)? == 0, "a new server did not take over");
+    check!(
+        multiproc_core::forkserver_pid() != Some(server),
+        "same server pid"
+    );
+    Ok(())
+}
+
+fn too_many_fds_is_an_error(m: StartMethod) -> Result<(), Failed> {
+    let ends: Vec<End> = (0..300).map(|_| End::pair().0).collect();
+    let mut p = get_context(m).process(|e: Vec<End>| assert_eq!(e.len(), 300), ends);
+    let r = p.start();
+    if m == StartMethod::Fork {
+        // Nothing is encoded under fork: the child inherits every fd.
+        r?;
+        check!(join(&p)? == 0, "fork child with 300 fds");
+    } else {
+        check!(matches!(r, Err(Error::TooManyFds(300))), "got {r:?}");
+    }
     Ok(())
 }

@@ -342,12 +342,16 @@ impl Connection {
         let (fd, rbuf) = self.reader()?;
         let result = match rbuf.read_header(fd, limit) {
             Ok(len) => payload(rbuf, fd, len),
-            Err(e @ (Error::MessageTooLarge { .. } | Error::InvalidLength(_))) => Err(e),
+            // A bad header: the boundaries of every later message are unknown.
+            Err(e @ (Error::MessageTooLarge { .. } | Error::InvalidLength(_))) => {
+                self.poison();
+                return Err(e);
+            }
+            // Nothing was consumed (an incomplete header stays buffered): the stream is intact.
             Err(e) => return Err(e),
         };
-        if let Err(Error::MessageTooLarge { .. } | Error::InvalidLength(_) | Error::Io(_)) =
-            &result
-        {
+        // An I/O error mid-payload leaves an unknown part of the message unread.
+        if let Err(Error::Io(_)) = result {
             self.poison();
         }
         result

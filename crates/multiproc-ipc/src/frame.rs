@@ -122,7 +122,16 @@ mod tests {
 
     #[test]
     fn decode_round_trips_every_form() {
-        for len in [0, 1, 3, 16384, 16385, MAX_SHORT_LEN, MAX_SHORT_LEN + 1, 2_147_483_653] {
+        for len in [
+            0,
+            1,
+            3,
+            16384,
+            16385,
+            MAX_SHORT_LEN,
+            MAX_SHORT_LEN + 1,
+            2_147_483_653,
+        ] {
             let bytes = encoded(len);
             let header_len = bytes.len();
             assert_eq!(
@@ -134,7 +143,10 @@ mod tests {
             );
             for cut in 0..header_len {
                 let needed = if cut < 4 { 4 } else { MAX_HEADER_LEN };
-                assert_eq!(decode_header(&bytes[..cut]).unwrap(), Header::Needed(needed));
+                assert_eq!(
+                    decode_header(&bytes[..cut]).unwrap(),
+                    Header::Needed(needed)
+                );
             }
         }
     }
@@ -145,7 +157,10 @@ mod tests {
         bytes.extend_from_slice(b"abc\0\0\0\x01x");
         assert_eq!(
             decode_header(&bytes).unwrap(),
-            Header::Len { len: 3, header_len: 4 }
+            Header::Len {
+                len: 3,
+                header_len: 4
+            }
         );
     }
 
@@ -154,14 +169,20 @@ mod tests {
         let bytes = [0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 5];
         assert_eq!(
             decode_header(&bytes).unwrap(),
-            Header::Len { len: 5, header_len: 12 }
+            Header::Len {
+                len: 5,
+                header_len: 12
+            }
         );
     }
 
     #[test]
     fn negative_lengths_are_invalid() {
         let bytes = (-5i32).to_be_bytes();
-        assert!(matches!(decode_header(&bytes), Err(Error::InvalidLength(-5))));
+        assert!(matches!(
+            decode_header(&bytes),
+            Err(Error::InvalidLength(-5))
+        ));
         let bytes = i32::MIN.to_be_bytes();
         assert!(matches!(
             decode_header(&bytes),

@@ -51,9 +51,10 @@ pub use multiproc_core as process;
 pub use multiproc_ipc as ipc;
 
 pub use multiproc_core::{
-    Context, CurrentProcess, DEFAULT_START_METHOD, ParentProcess, Process, ProcessHandle, StartMethod, active_children,
-    allow_fork_with_threads, cpu_count, current_process, force_start_method, get_all_start_methods, get_context,
-    get_start_method, init, parent_process, set_start_method, start_method_if_set,
+    Context, CurrentProcess, DEFAULT_START_METHOD, ParentProcess, Process, ProcessHandle,
+    StartMethod, active_children, allow_fork_with_threads, cpu_count, current_process,
+    force_start_method, get_all_start_methods, get_context, get_start_method, init, parent_process,
+    set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
 

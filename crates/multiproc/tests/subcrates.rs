@@ -7,8 +7,15 @@ fn reexports() {
     let _ = multiproc::process::Process::name;
     let _ = multiproc::ipc::Connection::send_bytes;
     let _ = multiproc::Process::start;
-    let _: fn(bool) -> Result<(multiproc::Connection, multiproc::Connection), multiproc::ipc::Error> = multiproc::pipe;
-    assert_eq!(multiproc::get_all_start_methods()[0], multiproc::DEFAULT_START_METHOD);
+    let _: fn(
+        bool,
+    )
+        -> Result<(multiproc::Connection, multiproc::Connection), multiproc::ipc::Error> =
+        multiproc::pipe;
+    assert_eq!(
+        multiproc::get_all_start_methods()[0],
+        multiproc::DEFAULT_START_METHOD
+    );
     assert_eq!(multiproc::current_process().name, "MainProcess");
     let e: multiproc::Error = multiproc::process::Error::NotStarted.into();
     assert!(e.to_string().contains("not started"));

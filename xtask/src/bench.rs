@@ -1,0 +1,925 @@
+//! `cargo xtask bench`: multiproc against the machine's raw limits and CPython, in one run.
+//!
+//! 1. Builds `multiproc-benches` in release and runs it: multiproc's figures (names of the
+//!    reference harness's `mp_bench.py`) and the raw limits of the same operations in Rust over
+//!    libc/rustix (names of its `bench/limits/*.c`), alternating in the same rounds.
+//! 2. Runs `benches/python/mp_twin.py` (CPython's multiprocessing, same figures) when `python3`
+//!    is present.
+//! 3. Keeps the raw outputs in `target/bench/<UTC label>/` (`rust.tsv`, `limits.tsv`,
+//!    `python.tsv`, their `.err` files, `machine.txt`), prints every figure on stdout
+//!    (`name<TAB>median<TAB>unit`; raw limits as `limit:<name>`, Python as `python:<name>`,
+//!    because the three families share some names), and writes `docs/benchmarks.md`: a table
+//!    with ratios to the limits (pairs in `benches/pairs.tsv`) and the issue's targets.
+//!
+//! `--quick` (a smoke test) and `--only` (a partial run) write the Markdown report only into
+//! the run's folder, never over `docs/benchmarks.md`.
+//! `target/bench/<label>/` is laid out like the reference harness's results, so
+//! `compare.py --runs target/bench/<label> --pairs benches/pairs.tsv` also works on it.
+
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line task reports on stdout/stderr"
+)]
+
+use std::collections::HashMap;
+use std::env;
+use std::error::Error;
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const USAGE: &str = "\
+usage: cargo xtask bench [--quick] [--reps N] [--only GROUP|FAMILY[,...]] [--no-python]
+
+Builds and runs multiproc-benches (release) and benches/python/mp_twin.py, keeps the raw
+outputs in target/bench/<UTC label>/, prints every figure, and writes docs/benchmarks.md.
+
+  --quick       tiny iteration counts: a smoke test (report kept in the run folder only)
+  --reps N      repetitions (rounds) of every figure, in both suites
+  --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput) and/or
+                families (mp, limits) of multiproc-benches; a partial run (report kept in
+                the run folder only)
+  --no-python   skip the Python twin
+";
+
+/// How long each suite may run before it is killed.
+const SUITE_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+#[derive(Debug, Default)]
+struct Opts {
+    quick: bool,
+    reps: Option<u32>,
+    only: Option<String>,
+    python: bool,
+}
+
+fn parse<I, S>(args: I) -> Res<Option<Opts>>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut o = Opts {
+        python: true,
+        ..Opts::default()
+    };
+    let mut it = args.into_iter().map(|s| s.as_ref().to_string());
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .ok_or_else(|| format!("{flag} needs a value\n\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--quick" => o.quick = true,
+            "--reps" => {
+                let v = value()?;
+                o.reps = Some(v.parse().map_err(|_| format!("bad --reps {v:?}"))?);
+            }
+            "--only" => o.only = Some(value()?),
+            "--no-python" => o.python = false,
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}").into()),
+        }
+    }
+    Ok(Some(o))
+}
+
+/// Entry point of `cargo xtask bench ARGS`.
+pub(crate) fn run<I, S>(args: I) -> Res<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let Some(o) = parse(args)? else {
+        return Ok(());
+    };
+    let root = project_root();
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target =
+        env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), |t| root.join(t));
+    let started = SystemTime::now();
+    let label = utc_label(started);
+    let out = target.join("bench").join(&label);
+    fs::create_dir_all(&out)?;
+
+    let python = o.python.then(python_version).flatten();
+    let mut machine = machine_info();
+    machine.push(("rustc".into(), command_line_output("rustc", &["--version"])));
+    machine.push((
+        "python".into(),
+        python
+            .clone()
+            .unwrap_or_else(|| "absent (twin skipped)".into()),
+    ));
+    machine.push(("date_utc".into(), utc_iso(started)));
+    machine.push(("loadavg_before".into(), loadavg()));
+
+    eprintln!("xtask bench: building multiproc-benches (release)");
+    let st = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "multiproc-benches"])
+        .status()?;
+    if !st.success() {
+        return Err(format!("cargo build --release -p multiproc-benches: {st}").into());
+    }
+    let bin = target.join("release").join("multiproc-benches");
+
+    let mut bench_args: Vec<String> =
+        vec!["--limits-out".into(), path_str(&out.join("limits.tsv"))];
+    let mut py_args: Vec<String> = vec![path_str(&root.join("benches/python/mp_twin.py"))];
+    if o.quick {
+        bench_args.push("--quick".into());
+        py_args.push("--quick".into());
+    }
+    if let Some(r) = o.reps {
+        bench_args.extend(["--reps".into(), r.to_string()]);
+        py_args.extend(["--reps".into(), r.to_string()]);
+    }
+    if let Some(only) = &o.only {
+        bench_args.extend(["--only".into(), only.clone()]);
+        // The Python twin has the same groups (and no raw limits).
+        let groups: Vec<&str> = only
+            .split(',')
+            .filter(|g| !g.is_empty() && *g != "mp" && *g != "limits")
+            .collect();
+        if !groups.is_empty() {
+            py_args.extend(["--only".into(), groups.join(",")]);
+        }
+    }
+
+    eprintln!(
+        "xtask bench: running multiproc-benches -> {}",
+        out.display()
+    );
+    let t0 = Instant::now();
+    let st = run_suite(&bin, &bench_args, &root, &out, "rust")?;
+    eprintln!(
+        "xtask bench: multiproc-benches took {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    if !st.success() {
+        return Err(format!(
+            "multiproc-benches failed ({st}); see {}",
+            out.join("rust.err").display()
+        )
+        .into());
+    }
+    let mut py_ok = false;
+    if python.is_some() {
+        eprintln!("xtask bench: running benches/python/mp_twin.py");
+        let t0 = Instant::now();
+        let st = run_suite(Path::new("python3"), &py_args, &root, &out, "python")?;
+        eprintln!(
+            "xtask bench: mp_twin.py took {:.0} s",
+            t0.elapsed().as_secs_f64()
+        );
+        py_ok = st.success();
+        if !py_ok {
+            eprintln!(
+                "xtask bench: warning: mp_twin.py failed ({st}); see {}",
+                out.join("python.err").display()
+            );
+        }
+    } else {
+        eprintln!("xtask bench: python3 not found (or --no-python): Python twin skipped");
+    }
+    machine.push(("loadavg_after".into(), loadavg()));
+    let mut mt = String::new();
+    for (k, v) in &machine {
+        let _ = writeln!(mt, "{k}\t{v}");
+    }
+    fs::write(out.join("machine.txt"), mt)?;
+
+    let rust = Figures::load(&out.join("rust.tsv"));
+    let lim = Figures::load(&out.join("limits.tsv"));
+    let py = if py_ok {
+        Figures::load(&out.join("python.tsv"))
+    } else {
+        Figures::default()
+    };
+    let mut stdout = String::new();
+    for (prefix, f) in [("", &rust), ("limit:", &lim), ("python:", &py)] {
+        for name in &f.order {
+            let x = &f.map[name];
+            let _ = writeln!(stdout, "{prefix}{name}\t{}\t{}", x.text, x.unit);
+        }
+    }
+    print!("{stdout}");
+
+    let pairs = load_pairs(&root.join("benches/pairs.tsv"))?;
+    let mut cmd = String::from("cargo xtask bench");
+    if o.quick {
+        cmd += " --quick";
+    }
+    if let Some(r) = o.reps {
+        let _ = write!(cmd, " --reps {r}");
+    }
+    if let Some(only) = &o.only {
+        let _ = write!(cmd, " --only {only}");
+    }
+    if !o.python {
+        cmd += " --no-python";
+    }
+    let rel_out = out.strip_prefix(&root).unwrap_or(&out);
+    let report = Report {
+        label: &label,
+        out: rel_out,
+        command: &cmd,
+        machine: &machine,
+        quick: o.quick,
+        partial: o.only.is_some(),
+        rust: &rust,
+        lim: &lim,
+        py: &py,
+        pairs: &pairs,
+    }
+    .markdown();
+    fs::write(out.join("benchmarks.md"), &report)?;
+    if o.quick || o.only.is_some() {
+        eprintln!(
+            "xtask bench: report in {} (quick/partial run: docs/benchmarks.md left alone)",
+            out.join("benchmarks.md").display()
+        );
+    } else {
+        let doc = root.join("docs").join("benchmarks.md");
+        fs::create_dir_all(root.join("docs"))?;
+        fs::write(&doc, &report)?;
+        eprintln!("xtask bench: wrote {}", doc.display());
+    }
+    Ok(())
+}
+
+fn project_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent().unwrap_or(dir).to_path_buf()
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Runs one suite with stdout to `<stem>.tsv` and stderr to `<stem>.err` in `out`.
+fn run_suite(prog: &Path, args: &[String], root: &Path, out: &Path, stem: &str) -> Res<ExitStatus> {
+    let mut child = Command::new(prog)
+        .args(args)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stdout(File::create(out.join(format!("{stem}.tsv")))?)
+        .stderr(File::create(out.join(format!("{stem}.err")))?)
+        .spawn()?;
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        if t0.elapsed() > SUITE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} timed out after {:?}", prog.display(), SUITE_TIMEOUT).into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn command_line_output(prog: &str, args: &[&str]) -> String {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `Some("3.11.7")` when `python3` runs.
+fn python_version() -> Option<String> {
+    let v = command_line_output(
+        "python3",
+        &["-c", "import sys; print(sys.version.split()[0])"],
+    );
+    (v != "unknown").then_some(v)
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn machine_info() -> Vec<(String, String)> {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    vec![
+        ("nproc".into(), nproc.to_string()),
+        ("cpu".into(), cpu),
+        ("kernel".into(), kernel),
+    ]
+}
+
+// ------------------------------------------------------------------- dates ----
+
+/// (year, month, day, hour, minute, second) in UTC.
+fn utc_parts(t: SystemTime) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let rem = rem as u32;
+    (y, m, d, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+fn utc_label(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(t);
+    format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+}
+
+fn utc_iso(t: SystemTime) -> String {
+    let (y, mo, d, h, mi, s) = utc_parts(t);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
+// ----------------------------------------------------------------- figures ----
+
+#[derive(Debug, Clone)]
+struct Fig {
+    value: f64,
+    text: String,
+    unit: String,
+    /// (min, max) as printed in the `#spread` line.
+    spread: Option<(String, String)>,
+    /// (rotation group, value of each round) from the `#rounds` line.
+    rounds: Option<(String, Vec<f64>)>,
+}
+
+#[derive(Debug, Default)]
+struct Figures {
+    order: Vec<String>,
+    map: HashMap<String, Fig>,
+}
+
+impl Figures {
+    /// Reads `name<TAB>median<TAB>unit` lines, and `#spread` and `#rounds` lines from the
+    /// sibling `.err`.
+    fn load(path: &Path) -> Self {
+        let mut f = Self::default();
+        let Ok(text) = fs::read_to_string(path) else {
+            return f;
+        };
+        for line in text.lines() {
+            let p: Vec<&str> = line.split('\t').collect();
+            if line.starts_with('#') || p.len() != 3 {
+                continue;
+            }
+            let Ok(value) = p[1].parse::<f64>() else {
+                continue;
+            };
+            if !f.map.contains_key(p[0]) {
+                f.order.push(p[0].to_string());
+            }
+            f.map.insert(
+                p[0].to_string(),
+                Fig {
+                    value,
+                    text: p[1].to_string(),
+                    unit: p[2].to_string(),
+                    spread: None,
+                    rounds: None,
+                },
+            );
+        }
+        if let Ok(err) = fs::read_to_string(path.with_extension("err")) {
+            for line in err.lines() {
+                let p: Vec<&str> = line.split('\t').collect();
+                match (p.first().copied(), p.len()) {
+                    (Some("#spread"), 7..) => {
+                        if let Some(x) = f.map.get_mut(p[1]) {
+                            x.spread = Some((p[2].to_string(), p[4].to_string()));
+                        }
+                    }
+                    (Some("#rounds"), 4..) => {
+                        let vals: Option<Vec<f64>> =
+                            p[3..].iter().map(|v| v.parse().ok()).collect();
+                        if let (Some(x), Some(vals)) = (f.map.get_mut(p[2]), vals) {
+                            x.rounds = Some((p[1].to_string(), vals));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        f
+    }
+
+    fn get(&self, name: &str) -> Option<&Fig> {
+        self.map.get(name)
+    }
+}
+
+/// figure -> (limit figure, factor, why), in file order.
+type Pairs = Vec<(String, String, f64, String)>;
+
+fn load_pairs(path: &Path) -> Res<Pairs> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut v = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let p: Vec<&str> = line.split('\t').collect();
+        if p.len() < 2 {
+            continue;
+        }
+        let factor = p.get(2).and_then(|f| f.parse().ok()).unwrap_or(1.0);
+        let why = p.get(3).unwrap_or(&"").to_string();
+        v.push((p[0].to_string(), p[1].to_string(), factor, why));
+    }
+    Ok(v)
+}
+
+fn time_scale(unit: &str) -> Option<f64> {
+    match unit {
+        "ns" => Some(1e-9),
+        "us" => Some(1e-6),
+        "ms" => Some(1e-3),
+        "s" => Some(1.0),
+        _ => None,
+    }
+}
+
+fn rate_scale(unit: &str) -> Option<f64> {
+    match unit {
+        "MB/s" => Some(1e6),
+        "GB/s" => Some(1e9),
+        "items/s" | "ops/s" | "tasks/s" => Some(1.0),
+        _ => None,
+    }
+}
+
+/// Cost of `a` relative to `b` (above 1: `a` is slower or lower-throughput than `b`).
+/// Times: a/b; rates: b_rate/a_rate (the same cost ratio). `factor` multiplies `b`'s cost.
+fn cost_ratio_of(a: f64, ua: &str, b: f64, ub: &str, factor: f64) -> Option<f64> {
+    if let (Some(sa), Some(sb)) = (time_scale(ua), time_scale(ub)) {
+        let (ca, cb) = (a * sa, b * sb * factor);
+        return (cb > 0.0).then(|| ca / cb);
+    }
+    if let (Some(sa), Some(sb)) = (rate_scale(ua), rate_scale(ub)) {
+        let (ra, rb) = (a * sa, b * sb / factor);
+        return (ra > 0.0).then(|| rb / ra);
+    }
+    None
+}
+
+/// [`cost_ratio_of`] on the medians.
+fn cost_ratio(a: &Fig, b: &Fig, factor: f64) -> Option<f64> {
+    cost_ratio_of(a.value, &a.unit, b.value, &b.unit, factor)
+}
+
+/// The cost ratio of `a` to `b` from one run: the median of the per-round ratios when both
+/// were measured in the same rounds (same rotation group), else the ratio of the medians.
+/// The flag says which.
+fn paired_ratio(a: &Fig, b: &Fig, factor: f64) -> Option<(f64, bool)> {
+    let per_round: Option<Vec<f64>> = match (&a.rounds, &b.rounds) {
+        (Some((ga, va)), Some((gb, vb))) if ga == gb && va.len() == vb.len() && !va.is_empty() => {
+            va.iter()
+                .zip(vb)
+                .map(|(&x, &y)| cost_ratio_of(x, &a.unit, y, &b.unit, factor))
+                .collect()
+        }
+        _ => None,
+    };
+    match per_round {
+        Some(rs) => Some((median(&rs), true)),
+        None => cost_ratio(a, b, factor).map(|r| (r, false)),
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+/// A paired ratio as a table cell; `*` marks a ratio of medians (not measured in the same rounds).
+fn ratio_cell(r: Option<(f64, bool)>) -> String {
+    match r {
+        Some((r, true)) => g3(r),
+        Some((r, false)) => format!("{}\\*", g3(r)),
+        None => "-".into(),
+    }
+}
+
+/// Three significant digits, as `%.3g` without exponents.
+fn g3(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else if a >= 1.0 {
+        format!("{x:.2}")
+    } else if a >= 0.1 {
+        format!("{x:.3}")
+    } else if a >= 0.01 {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+fn cell(f: Option<&Fig>) -> String {
+    match f {
+        None => "-".into(),
+        Some(x) => match &x.spread {
+            Some((lo, hi)) => format!("{} {} ({lo}..{hi})", x.text, x.unit),
+            None => format!("{} {}", x.text, x.unit),
+        },
+    }
+}
+
+struct Report<'a> {
+    label: &'a str,
+    out: &'a Path,
+    command: &'a str,
+    machine: &'a [(String, String)],
+    quick: bool,
+    partial: bool,
+    rust: &'a Figures,
+    lim: &'a Figures,
+    py: &'a Figures,
+    pairs: &'a Pairs,
+}
+
+/// One target of the issue: `figure / limit (x factor) <= max`.
+struct Target {
+    what: &'static str,
+    figure: &'static str,
+    limit: &'static str,
+    max: f64,
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        what: "fork start ≤ 1.5× raw fork+wait",
+        figure: "proc.start_join.fork",
+        limit: "proc.fork_exit_wait",
+        max: 1.5,
+    },
+    Target {
+        what: "forkserver start ≤ 2× raw fork+wait",
+        figure: "proc.start_join.forkserver",
+        limit: "proc.fork_exit_wait",
+        max: 2.0,
+    },
+    Target {
+        what: "spawn start ≤ 1.5× raw posix_spawn",
+        figure: "proc.start_join.spawn",
+        limit: "proc.posix_spawn_true_wait",
+        max: 1.5,
+    },
+    Target {
+        what: "duplex pipe round trip ≤ 1.3× raw pipe ping-pong",
+        figure: "pipe.roundtrip.64B",
+        limit: "pingpong.pipe.64B",
+        max: 1.3,
+    },
+];
+
+const EXTRA_TARGETS: &[Target] = &[
+    Target {
+        what: "fork start from a 256 MiB parent ≤ 1.5× raw fork+wait from that parent",
+        figure: "proc.start_join.fork.rss256MiB",
+        limit: "proc.fork_exit_wait.rss256MiB",
+        max: 1.5,
+    },
+    Target {
+        what: "forkserver start from a 256 MiB parent ≤ 2× raw fork+wait from a small parent (does not slow down)",
+        figure: "proc.start_join.forkserver.rss256MiB",
+        limit: "proc.fork_exit_wait",
+        max: 2.0,
+    },
+    Target {
+        what: "spawn start from a 256 MiB parent ≤ 1.5× raw posix_spawn from that parent",
+        figure: "proc.start_join.spawn.rss256MiB",
+        limit: "proc.posix_spawn_true_wait.rss256MiB",
+        max: 1.5,
+    },
+];
+
+impl Report<'_> {
+    /// Figure names in table order: the pairs file's order, then any other figure.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .pairs
+            .iter()
+            .map(|p| p.0.clone())
+            .filter(|n| self.rust.get(n).is_some() || self.py.get(n).is_some())
+            .collect();
+        for n in self.rust.order.iter().chain(&self.py.order) {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
+    }
+
+    fn pair(&self, name: &str) -> Option<(&str, f64)> {
+        self.pairs
+            .iter()
+            .find(|p| p.0 == name)
+            .map(|p| (p.1.as_str(), p.2))
+    }
+
+    fn target_line(&self, t: &Target, s: &mut String) {
+        let (status, measured) = match (self.rust.get(t.figure), self.lim.get(t.limit)) {
+            (Some(f), Some(l)) => match paired_ratio(f, l, 1.0) {
+                Some((r, paired)) => (
+                    if r <= t.max { "**MET**" } else { "**NOT MET**" },
+                    format!(
+                        "`{}` / `{}` = **{}**",
+                        t.figure,
+                        t.limit,
+                        ratio_cell(Some((r, paired)))
+                    ),
+                ),
+                None => ("not measured", "units differ".into()),
+            },
+            _ => (
+                "not measured",
+                format!("{} or {} missing", t.figure, t.limit),
+            ),
+        };
+        let _ = writeln!(s, "| {} | {measured} | {status} |", t.what);
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::new();
+        let w = &mut s;
+        let _ = writeln!(w, "# Benchmarks\n");
+        let _ = writeln!(
+            w,
+            "<!-- Generated by `cargo xtask bench` (xtask/src/bench.rs); edits are overwritten. -->\n"
+        );
+        if self.quick {
+            let _ = writeln!(
+                w,
+                "> **Quick smoke run** (`--quick`): tiny iteration counts, not a measurement.\n"
+            );
+        }
+        if self.partial {
+            let _ = writeln!(
+                w,
+                "> **Partial run** (`--only`): some figures are missing.\n"
+            );
+        }
+        let date = self
+            .machine
+            .iter()
+            .find(|(k, _)| k == "date_utc")
+            .map_or("?", |(_, v)| v.as_str());
+        let _ = writeln!(
+            w,
+            "Measured on {date} by `{}` (run `{}`; raw outputs in `{}/`).",
+            self.command,
+            self.label,
+            self.out.display()
+        );
+        let _ = writeln!(
+            w,
+            "Every figure is the median of several repetitions of an inner loop; `(min..max)` is the range over the repetitions."
+        );
+        let _ = writeln!(
+            w,
+            "multiproc's figures and the raw limits come from one process (`benches/src/`), and each multiproc figure was measured alternately with its limits, in the same rounds (the order rotated each round)."
+        );
+        let _ = writeln!(
+            w,
+            "The raw limits are the same operations written in Rust over libc/rustix (`benches/src/limits.rs`), replicating the C programs of the reference harness, whose figure names they carry."
+        );
+        let _ = writeln!(
+            w,
+            "Python is CPython's `multiprocessing` running `benches/python/mp_twin.py` (the measurement code of the reference `mp_bench.py`) right after; its ratios use the limits of the Rust run, measured a minute earlier."
+        );
+        let _ = writeln!(
+            w,
+            "The machine is small and shared: compare ratios within a run, not absolute figures across runs.\n"
+        );
+
+        let _ = writeln!(w, "## Machine\n");
+        let _ = writeln!(w, "| | |\n|---|---|");
+        for (k, v) in self.machine {
+            let _ = writeln!(w, "| {k} | {v} |");
+        }
+        let _ = writeln!(w);
+
+        let _ = writeln!(w, "## Figures\n");
+        let _ = writeln!(
+            w,
+            "`/limit` columns: how many times the figure costs more than its raw limit (1 = at the limit; lower is better)."
+        );
+        let _ = writeln!(
+            w,
+            "For times (`us`) that is figure / limit; for rates (`MB/s`, 10^6 bytes/s) it is the cost ratio limit rate / figure rate, so in both cases lower is better."
+        );
+        let _ = writeln!(
+            w,
+            "`multiproc vs Python`: Python's cost / multiproc's cost, i.e. how many times faster multiproc is (above 1: multiproc is ahead)."
+        );
+        let _ = writeln!(
+            w,
+            "`multiproc/limit` is the median of the per-round ratios (figure and limit measured in the same round, one after the other); `\\*` marks a ratio of medians instead (not measured in the same rounds)."
+        );
+        let _ = writeln!(
+            w,
+            "`Python/limit` and `multiproc vs Python` are ratios of medians (Python runs in a separate process after the Rust suite)."
+        );
+        let _ = writeln!(
+            w,
+            "Which limit bounds which figure is in `benches/pairs.tsv`.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| figure | multiproc | raw limit (name) | multiproc/limit | Python | Python/limit | multiproc vs Python |"
+        );
+        let _ = writeln!(w, "|---|---|---|---|---|---|---|");
+        let mut behind = Vec::new();
+        let mut compared = 0;
+        for name in self.names() {
+            let ours = self.rust.get(&name);
+            let theirs = self.py.get(&name);
+            let pair = self.pair(&name);
+            let limit = pair.and_then(|(l, _)| self.lim.get(l));
+            let factor = pair.map_or(1.0, |p| p.1);
+            let lim_cell = match (pair, limit) {
+                (Some((l, f)), x) if f != 1.0 => format!("`{l}` ×{f}: {}", cell(x)),
+                (Some((l, _)), x) => format!("`{l}`: {}", cell(x)),
+                (None, _) => "-".into(),
+            };
+            let ours_ratio = match (ours, limit) {
+                (Some(f), Some(l)) => ratio_cell(paired_ratio(f, l, factor)),
+                _ => "-".into(),
+            };
+            let py_ratio = match (theirs, limit) {
+                (Some(f), Some(l)) => cost_ratio(f, l, factor).map_or("-".into(), g3),
+                _ => "-".into(),
+            };
+            let vs = match (ours, theirs) {
+                (Some(a), Some(b)) => match cost_ratio(b, a, 1.0) {
+                    Some(r) => {
+                        compared += 1;
+                        if r <= 1.0 {
+                            behind.push(name.clone());
+                        }
+                        format!("{}×", g3(r))
+                    }
+                    None => "-".into(),
+                },
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                w,
+                "| `{name}` | {} | {lim_cell} | {} | {} | {} | {vs} |",
+                cell(ours),
+                ours_ratio,
+                cell(theirs),
+                py_ratio
+            );
+        }
+        let _ = writeln!(w);
+
+        let _ = writeln!(w, "## Targets\n");
+        let _ = writeln!(
+            w,
+            "The targets of the issue (item 8), with the ratios of the table above (lower is better).\n"
+        );
+        let _ = writeln!(w, "| target | measured | status |\n|---|---|---|");
+        for t in TARGETS {
+            self.target_line(t, w);
+        }
+        let ahead = if compared == 0 {
+            (
+                "not measured (no Python figures)".to_string(),
+                "not measured",
+            )
+        } else if behind.is_empty() {
+            (format!("{compared} of {compared} figures ahead"), "**MET**")
+        } else {
+            (
+                format!(
+                    "{} of {compared} figures ahead; behind: {}",
+                    compared - behind.len(),
+                    behind
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                "**NOT MET**",
+            )
+        };
+        let _ = writeln!(
+            w,
+            "| every figure ahead of Python's | {} | {} |",
+            ahead.0, ahead.1
+        );
+        let _ = writeln!(
+            w,
+            "\nFurther checks (not targets of the issue): the start figures from a parent holding 256 MiB, where fork slows down and forkserver and spawn should not.\n"
+        );
+        let _ = writeln!(w, "| check | measured | status |\n|---|---|---|");
+        for t in EXTRA_TARGETS {
+            self.target_line(t, w);
+        }
+        let _ = writeln!(w);
+
+        let _ = writeln!(w, "## Raw limits\n");
+        let _ = writeln!(
+            w,
+            "Every raw limit of this run (names of the reference harness's `bench/limits/*.c`, plus the `.rss256MiB` variants).\n"
+        );
+        let _ = writeln!(w, "| limit | median (min..max) |\n|---|---|");
+        for n in &self.lim.order {
+            let _ = writeln!(w, "| `{n}` | {} |", cell(self.lim.get(n)));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(utc_iso(t), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_label(UNIX_EPOCH), "19700101T000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(utc_iso(leap), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn ratios() {
+        let f = |v: f64, u: &str| Fig {
+            value: v,
+            text: v.to_string(),
+            unit: u.into(),
+            spread: None,
+            rounds: None,
+        };
+        assert_eq!(cost_ratio(&f(300.0, "us"), &f(150.0, "us"), 1.0), Some(2.0));
+        assert_eq!(cost_ratio(&f(1.0, "ms"), &f(500.0, "us"), 1.0), Some(2.0));
+        assert_eq!(
+            cost_ratio(&f(500.0, "MB/s"), &f(1000.0, "MB/s"), 1.0),
+            Some(2.0)
+        );
+        assert_eq!(cost_ratio(&f(1.0, "us"), &f(1.0, "MB/s"), 1.0), None);
+
+        // Per-round ratios when both were measured in the same rounds, else medians.
+        let mut a = f(10.0, "us");
+        let mut b = f(5.0, "us");
+        a.rounds = Some(("1".into(), vec![10.0, 30.0, 12.0]));
+        b.rounds = Some(("1".into(), vec![5.0, 10.0, 12.0]));
+        assert_eq!(paired_ratio(&a, &b, 1.0), Some((2.0, true)));
+        b.rounds = Some(("2".into(), vec![5.0, 10.0, 12.0]));
+        assert_eq!(paired_ratio(&a, &b, 1.0), Some((2.0, false)));
+    }
+}
