@@ -258,7 +258,7 @@ fn proc_group(out: &mut Out, a: &Args, suffix: &'static str) -> Res<()> {
     let big = !suffix.is_empty();
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
     if a.limits {
-        let nf = if big { a.n(20, 2) } else { a.n(300, 10) };
+        let nf = if big { a.n(20, 2) } else { a.n(500, 10) };
         let ns = a.n(if big { 50 } else { 100 }, 5);
         benches.push(Box::new(limits::ForkExitWait { n: nf, suffix }));
         benches.push(Box::new(limits::PosixSpawnTrue { n: ns, suffix }));

@@ -115,14 +115,30 @@ where
     let out = target.join("bench").join(&label);
     fs::create_dir_all(&out)?;
 
-    let python = o.python.then(python_version).flatten();
+    // `--only limits` (raw limits only) has nothing to compare with Python.
+    let only_limits = o.only.as_deref().is_some_and(|only| {
+        let toks: Vec<&str> = only.split(',').filter(|t| !t.is_empty()).collect();
+        toks.contains(&"limits") && !toks.contains(&"mp")
+    });
+    let python = python_version();
+    let skip_python = if python.is_none() {
+        Some("python3 not found")
+    } else if !o.python {
+        Some("--no-python")
+    } else if only_limits {
+        Some("--only limits")
+    } else {
+        None
+    };
     let mut machine = machine_info();
     machine.push(("rustc".into(), command_line_output("rustc", &["--version"])));
     machine.push((
         "python".into(),
-        python
-            .clone()
-            .unwrap_or_else(|| "absent (twin skipped)".into()),
+        match (&python, skip_python) {
+            (Some(v), None) => v.clone(),
+            (Some(v), Some(why)) => format!("{v} (twin skipped: {why})"),
+            (None, _) => "absent (twin skipped)".into(),
+        },
     ));
     machine.push(("date_utc".into(), utc_iso(started)));
     machine.push(("loadavg_before".into(), loadavg()));
@@ -166,10 +182,9 @@ where
     );
     let t0 = Instant::now();
     let st = run_suite(&bin, &bench_args, &root, &out, "rust")?;
-    eprintln!(
-        "xtask bench: multiproc-benches took {:.0} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!("xtask bench: multiproc-benches took {secs:.0} s");
+    machine.push(("rust_suite_seconds".into(), format!("{secs:.0}")));
     if !st.success() {
         return Err(format!(
             "multiproc-benches failed ({st}); see {}",
@@ -178,14 +193,15 @@ where
         .into());
     }
     let mut py_ok = false;
-    if python.is_some() {
+    if let Some(why) = skip_python {
+        eprintln!("xtask bench: Python twin skipped ({why})");
+    } else {
         eprintln!("xtask bench: running benches/python/mp_twin.py");
         let t0 = Instant::now();
         let st = run_suite(Path::new("python3"), &py_args, &root, &out, "python")?;
-        eprintln!(
-            "xtask bench: mp_twin.py took {:.0} s",
-            t0.elapsed().as_secs_f64()
-        );
+        let secs = t0.elapsed().as_secs_f64();
+        eprintln!("xtask bench: mp_twin.py took {secs:.0} s");
+        machine.push(("python_suite_seconds".into(), format!("{secs:.0}")));
         py_ok = st.success();
         if !py_ok {
             eprintln!(
@@ -193,8 +209,6 @@ where
                 out.join("python.err").display()
             );
         }
-    } else {
-        eprintln!("xtask bench: python3 not found (or --no-python): Python twin skipped");
     }
     machine.push(("loadavg_after".into(), loadavg()));
     let mut mt = String::new();
@@ -765,7 +779,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             w,
-            "`multiproc/limit` is the median of the per-round ratios (figure and limit measured in the same round, one after the other); `\\*` marks a ratio of medians instead (not measured in the same rounds)."
+            "`multiproc/limit` is the median of the per-round ratios (figure and limit measured in the same round, one after the other); a trailing \\* marks a ratio of medians instead (not measured in the same rounds)."
         );
         let _ = writeln!(
             w,

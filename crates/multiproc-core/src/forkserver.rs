@@ -79,55 +79,63 @@ pub fn forkserver_pid() -> Option<u32> {
 /// Starts `target` as a child of the forkserver.
 pub(crate) fn start(info: ChildInfo, target: &dyn Target) -> Result<Child> {
     let (record, fds) = spawn::job(info.clone(), target)?;
-    let (mine, theirs) = fdpass::socketpair().map_err(Error::os("socketpair"))?;
-    let mut passed = vec![theirs.as_fd()];
-    passed.extend(fdpass::borrow_all(&fds));
-    {
-        let mut guard = SERVER.lock();
-        let mut attempt = 0;
-        loop {
-            if guard
-                .as_ref()
-                .is_some_and(|s| s.owner != rustix::process::getpid())
-            {
-                *guard = None;
+    // A server that died (killed, or the machine's OOM killer) is replaced once: when sending
+    // fails, or when it closes a request without answering.
+    for attempt in 0..2 {
+        match request(&record, &fds)? {
+            Some((pid, pidfd, status)) => {
+                return Ok(Child::new(pid, pidfd, Waiter::Served { status }, &info));
             }
-            if guard.is_none() {
-                *guard = Some(launch()?);
-            }
-            let server = guard.as_ref().expect("just launched");
-            match fdpass::send_msg(server.control.as_fd(), &record, &passed) {
-                Ok(()) => break,
-                Err(e) if attempt > 0 => {
-                    return Err(Error::Forkserver(format!("cannot send a request: {e}")));
-                }
-                Err(_) => {
-                    // The server died (killed, or its process ended): start a new one once.
-                    retire(guard.take().expect("present"));
-                    attempt += 1;
-                }
-            }
+            None if attempt == 0 => continue,
+            None => break,
         }
     }
+    Err(Error::Forkserver(
+        "the forkserver died twice while handling a request".into(),
+    ))
+}
+
+/// Sends one request; `Ok(None)` if the server turned out to be dead (it was retired, so the
+/// next request starts a new one).
+fn request(record: &[u8], fds: &[OwnedFd]) -> Result<Option<(Pid, OwnedFd, OwnedFd)>> {
+    let (mine, theirs) = fdpass::socketpair().map_err(Error::os("socketpair"))?;
+    let mut passed = vec![theirs.as_fd()];
+    passed.extend(fdpass::borrow_all(fds));
+    let server_pid = {
+        let mut guard = SERVER.lock();
+        if guard
+            .as_ref()
+            .is_some_and(|s| s.owner != rustix::process::getpid())
+        {
+            *guard = None;
+        }
+        if guard.is_none() {
+            *guard = Some(launch()?);
+        }
+        let server = guard.as_ref().expect("just launched");
+        if fdpass::send_msg(server.control.as_fd(), record, &passed).is_err() {
+            retire(guard.take().expect("present"));
+            return Ok(None);
+        }
+        server.pid
+    };
     drop(passed);
     drop(theirs);
-    drop(fds);
     let mut reply = [0u8; 8];
     let got = fdpass::recv_with_fds(mine.as_fd(), &mut reply)
         .map_err(|e| Error::Forkserver(e.to_string()))?;
-    let pidfd = got
-        .ok_or_else(|| Error::Forkserver("the server closed the request without forking".into()))?
-        .into_iter()
-        .next();
+    let Some(got) = got else {
+        // The server closed our status socket unanswered: it died with the request queued.
+        let mut guard = SERVER.lock();
+        if guard.as_ref().is_some_and(|s| s.pid == server_pid) {
+            retire(guard.take().expect("present"));
+        }
+        return Ok(None);
+    };
     let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
     let errno = i32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
-    match (Pid::from_raw(pid), pidfd) {
-        (Some(pid), Some(pidfd)) => Ok(Child::new(
-            pid,
-            pidfd,
-            Waiter::Served { status: mine },
-            &info,
-        )),
+    match (Pid::from_raw(pid), got.into_iter().next()) {
+        (Some(pid), Some(pidfd)) => Ok(Some((pid, pidfd, mine))),
         _ => Err(Error::Os {
             op: "fork (in the forkserver)",
             source: std::io::Error::from_raw_os_error(errno),

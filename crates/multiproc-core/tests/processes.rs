@@ -475,34 +475,22 @@ fn parent_of_daemon((m, w, wait_for_kill): (StartMethod, End, bool)) {
     }
 }
 
-fn wait_gone(pid: u32) -> Result<(), Failed> {
-    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
-    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
-        return Ok(()); // already gone
-    };
-    let ts = rustix::event::Timespec::try_from(LONG).unwrap();
-    let mut fds = [rustix::event::PollFd::new(
-        &pidfd,
-        rustix::event::PollFlags::IN,
-    )];
-    check!(
-        rustix::event::poll(&mut fds, Some(&ts))? == 1,
-        "daemon {pid:?} still alive after its parent ended"
-    );
-    Ok(())
-}
-
-fn daemon_pid_from(m: StartMethod, wait_for_kill: bool) -> Result<(Process, u32, OwnedFd), Failed> {
+/// Starts a parent of a daemon; returns the parent and the daemon's pidfd, or `None` if the
+/// daemon is already gone (its parent may have returned and reaped it before we looked).
+fn daemon_pid_from(
+    m: StartMethod,
+    wait_for_kill: bool,
+) -> Result<(Process, Option<OwnedFd>), Failed> {
     let (r, w) = End::pair();
     let p = start(m, parent_of_daemon, (m, w, wait_for_kill))?;
     let lines = r.lines(1)?;
-    let pid: u32 = lines.first().ok_or("no daemon pid")?.parse()?;
-    // Open the daemon's pidfd while it surely runs, so a reused pid cannot fool the check.
-    let pidfd = rustix::process::pidfd_open(
-        rustix::process::Pid::from_raw(pid as i32).unwrap(),
-        rustix::process::PidfdFlags::empty(),
-    )?;
-    Ok((p, pid, pidfd))
+    let pid: i32 = lines.first().ok_or("no daemon pid")?.parse()?;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+    match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(fd) => Ok((p, Some(fd))),
+        Err(rustix::io::Errno::SRCH) => Ok((p, None)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn wait_pidfd(pidfd: &OwnedFd, what: &str) -> Result<(), Failed> {
@@ -516,14 +504,17 @@ fn wait_pidfd(pidfd: &OwnedFd, what: &str) -> Result<(), Failed> {
 }
 
 fn daemon_children_gone_after_parent_exits(m: StartMethod) -> Result<(), Failed> {
-    let (p, pid, pidfd) = daemon_pid_from(m, false)?;
+    let (p, pidfd) = daemon_pid_from(m, false)?;
     check!(join(&p)? == 0, "parent of the daemon failed");
-    wait_pidfd(&pidfd, "daemon still alive after its parent returned")?;
-    wait_gone(pid)
+    match pidfd {
+        Some(fd) => wait_pidfd(&fd, "daemon still alive after its parent returned"),
+        None => Ok(()),
+    }
 }
 
 fn daemon_children_die_with_killed_parent(m: StartMethod) -> Result<(), Failed> {
-    let (p, _pid, pidfd) = daemon_pid_from(m, true)?;
+    let (p, pidfd) = daemon_pid_from(m, true)?;
+    let pidfd = pidfd.ok_or("the daemon died while its parent was still running")?;
     p.kill()?;
     check!(join(&p)? == -9, "parent not killed");
     wait_pidfd(&pidfd, "daemon still alive after its parent was killed")
