@@ -23,6 +23,8 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_AHEAD: usize = 64 * 1024 * 1024;
 /// Buffers that grew beyond this for one big message are shrunk back afterwards.
 const RETAIN: usize = 1024 * 1024;
+/// The largest pipe buffer a connection asks for (Linux's default `pipe-max-size`).
+const MAX_PIPE_CAPACITY: usize = 1024 * 1024;
 
 /// Creates a pair of connected [`Connection`]s (Python's `multiprocessing.Pipe(duplex)`).
 ///
@@ -92,6 +94,8 @@ pub struct Connection {
     wbuf: Vec<u8>,
     limit: Option<usize>,
     poisoned: bool,
+    /// Capacity the write pipe was grown to for large messages (0: not yet tried).
+    pipe_capacity: usize,
 }
 
 impl Connection {
@@ -108,6 +112,7 @@ impl Connection {
             wbuf: Vec::new(),
             limit: None,
             poisoned: false,
+            pipe_capacity: 0,
         }
     }
 
@@ -120,6 +125,9 @@ impl Connection {
     /// [`Error::BrokenPipe`] when the reading end is gone; [`Error::NotWritable`] /
     /// [`Error::Closed`] on a read-only or closed connection; [`Error::Io`] otherwise.
     pub fn send_bytes(&mut self, buf: &[u8]) -> Result<(), Error> {
+        if buf.len() > SMALL_MESSAGE {
+            self.grow_pipe(buf.len());
+        }
         let (fd, wbuf) = self.writer()?;
         if buf.len() <= SMALL_MESSAGE {
             wbuf.clear();
@@ -141,7 +149,7 @@ impl Connection {
     /// owns an fd, which can only travel as a `Process` argument), and the errors of
     /// [`send_bytes`](Self::send_bytes).
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let (fd, wbuf) = self.writer()?;
+        let (_, wbuf) = self.writer()?;
         // Room for the longest header, patched once the payload length is known.
         wbuf.clear();
         wbuf.resize(MAX_HEADER_LEN, 0);
@@ -150,6 +158,11 @@ impl Connection {
         let (header, used) = frame::header(wbuf.len() - MAX_HEADER_LEN);
         let start = MAX_HEADER_LEN - used;
         wbuf[start..MAX_HEADER_LEN].copy_from_slice(&header[..used]);
+        let len = wbuf.len();
+        if len > SMALL_MESSAGE {
+            self.grow_pipe(len);
+        }
+        let (fd, wbuf) = self.writer()?;
         let result = write_all(fd, &wbuf[start..]);
         if wbuf.capacity() > RETAIN {
             *wbuf = Vec::new();
@@ -321,6 +334,22 @@ impl Connection {
             None if self.poisoned => Err(Error::Poisoned),
             None if self.is_closed() => Err(Error::Closed),
             None => Err(Error::NotReadable),
+        }
+    }
+
+    /// Grows the kernel buffer of the write pipe (64 KiB by default) towards the message size,
+    /// up to [`MAX_PIPE_CAPACITY`], so a large message goes out in few writes and the reader
+    /// is woken less often. Tried once per size step; a refusal (a socket, or the per-user
+    /// pipe memory limit) is not an error.
+    fn grow_pipe(&mut self, len: usize) {
+        let want = (len + MAX_HEADER_LEN)
+            .next_power_of_two()
+            .min(MAX_PIPE_CAPACITY);
+        if want <= self.pipe_capacity {
+            return;
+        }
+        if let Some(fd) = &self.write {
+            self.pipe_capacity = rustix::pipe::fcntl_setpipe_size(fd, want).unwrap_or(usize::MAX);
         }
     }
 

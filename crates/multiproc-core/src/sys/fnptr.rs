@@ -67,19 +67,18 @@ impl Entry {
     }
 
     /// Runs the target with the encoded arguments, in the child.
+    ///
+    /// Only ever called on an entry received from the parent over the bootstrap socket, after
+    /// the child checked that it runs the parent's executable (`child::run_spawned`).
     pub(crate) fn call(self, args: &[u8], fds: Vec<OwnedFd>) -> Result<(), ReductionError> {
         let base = anchor() as isize;
         let (tramp, target) = ((base + self.tramp) as usize, (base + self.target) as usize);
-        let image = crate::exe::image_range().map_err(ReductionError::Decode)?;
-        if !image.contains(&tramp) || !image.contains(&target) {
-            return Err(ReductionError::Decode(
-                "entry point outside the executable image".into(),
-            ));
-        }
         // SAFETY: the parent built this entry with `Entry::new::<A>` from a `fn(A)` and
-        // `trampoline::<A>` of the same `A`, both inside the main image; the child runs the same
-        // image (exec of `/proc/self/exe`, identity checked in `child::check_exe`), which ASLR
-        // moves as a whole, so anchor-relative offsets name the same two functions here.
+        // `trampoline::<A>` of the same `A`, and checked that both lie inside the main image; the
+        // child runs the same image (exec of `/proc/self/exe`, its identity compared with the
+        // parent's in `child::run_spawned`), which ASLR moves as a whole, so anchor-relative
+        // offsets name the same two functions here. (Checking the range again here would cost
+        // a parse of /proc/self/maps in every child.)
         let tramp = unsafe { std::mem::transmute::<usize, Trampoline>(tramp) };
         // SAFETY: `tramp` is `trampoline::<A>` and `target` a `fn(A)` of the same `A` (above).
         unsafe { tramp(target, args, fds) }
