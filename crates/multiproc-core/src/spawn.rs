@@ -69,3 +69,22 @@ pub(crate) fn start(info: ChildInfo, target: &dyn Target) -> Result<Child> {
     let (pid, _sock) = spawn_raw(&record, &fds)?;
     Child::own(pid, &info)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_hook_and_init_is_a_clear_error() {
+        let hook = sys::hook::HOOK_RAN.swap(false, Ordering::Relaxed);
+        let init = INIT_CALLED.swap(false, Ordering::Relaxed);
+        let result = check_reexecutable();
+        sys::hook::HOOK_RAN.store(hook, Ordering::Relaxed);
+        INIT_CALLED.store(init, Ordering::Relaxed);
+        assert!(hook, "the pre-main hook ran in this test binary");
+        let err = result.unwrap_err();
+        assert!(matches!(err, Error::HookNotRun));
+        assert!(err.to_string().contains("multiproc::init()"), "{err}");
+        assert!(check_reexecutable().is_ok());
+    }
+}

@@ -69,6 +69,14 @@ fn main() {
         ("close_rules", close_rules),
         ("no_fd_leak_after_1000_cycles", no_fd_leak_after_1000_cycles),
         ("many_concurrent_children", many_concurrent_children),
+        (
+            "parent_stdout_flushed_before_start",
+            parent_stdout_flushed_before_start,
+        ),
+        (
+            "exit_joins_children_and_terminates_daemons",
+            exit_joins_children_and_terminates_daemons,
+        ),
     ];
     let mut trials = Vec::new();
     for &(name, test) in tests {
@@ -755,6 +763,80 @@ fn too_many_fds_is_an_error(m: StartMethod) -> Result<(), Failed> {
         check!(join(&p)? == 0, "fork child with 300 fds");
     } else {
         check!(matches!(r, Err(Error::TooManyFds(300))), "got {r:?}");
+    }
+    Ok(())
+}
+
+fn print_child(_: ()) {
+    println!("child line");
+}
+
+/// Text the parent buffered with `print!` must come out once, not once more per forked child.
+fn parent_stdout_flushed_before_start(m: StartMethod) -> Result<(), Failed> {
+    std::io::stdout().flush()?;
+    let saved = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdout(), 10)?;
+    let (r, w) = End::pair();
+    rustix::stdio::dup2_stdout(&w.0)?;
+    drop(w);
+    print!("partial-marker");
+    let result = start(m, print_child, ()).and_then(|p| join(&p));
+    println!();
+    std::io::stdout().flush()?;
+    rustix::stdio::dup2_stdout(&saved)?;
+    let text = r.lines(usize::MAX)?.join("\n");
+    check!(result? == 0, "child failed");
+    check!(
+        text.matches("partial-marker").count() == 1,
+        "buffered parent output came out {} times: {text:?}",
+        text.matches("partial-marker").count()
+    );
+    // A forkserver child writes to the server's stdout (as in Python), not to this pipe.
+    if m != StartMethod::Forkserver {
+        check!(
+            text.contains("child line"),
+            "child output missing: {text:?}"
+        );
+    }
+    Ok(())
+}
+
+fn finish_late((w, delay_ms): (End, u64)) {
+    std::thread::sleep(Duration::from_millis(delay_ms));
+    w.send("non-daemon finished");
+}
+
+/// Starts a daemon and a slow non-daemon, reports the daemon's pid, then calls
+/// `std::process::exit(0)`: the atexit handler must join the non-daemon and stop the daemon.
+fn exit_with_children((m, w): (StartMethod, End)) {
+    let mut d = get_context(m).process(sleep_forever, ());
+    d.set_daemon(true).unwrap();
+    d.start().unwrap();
+    let mut n = get_context(m).process(finish_late, (End(w.0.try_clone().unwrap()), 300));
+    n.start().unwrap();
+    w.send(&d.pid().unwrap().to_string());
+    drop(w);
+    std::process::exit(0);
+}
+
+fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, exit_with_children, (m, w))?;
+    check!(join(&p)? == 0, "parent exit code {:?}", p.exitcode());
+    // Had the parent not waited for its non-daemon child, that child would still be sleeping
+    // now and its line not yet written.
+    // (The daemon's pid line is there already, so this read does not block.)
+    let mut buf = [0u8; 4096];
+    let n = rustix::io::read(&r.0, &mut buf)?;
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    check!(
+        text.contains("non-daemon finished"),
+        "the parent exited before its non-daemon child: {text:?}"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: i32 = lines[0].parse()?;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+    if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        wait_pidfd(&fd, "daemon alive after its parent exited")?;
     }
     Ok(())
 }
