@@ -245,6 +245,38 @@ impl Connection {
         })
     }
 
+    /// Receives one message like [`recv`](Self::recv), waiting at most `timeout` for it to
+    /// start arriving; `Ok(None)` if nothing came.
+    ///
+    /// Once the first bytes are there the rest is read to the end; a peer that dies in the
+    /// middle of a message ends the wait with [`Error::Truncated`], never a hang.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`recv`](Self::recv) and [`poll`](Self::poll).
+    pub fn recv_timeout<T: DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<T>, Error> {
+        if !self.poll(Some(timeout))? {
+            return Ok(None);
+        }
+        self.recv().map(Some)
+    }
+
+    /// Receives one message like [`recv_bytes`](Self::recv_bytes), waiting at most `timeout`
+    /// for it to start arriving; `Ok(None)` if nothing came.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`recv_bytes`](Self::recv_bytes) and [`poll`](Self::poll).
+    pub fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, Error> {
+        if !self.poll(Some(timeout))? {
+            return Ok(None);
+        }
+        self.recv_bytes().map(Some)
+    }
+
     /// Returns whether a message (or the end of the stream) is ready to be received (Python's
     /// `poll`).
     ///
