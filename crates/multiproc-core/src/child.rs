@@ -13,7 +13,7 @@ use crate::sys::fnptr::Entry;
 use crate::{fdpass, forkserver, sys};
 
 /// Largest bootstrap record a child accepts (arguments included).
-pub(crate) const MAX_BOOT_RECORD: usize = 1 << 31;
+pub(crate) const MAX_BOOT_RECORD: usize = u32::MAX as usize;
 
 /// What a re-executed child (or a forkserver child) is asked to do.
 #[derive(Debug, Serialize, Deserialize)]

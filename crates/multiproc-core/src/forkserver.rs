@@ -77,7 +77,9 @@ pub fn forkserver_pid() -> Option<u32> {
 }
 
 /// Starts `target` as a child of the forkserver.
-pub(crate) fn start(info: ChildInfo, target: &dyn Target) -> Result<Child> {
+pub(crate) fn start(mut info: ChildInfo, target: &dyn Target) -> Result<Child> {
+    // The server's working directory is the one it was launched in; send the current one.
+    info.cwd = std::env::current_dir().ok();
     let (record, fds) = spawn::job(info.clone(), target)?;
     // A server that died (killed, or the machine's OOM killer) is replaced once: when sending
     // fails, or when it closes a request without answering.

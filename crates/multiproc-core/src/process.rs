@@ -231,8 +231,9 @@ impl Process {
         self.started()?.kill()
     }
 
-    /// An fd that becomes readable when the child ends (Python's `sentinel`), for `poll` or
-    /// `multiproc::ipc::wait`.
+    /// An fd that becomes readable when the child ends (Python's `sentinel`), to wait for it
+    /// together with other fds (`poll`). It is the child's pidfd under fork and spawn, and the
+    /// status socket on which the forkserver reports the exit code under forkserver.
     pub fn sentinel(&self) -> Result<BorrowedFd<'_>> {
         Ok(self.started()?.0.sentinel())
     }

@@ -19,6 +19,10 @@ pub(crate) struct ChildInfo {
     pub(crate) parent_pid: i32,
     pub(crate) parent_name: String,
     pub(crate) method: StartMethod,
+    /// The parent's `set_start_method` choice, inherited as in Python.
+    pub(crate) global_method: Option<StartMethod>,
+    /// The parent's working directory, for forkserver children (the server's may differ).
+    pub(crate) cwd: Option<std::path::PathBuf>,
 }
 
 struct State {
@@ -56,6 +60,11 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
 
 /// Installs the identity a child received from its parent.
 pub(crate) fn become_child(info: &ChildInfo) {
+    crate::method::force_start_method(info.global_method);
+    if let Some(cwd) = &info.cwd {
+        // As Python's spawn preparation does; a directory that vanished is not fatal.
+        let _ = std::env::set_current_dir(cwd);
+    }
     let parent_pid = rustix::process::Pid::from_raw(info.parent_pid);
     let pidfd = parent_pid
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
@@ -100,6 +109,8 @@ pub(crate) fn child_info(
         parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
         parent_name: s.name.clone(),
         method,
+        global_method: crate::method::start_method_if_set(),
+        cwd: None,
     })
 }
 

@@ -70,6 +70,10 @@ fn main() {
         ("no_fd_leak_after_1000_cycles", no_fd_leak_after_1000_cycles),
         ("many_concurrent_children", many_concurrent_children),
         (
+            "child_inherits_start_method_and_cwd",
+            child_inherits_start_method_and_cwd,
+        ),
+        (
             "parent_stdout_flushed_before_start",
             parent_stdout_flushed_before_start,
         ),
@@ -229,7 +233,11 @@ fn started_then_ready(m: StartMethod) -> Result<Process, Failed> {
         sleep_forever(());
     }
     let (r, w) = End::pair();
-    let p = start(m, announce_then_sleep, w)?;
+    // A daemon: should a check fail before the test kills it, the exit handler stops it
+    // instead of waiting forever.
+    let mut p = get_context(m).process(announce_then_sleep, w);
+    p.set_daemon(true)?;
+    p.start()?;
     check!(r.lines(1)? == ["ready"], "child did not announce itself");
     Ok(p)
 }
@@ -838,5 +846,37 @@ fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Fail
     if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
         wait_pidfd(&fd, "daemon alive after its parent exited")?;
     }
+    Ok(())
+}
+
+fn report_method_and_cwd(w: End) {
+    w.send(&format!("{:?}", multiproc_core::start_method_if_set()));
+    w.send(&std::env::current_dir().unwrap().display().to_string());
+}
+
+fn child_inherits_start_method_and_cwd(m: StartMethod) -> Result<(), Failed> {
+    let previous_method = multiproc_core::start_method_if_set();
+    let previous_dir = std::env::current_dir()?;
+    let dir = std::env::temp_dir().canonicalize()?;
+    multiproc_core::force_start_method(Some(StartMethod::Spawn));
+    std::env::set_current_dir(&dir)?;
+    let (r, w) = End::pair();
+    let result = start(m, report_method_and_cwd, w);
+    std::env::set_current_dir(previous_dir)?;
+    multiproc_core::force_start_method(previous_method);
+    let p = result?;
+    let lines = r.lines(2)?;
+    check!(join(&p)? == 0, "child failed");
+    check!(
+        lines[0] == "Some(Spawn)",
+        "child's start method {}",
+        lines[0]
+    );
+    check!(
+        lines[1] == dir.display().to_string(),
+        "child's cwd {} vs {}",
+        lines[1],
+        dir.display()
+    );
     Ok(())
 }

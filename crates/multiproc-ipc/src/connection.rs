@@ -471,8 +471,10 @@ fn ser_opt_fd<S: Serializer>(fd: &&Option<OwnedFd>, serializer: S) -> Result<S::
 /// into the child, with the bytes it had read ahead and its size limit. Serialising it outside
 /// `multiproc_core::reduction::encode` fails.
 ///
-/// The parent's connection stays open: as in Python, only one process should go on reading
-/// (and one writing) each direction.
+/// A connection given to `Process::new` is moved into the process object and closed in the
+/// parent when `start` returns (Python keeps its `child_conn` open until the program closes
+/// it). A connection serialised by reference stays open in the sender: as in Python, only one
+/// process should then go on reading (and one writing) each direction.
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         WireRef {

@@ -194,7 +194,10 @@ fn hold_and_sleep(mut conn: Connection) {
 
 fn eof_when_child_is_killed(m: StartMethod) -> Result<(), Failed> {
     let (mut mine, theirs) = pipe(true)?;
-    let p = start(m, hold_and_sleep, theirs)?;
+    // A daemon, so that a failed check cannot leave it for the exit handler to wait on.
+    let mut p = get_context(m).process(hold_and_sleep, theirs);
+    p.set_daemon(true)?;
+    p.start()?;
     let ready: String = recv(&mut mine)?;
     check!(ready == "ready", "child said {ready}");
     check!(

@@ -88,8 +88,10 @@ pub(crate) fn owned_fd_from_inherited(fd: RawFd) -> Option<OwnedFd> {
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return None;
     }
-    // SAFETY: the fd is open, was handed to this process by `spawn_self` for it alone, and
-    // nothing else in this process refers to it (the hook runs before `main`).
+    // SAFETY: the fd is open and was handed to this process by `spawn_self` for it alone:
+    // the process was started as a multiproc child (argv says so), nothing of ours refers to
+    // fd 3, and user code cannot have opened a file there while it was occupied. This runs
+    // once, from the pre-`main` hook or from `init()` (which never returns in a child).
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -133,7 +135,8 @@ pub(crate) fn spawn_self(boot: BorrowedFd<'_>) -> io::Result<Pid> {
     // SAFETY: the file actions and attributes are initialised before use and destroyed on
     // every path; `argv`/`envp` are NULL-terminated arrays of pointers into CStrings that
     // outlive the call; `boot` is an open fd. dup2(fd, 3) with fd == 3 clears FD_CLOEXEC
-    // (glibc >= 2.29), so exactly fd 3 is inherited; closefrom(4) drops stray inherited fds.
+    // (glibc >= 2.29), so exactly fd 3 is inherited; closefrom(4) (glibc >= 2.34) drops
+    // stray inherited fds.
     let rc = unsafe {
         let actions = actions.as_mut_ptr();
         let attr = attr.as_mut_ptr();
