@@ -61,7 +61,7 @@ pub(crate) fn run_spawned(fd: Option<RawFd>) -> ! {
             BootKind::Run(job) => {
                 drop(sock);
                 let parent = job.info.parent_pid;
-                run_job(job, fds, parent)
+                run_job(job, fds, Launch::Spawned { parent })
             }
             BootKind::Forkserver => forkserver::serve(sock),
         }
@@ -77,10 +77,22 @@ pub(crate) fn run_spawned(fd: Option<RawFd>) -> ! {
     sys::exit_child(1)
 }
 
-/// Runs a decoded job in a fresh child (spawned, or forked by the forkserver whose pid is
-/// `os_parent`). Never returns.
-pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, os_parent: i32) -> ! {
-    begin(&job.info, os_parent);
+/// How a child that runs a decoded job came to be.
+pub(crate) enum Launch {
+    /// Re-executed by its parent (spawn).
+    Spawned { parent: i32 },
+    /// Forked by the forkserver `server`.
+    Served { server: i32 },
+}
+
+/// Runs a decoded job in a fresh child. Never returns.
+pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
+    let (os_parent, served) = match launch {
+        Launch::Spawned { parent } => (parent, false),
+        Launch::Served { server } => (server, true),
+    };
+    // The forkserver put its own stdin on /dev/null once for all its children.
+    begin(&job.info, os_parent, !served);
     let Job { entry, args, .. } = job;
     let code = run_catching(&job.info.name, move || {
         entry
@@ -92,7 +104,7 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, os_parent: i32) -> ! {
 
 /// Runs the target in a fork child. Never returns.
 pub(crate) fn run_forked(info: &ChildInfo, target: Box<dyn Target>) -> ! {
-    begin(info, info.parent_pid);
+    begin(info, info.parent_pid, true);
     let code = run_catching(&info.name, move || {
         target.run();
         Ok(())
@@ -101,7 +113,7 @@ pub(crate) fn run_forked(info: &ChildInfo, target: Box<dyn Target>) -> ! {
 }
 
 /// Identity, children table, forkserver client, daemon death signal, stdin and panic hook.
-fn begin(info: &ChildInfo, os_parent: i32) {
+fn begin(info: &ChildInfo, os_parent: i32, reopen_stdin: bool) {
     state::become_child(info);
     process::reset_registry();
     forkserver::forget_inherited();
@@ -113,13 +125,8 @@ fn begin(info: &ChildInfo, os_parent: i32) {
             sys::exit_child(1);
         }
     }
-    // Python closes the child's stdin and reopens it on /dev/null.
-    if let Ok(null) = rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        0.into(),
-    ) {
-        let _ = rustix::stdio::dup2_stdin(&null);
+    if reopen_stdin {
+        stdin_to_dev_null();
     }
     let name = info.name.clone();
     let previous = std::panic::take_hook();
@@ -127,6 +134,17 @@ fn begin(info: &ChildInfo, os_parent: i32) {
         let _ = writeln!(std::io::stderr(), "Process {name}:");
         previous(panic);
     }));
+}
+
+/// Python closes a child's stdin and reopens it on /dev/null.
+pub(crate) fn stdin_to_dev_null() {
+    if let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        0.into(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+    }
 }
 
 /// 0 on return, 1 after a panic (the hook printed it) or a start failure (printed here).

@@ -6,7 +6,9 @@
 //! - request: a [`Boot`](crate::child::Boot) record of kind `Run`, with fds `[status, arg fds…]`
 //!   where `status` is one end of a fresh socketpair whose other end the client keeps;
 //! - on `status` the server answers `[pid: i32 LE][errno: i32 LE]` with the child's pidfd
-//!   attached (pid 0 and an errno if fork failed), and later `[exit code: i32 LE]`.
+//!   attached (pid 0 and an errno if fork failed), and, once it has reaped the child,
+//!   `[exit code: i32 LE]`. The client waits on the pidfd (readable when the child ends), then
+//!   reads the code.
 //!
 //! The server exits when the control socket reaches EOF (the client process ended); daemon
 //! children die with it (their parent-death signal).
@@ -17,7 +19,7 @@ use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 
-use crate::child::{self, Boot, BootKind, MAX_BOOT_RECORD};
+use crate::child::{self, Boot, BootKind, Launch, MAX_BOOT_RECORD};
 use crate::error::{Error, Result};
 use crate::process::{Child, Target, Waiter};
 use crate::state::ChildInfo;
@@ -145,16 +147,109 @@ fn request(record: &[u8], fds: &[OwnedFd]) -> Result<Option<(Pid, OwnedFd, Owned
     }
 }
 
+/// The exit code of a forkserver child whose pidfd is readable (it has ended), as the server
+/// reports it once it has reaped the child (so no zombie is left when `join` returns). An error
+/// if the server died without reporting.
+pub(crate) fn exit_code(status: &OwnedFd, pid: Pid) -> Result<i32> {
+    let mut code = [0u8; 4];
+    match fdpass::read_exact(status.as_fd(), &mut code) {
+        Ok(true) => Ok(i32::from_le_bytes(code)),
+        Ok(false) | Err(_) => Err(Error::Forkserver(format!(
+            "the forkserver died before reporting the exit status of pid {pid}"
+        ))),
+    }
+}
+
 struct Served {
     pidfd: OwnedFd,
     status: OwnedFd,
 }
 
+/// A child forked ahead of time, waiting on `sock` for the job of the next request: the
+/// server answers a request by handing it over, so the fork is off the request's path.
+struct Spare {
+    pid: Pid,
+    pidfd: OwnedFd,
+    sock: OwnedFd,
+}
+
+impl Spare {
+    /// Kills and reaps a spare that can no longer take work.
+    fn discard(self) {
+        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
+        let _ = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED);
+        let _ = self.pid;
+    }
+}
+
+/// What `fork` made of the server: still the server, or the new spare child.
+enum Forked<T> {
+    Server(T),
+    Child(OwnedFd),
+}
+
+/// Forks a spare child. In the child, returns `Forked::Child` with its end of the job socket.
+fn fork_spare() -> std::io::Result<Forked<Spare>> {
+    let (mine, theirs) = fdpass::socketpair()?;
+    match sys::fork()? {
+        None => {
+            drop(mine);
+            Ok(Forked::Child(theirs))
+        }
+        Some(pid) => {
+            drop(theirs);
+            match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+                Ok(pidfd) => Ok(Forked::Server(Spare {
+                    pid,
+                    pidfd,
+                    sock: mine,
+                })),
+                Err(e) => {
+                    // Cannot track it: closing `mine` makes it exit; reap it.
+                    drop(mine);
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                    Err(e.into())
+                }
+            }
+        }
+    }
+}
+
+/// A spare child: waits for its job, then runs it. Never returns.
+fn run_spare(sock: OwnedFd, server: i32) -> ! {
+    match fdpass::recv_msg(sock.as_fd(), MAX_BOOT_RECORD) {
+        Ok(Some((record, fds))) => match postcard::from_bytes::<Boot>(&record) {
+            Ok(Boot {
+                kind: BootKind::Run(job),
+                ..
+            }) => {
+                drop(sock);
+                child::run_job(job, fds, Launch::Served { server })
+            }
+            _ => {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    b"multiproc: a forkserver child received a malformed record\n",
+                );
+                sys::exit_child(1)
+            }
+        },
+        // The server ended before giving this spare any work.
+        _ => sys::exit_child(0),
+    }
+}
+
 /// The server's loop, in a spawned child. Never returns.
 pub(crate) fn serve(control: OwnedFd) -> ! {
     let me = rustix::process::getpid().as_raw_nonzero().get();
+    // Once for all children (Python gives every child a /dev/null stdin).
+    child::stdin_to_dev_null();
     let mut children: Vec<Served> = Vec::new();
+    let mut spare: Option<Spare> = None;
     loop {
+        // Without a spare, only look at what is ready; if nothing is, fork the spare.
+        let idle_check = spare.is_none();
         let (control_ready, ready) = {
             let mut fds = Vec::with_capacity(children.len() + 1);
             fds.push(PollFd::new(&control, PollFlags::IN));
@@ -163,7 +258,11 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
                     .iter()
                     .map(|c| PollFd::new(&c.pidfd, PollFlags::IN)),
             );
-            match rustix::event::poll(&mut fds, None) {
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            match rustix::event::poll(&mut fds, idle_check.then_some(&zero)) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => sys::exit_child(1),
@@ -173,6 +272,21 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
                 .collect();
             (!fds[0].revents().is_empty(), ready)
         };
+        if idle_check && !control_ready && ready.is_empty() {
+            match fork_spare() {
+                Ok(Forked::Server(s)) => spare = Some(s),
+                Ok(Forked::Child(sock)) => {
+                    // In the spare: drop the server's fds (control socket, the children's
+                    // pidfds and status sockets) so only the server holds them.
+                    drop(control);
+                    drop(children);
+                    run_spare(sock, me)
+                }
+                // Requests will fork on demand (and report the error).
+                Err(_) => {}
+            }
+            continue;
+        }
         for i in ready.into_iter().rev() {
             let child = children.swap_remove(i - 1);
             let status = loop {
@@ -199,31 +313,30 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
         }
         if control_ready {
             match fdpass::recv_msg(control.as_fd(), MAX_BOOT_RECORD) {
-                Ok(Some((record, fds))) => match handle(&record, fds) {
-                    Some(Forked::Parent(served)) => children.push(served),
-                    Some(Forked::Child(job, fds)) => {
-                        // In the new child: drop the server's fds (control socket, the other
-                        // children's pidfds and status sockets) so only the server holds them.
+                Ok(Some((record, fds))) => match handle(&record, fds, &mut spare) {
+                    Some(Forked::Server(served)) => children.push(served),
+                    Some(Forked::Child(sock)) => {
                         drop(control);
                         drop(children);
-                        child::run_job(job, fds, me)
+                        run_spare(sock, me)
                     }
                     None => {}
                 },
-                // EOF: the client process ended. Daemon children die with us.
+                // EOF: the client process ended. Daemon children die with us; the spare sees
+                // its socket close and exits.
                 Ok(None) | Err(_) => sys::exit_child(0),
             }
         }
     }
 }
 
-enum Forked {
-    Parent(Served),
-    Child(crate::child::Job, Vec<OwnedFd>),
-}
-
-/// Decodes a request and forks; `None` if the request was malformed or fork failed (reported).
-fn handle(record: &[u8], mut fds: Vec<OwnedFd>) -> Option<Forked> {
+/// Hands a request to the spare (forking one if there is none, or if it died) and answers
+/// the client; `None` if the request was malformed or fork failed (reported to the client).
+fn handle(
+    record: &[u8],
+    mut fds: Vec<OwnedFd>,
+    spare: &mut Option<Spare>,
+) -> Option<Forked<Served>> {
     if fds.is_empty() {
         return None;
     }
@@ -235,41 +348,28 @@ fn handle(record: &[u8], mut fds: Vec<OwnedFd>) -> Option<Forked> {
         let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
         let _ = fdpass::send_bytes_with_fds(status.as_fd(), &msg, &fds);
     };
-    let job = match postcard::from_bytes::<Boot>(record) {
-        Ok(Boot {
-            kind: BootKind::Run(job),
-            ..
-        }) => job,
-        _ => {
-            reply(0, libc::EINVAL, None);
-            return None;
-        }
-    };
-    match sys::fork() {
-        Err(e) => {
-            reply(0, e.raw_os_error().unwrap_or(libc::EIO), None);
-            None
-        }
-        Ok(None) => {
-            drop(status);
-            Some(Forked::Child(job, fds))
-        }
-        Ok(Some(pid)) => {
-            drop(fds);
-            match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-                Ok(pidfd) => {
-                    reply(pid.as_raw_nonzero().get(), 0, Some(&pidfd));
-                    Some(Forked::Parent(Served { pidfd, status }))
-                }
+    for _ in 0..2 {
+        let worker = match spare.take() {
+            Some(worker) => worker,
+            None => match fork_spare() {
+                Ok(Forked::Server(worker)) => worker,
+                Ok(Forked::Child(sock)) => return Some(Forked::Child(sock)),
                 Err(e) => {
-                    // Cannot track it: kill and reap it, report failure.
-                    let _ = rustix::process::kill_process(pid, Signal::KILL);
-                    let _ =
-                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                    reply(0, e.raw_os_error(), None);
-                    None
+                    reply(0, e.raw_os_error().unwrap_or(libc::EIO), None);
+                    return None;
                 }
-            }
+            },
+        };
+        if fdpass::send_msg(worker.sock.as_fd(), record, &fdpass::borrow_all(&fds)).is_err() {
+            // The spare died while waiting (killed by someone): replace it once.
+            worker.discard();
+            continue;
         }
+        let Spare { pid, pidfd, sock } = worker;
+        drop(sock);
+        reply(pid.as_raw_nonzero().get(), 0, Some(&pidfd));
+        return Some(Forked::Server(Served { pidfd, status }));
     }
+    reply(0, libc::EAGAIN, None);
+    None
 }

@@ -738,20 +738,40 @@ fn current_process_in_main() -> Result<(), Failed> {
     Ok(())
 }
 
+/// Waits for one line, then exits with code 7.
+fn exit_7_when_told(r: End) {
+    let _ = r.lines(1);
+    std::process::exit(7);
+}
+
 fn forkserver_death_is_an_error_then_restarts() -> Result<(), Failed> {
-    let p = started_then_ready(StartMethod::Forkserver)?;
+    // A daemon (dies with the server) and a non-daemon (survives it, as in Python).
+    let daemon = started_then_ready(StartMethod::Forkserver)?;
+    let (r, w) = End::pair();
+    let survivor = start(StartMethod::Forkserver, exit_7_when_told, r)?;
     let server = multiproc_core::forkserver_pid().ok_or("no forkserver running")?;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(server as i32).unwrap(),
         rustix::process::Signal::KILL,
     )?;
-    let r = p.join_timeout(LONG);
+    // The daemon was killed with the server and nobody is left to say how: an error, no hang.
+    let r = daemon.join_timeout(LONG);
     check!(
         matches!(r, Err(Error::Forkserver(_))),
-        "join after the server died: {r:?}"
+        "join of the daemon after the server died: {r:?}"
     );
-    // The orphaned child is still ours to kill through its pidfd.
-    p.kill()?;
+    // The non-daemon still runs (join waits for it, not for the dead server); once it ends,
+    // nobody is left to report its exit code: an error again, not a hang.
+    check!(
+        survivor.join_timeout(Duration::from_millis(100))?.is_none(),
+        "survivor ended early"
+    );
+    w.send("go");
+    let r = survivor.join_timeout(LONG);
+    check!(
+        matches!(r, Err(Error::Forkserver(_))),
+        "join of the survivor: {r:?}"
+    );
     let q = start(StartMethod::Forkserver, |_: ()| {}, ())?;
     check!(join(&q)? == 0, "a new server did not take over");
     check!(
