@@ -893,6 +893,11 @@ impl Report<'_> {
         for n in &self.lim.order {
             let _ = writeln!(w, "| `{n}` | {} |", cell(self.lim.get(n)));
         }
+        // The hand-written reading of the figures (what limits what, why a target is missed)
+        // lives in benches/ANALYSIS.md so that regenerating this file keeps it.
+        if let Ok(analysis) = std::fs::read_to_string(project_root().join("benches/ANALYSIS.md")) {
+            let _ = writeln!(w, "\n{}", analysis.trim_end());
+        }
         s
     }
 }

@@ -35,7 +35,7 @@ pub enum Error {
     /// Fork refused in a parent with other threads (see [`allow_fork_with_threads`](crate::allow_fork_with_threads)).
     #[error(
         "refusing to fork: this process has {threads} threads, and a forked child could deadlock on a lock \
-         another thread holds; use the spawn or forkserver start method, or opt in with the unsafe \
+         another thread holds; use the spawn or forkserver start method, or opt in by calling \
          multiproc::allow_fork_with_threads"
     )]
     ForkWithThreads {

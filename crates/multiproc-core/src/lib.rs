@@ -42,7 +42,8 @@ mod process;
 pub mod reduction;
 mod spawn;
 mod state;
-#[allow(unsafe_code)] // The only unsafe code of this crate; see docs/unsafe.md.
+#[allow(unsafe_code)]
+// All the unsafe_code of this crate lives in sys/ (docs/ARCHITECTURE.md lists it).
 mod sys;
 mod wait;
 

@@ -69,6 +69,7 @@ fn main() {
         ("close_rules", close_rules),
         ("no_fd_leak_after_1000_cycles", no_fd_leak_after_1000_cycles),
         ("many_concurrent_children", many_concurrent_children),
+        ("child_inherits_only_its_fds", child_inherits_only_its_fds),
         (
             "child_inherits_start_method_and_cwd",
             child_inherits_start_method_and_cwd,
@@ -897,6 +898,51 @@ fn child_inherits_start_method_and_cwd(m: StartMethod) -> Result<(), Failed> {
         "child's cwd {} vs {}",
         lines[1],
         dir.display()
+    );
+    Ok(())
+}
+
+/// Reports what every open fd of the child refers to.
+fn list_fds(w: End) {
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let target = std::fs::read_link(entry.path()).map(|p| p.display().to_string());
+        targets.push(format!(
+            "{}={}",
+            entry.file_name().to_string_lossy(),
+            target.unwrap_or_default()
+        ));
+    }
+    w.send(&targets.join(" "));
+}
+
+fn child_inherits_only_its_fds(m: StartMethod) -> Result<(), Failed> {
+    // The parent holds plenty of fds here (pipes, pidfds, the forkserver's socket); a spawned or
+    // forkserver child must see only stdio, its argument's fd, its parent's pidfd, and the
+    // directory it lists. A fork child inherits everything, as in Python.
+    let (r, w) = End::pair();
+    let (_other_r, _other_w) = End::pair();
+    let p = start(m, list_fds, w)?;
+    let line = r.lines(1)?.remove(0);
+    check!(join(&p)? == 0, "child failed");
+    if m == StartMethod::Fork {
+        return Ok(());
+    }
+    // Above stdio (which may be anything the test runner chose).
+    let fds: Vec<&str> = line
+        .split(' ')
+        .filter(|e| {
+            e.split('=')
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n > 2)
+        })
+        .collect();
+    let count = |what: &str| fds.iter().filter(|e| e.contains(what)).count();
+    check!(
+        count("pipe:") == 1 && count("socket:") == 0 && count("pidfd") <= 1 && fds.len() <= 3,
+        "child's fds: {line}"
     );
     Ok(())
 }
