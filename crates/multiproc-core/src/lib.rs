@@ -37,6 +37,8 @@ mod error;
 mod exe;
 mod fdpass;
 mod forkserver;
+#[allow(unsafe_code)] // Turning a shared mapping into `&T`; see the module docs.
+pub mod heap;
 mod method;
 mod process;
 pub mod reduction;
@@ -55,7 +57,7 @@ pub use crate::method::{
 };
 pub use crate::process::{Process, ProcessHandle, active_children};
 pub use crate::state::{CurrentProcess, ParentProcess, current_process, parent_process};
-pub use crate::sys::allow_fork_with_threads;
+pub use crate::sys::{allow_fork_with_threads, current_pid};
 
 /// Dispatches a spawned child before the rest of `main` runs; a no-op in the parent.
 ///

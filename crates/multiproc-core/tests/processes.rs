@@ -70,6 +70,11 @@ fn main() {
         ("no_fd_leak_after_1000_cycles", no_fd_leak_after_1000_cycles),
         ("many_concurrent_children", many_concurrent_children),
         ("child_inherits_only_its_fds", child_inherits_only_its_fds),
+        ("shared_heap_is_shared", shared_heap_is_shared),
+        (
+            "child_allocations_do_not_alias_the_parents",
+            child_allocations_do_not_alias_the_parents,
+        ),
         (
             "child_inherits_start_method_and_cwd",
             child_inherits_start_method_and_cwd,
@@ -944,5 +949,69 @@ fn child_inherits_only_its_fds(m: StartMethod) -> Result<(), Failed> {
         count("pipe:") == 1 && count("socket:") == 0 && count("pidfd") <= 1 && fds.len() <= 3,
         "child's fds: {line}"
     );
+    Ok(())
+}
+
+type Counters = multiproc_core::heap::Shared<[std::sync::atomic::AtomicU64; 2]>;
+
+/// Adds 1000 to the first counter, atomically, and records the child's pid in the second.
+fn bump(c: Counters) {
+    for _ in 0..1000 {
+        c[0].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    c[1].store(
+        u64::from(std::process::id()),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+fn shared_heap_is_shared(m: StartMethod) -> Result<(), Failed> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let c: Counters = multiproc_core::heap::Shared::new()?;
+    // Another object in the same arena must not be disturbed.
+    let neighbour: multiproc_core::heap::Shared<std::sync::atomic::AtomicU64> =
+        multiproc_core::heap::Shared::new()?;
+    let ps: Vec<Process> = (0..4)
+        .map(|_| start(m, bump, c.clone()))
+        .collect::<Result<_, _>>()?;
+    for p in &ps {
+        check!(join(p)? == 0, "child failed");
+    }
+    check!(c[0].load(SeqCst) == 4000, "counter {}", c[0].load(SeqCst));
+    let last = c[1].load(SeqCst) as u32;
+    check!(
+        ps.iter().any(|p| p.pid() == Some(last)),
+        "pid {last} written by none of the children"
+    );
+    check!(neighbour.load(SeqCst) == 0, "neighbour disturbed");
+    Ok(())
+}
+
+/// Allocates a few heap objects and writes into them.
+fn allocate_and_write(_: ()) {
+    for _ in 0..8 {
+        let x: multiproc_core::heap::Shared<std::sync::atomic::AtomicU64> =
+            multiproc_core::heap::Shared::new().unwrap();
+        x.store(99, std::sync::atomic::Ordering::SeqCst);
+        std::mem::forget(x);
+    }
+}
+
+fn child_allocations_do_not_alias_the_parents(m: StartMethod) -> Result<(), Failed> {
+    // The parent's arena exists before the fork; a fork child that allocates must not carve
+    // the parent's next offsets out of its inherited copy of the arena.
+    let first: multiproc_core::heap::Shared<std::sync::atomic::AtomicU64> =
+        multiproc_core::heap::Shared::new()?;
+    let p = start(m, allocate_and_write, ())?;
+    check!(join(&p)? == 0, "child failed");
+    for _ in 0..8 {
+        let y: multiproc_core::heap::Shared<std::sync::atomic::AtomicU64> =
+            multiproc_core::heap::Shared::new()?;
+        check!(
+            y.load(std::sync::atomic::Ordering::SeqCst) == 0,
+            "a new object holds a child's write"
+        );
+    }
+    drop(first);
     Ok(())
 }

@@ -1,0 +1,336 @@
+//! The shared heap: memory that every process of a program can map, for the futex words of
+//! locks and for shared values (Python's `multiprocessing.heap`).
+//!
+//! Objects live in anonymous shared segments (`memfd_create` + `mmap(MAP_SHARED)`): no file
+//! system name, nothing left behind once every process that maps a segment has exited. Small
+//! objects share 1 MiB arenas (bump allocation, cache-line aligned); large ones get a segment
+//! of their own. A [`Shared<T>`] is a handle on one object: cloning it shares the object,
+//! dropping the last handle of a segment in a process unmaps it there.
+//!
+//! A handle implements serde: handed to a spawn or forkserver child, its segment's fd travels in
+//! the fd table of [`reduction`](crate::reduction) and the child maps it (once per segment,
+//! however many handles point into it). A fork child inherits the mappings at the same
+//! addresses. Segments may map at different addresses in different processes, so objects in
+//! the heap never hold pointers, only values.
+//!
+//! Only [`ShmSafe`] types live there: valid for every bit pattern (another process may write
+//! any), meaningful when all-zero (new memory is zeroed), and changed only through atomics, so
+//! the heap never hands out `&mut` to memory another process can write.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//! use multiproc_core::heap::Shared;
+//!
+//! let counter: Shared<AtomicU64> = Shared::new().unwrap();
+//! let same = counter.clone();
+//! same.fetch_add(2, Ordering::SeqCst);
+//! assert_eq!(counter.load(Ordering::SeqCst), 2);
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{
+    AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::reduction;
+
+/// Types that may live in the shared heap.
+///
+/// # Safety
+///
+/// Implementors must be valid for every bit pattern (another process may have written any),
+/// meaningful when all-zero (new heap memory is zeroed), free of pointers and references
+/// (segments map at different addresses in different processes), and mutable only through
+/// interior atomics (several processes access them at once through shared references).
+pub unsafe trait ShmSafe: Sync + Send + 'static {}
+
+macro_rules! shm_safe {
+    ($($t:ty),*) => { $(
+        // SAFETY: an atomic integer is valid for every bit pattern, zero is a value, it holds
+        // no pointer and is mutated only atomically.
+        unsafe impl ShmSafe for $t {}
+    )* };
+}
+shm_safe!(
+    AtomicU8,
+    AtomicU16,
+    AtomicU32,
+    AtomicU64,
+    AtomicI32,
+    AtomicI64,
+    AtomicUsize
+);
+// SAFETY: an array of `ShmSafe` elements has each property element-wise.
+unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {}
+
+/// Size of the arenas small objects share.
+const ARENA: usize = 1 << 20;
+/// Objects at least this large get a segment of their own.
+const LARGE: usize = ARENA / 4;
+/// Objects start on their own cache line, so two locks never share one.
+const ALIGN: usize = 64;
+
+/// One memfd mapping in this process.
+struct Segment {
+    id: u64,
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory that is only accessed through `ShmSafe` types (atomics)
+// by shared reference; the pointer itself is never written after creation.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only gives out `&T` for `T: ShmSafe + Sync`.
+unsafe impl Sync for Segment {}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` are exactly the mapping made in `map`, and no `&T` into it
+        // outlives this segment (every handle holds an `Arc<Segment>`).
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+impl Segment {
+    /// A new zero-filled segment of `len` bytes.
+    fn create(len: usize) -> std::io::Result<Arc<Segment>> {
+        let fd = rustix::fs::memfd_create("multiproc-heap", rustix::fs::MemfdFlags::CLOEXEC)?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        let mut id = [0u8; 8];
+        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
+        let seg = Segment::map(u64::from_le_bytes(id), fd, len)?;
+        remember(&mut SEGMENTS.lock(), seg.id, &seg);
+        Ok(seg)
+    }
+
+    /// Maps `len` bytes of the memfd `fd`.
+    fn map(id: u64, fd: OwnedFd, len: usize) -> std::io::Result<Arc<Segment>> {
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if len == 0 || (size as u64) < len as u64 {
+            return Err(std::io::Error::other(
+                "shared heap segment smaller than announced",
+            ));
+        }
+        // SAFETY: a fresh shared mapping of an fd we own, at an address the kernel picks; no
+        // existing memory is affected.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &fd,
+                0,
+            )?
+        };
+        let base =
+            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Arc::new(Segment { id, fd, base, len }))
+    }
+}
+
+/// Segments mapped in this process, by id, so a handle received twice maps its segment once.
+static SEGMENTS: Mutex<SegmentMap> = Mutex::new(None);
+
+type SegmentMap = Option<HashMap<u64, Weak<Segment>>>;
+
+/// Records a mapped segment (and forgets those no handle uses any more).
+fn remember(map: &mut SegmentMap, id: u64, seg: &Arc<Segment>) {
+    let map = map.get_or_insert_with(HashMap::new);
+    map.retain(|_, w| w.strong_count() > 0);
+    map.insert(id, Arc::downgrade(seg));
+}
+
+/// The segment `id` if it is mapped in this process.
+fn find(map: &SegmentMap, id: u64) -> Option<Arc<Segment>> {
+    map.as_ref()?.get(&id)?.upgrade()
+}
+
+/// The arena small objects are carved from, with the next free offset and the pid of the
+/// process that carves it (a fork child must not hand out its parent's next offsets).
+static ARENA_NOW: Mutex<Option<(Arc<Segment>, usize, u32)>> = Mutex::new(None);
+
+/// Reserves `size` bytes aligned to `align` (both at most a page for arena objects).
+fn allocate(size: usize, align: usize) -> std::io::Result<(Arc<Segment>, usize)> {
+    let align = align.max(ALIGN);
+    if size >= LARGE {
+        let len = size.div_ceil(4096) * 4096;
+        return Ok((Segment::create(len)?, 0));
+    }
+    let me = crate::sys::current_pid();
+    let mut arena = ARENA_NOW.lock();
+    if let Some((seg, next, owner)) = arena.as_mut() {
+        let offset = next.div_ceil(align) * align;
+        if *owner == me && offset + size <= seg.len {
+            *next = offset + size;
+            return Ok((seg.clone(), offset));
+        }
+    }
+    let seg = Segment::create(ARENA)?;
+    *arena = Some((seg.clone(), size, me));
+    Ok((seg, 0))
+}
+
+/// A handle on one `T` in the shared heap; derefs to `&T`.
+pub struct Shared<T: ShmSafe> {
+    seg: Arc<Segment>,
+    offset: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: ShmSafe> Shared<T> {
+    /// A new, zero-initialised `T` in the shared heap.
+    pub fn new() -> std::io::Result<Shared<T>> {
+        let (seg, offset) = allocate(std::mem::size_of::<T>().max(1), std::mem::align_of::<T>())?;
+        Ok(Shared {
+            seg,
+            offset,
+            _t: PhantomData,
+        })
+    }
+
+    /// Whether two handles point at the same object.
+    pub fn ptr_eq(a: &Shared<T>, b: &Shared<T>) -> bool {
+        a.seg.id == b.seg.id && a.offset == b.offset
+    }
+}
+
+impl<T: ShmSafe> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: `offset..offset + size_of::<T>()` lies inside the mapping (checked when the
+        // handle was made or received) and is aligned for `T` (the arena aligns to 64 and
+        // `align_of::<T>()`; a segment base is page-aligned); `T: ShmSafe` is valid for every
+        // bit pattern and only mutated through atomics, so a shared reference is sound even
+        // while other processes write it. The mapping lives as long as `self.seg`.
+        unsafe { &*self.seg.base.as_ptr().add(self.offset).cast::<T>() }
+    }
+}
+
+impl<T: ShmSafe> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            seg: self.seg.clone(),
+            offset: self.offset,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("segment", &format_args!("{:016x}", self.seg.id))
+            .field("offset", &self.offset)
+            .finish()
+    }
+}
+
+/// The wire form: the segment's fd (through the fd table), its id and length, the offset.
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    #[serde(with = "reduction::fd")]
+    fd: OwnedFd,
+    id: u64,
+    len: u64,
+    offset: u64,
+}
+
+impl<T: ShmSafe> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct WireRef<'a> {
+            #[serde(serialize_with = "ser_fd")]
+            fd: &'a OwnedFd,
+            id: u64,
+            len: u64,
+            offset: u64,
+        }
+        fn ser_fd<S: Serializer>(fd: &&OwnedFd, s: S) -> Result<S::Ok, S::Error> {
+            reduction::serialize_fd(fd.as_fd(), s)
+        }
+        WireRef {
+            fd: &self.seg.fd,
+            id: self.seg.id,
+            len: self.seg.len as u64,
+            offset: self.offset as u64,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, T: ShmSafe> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let w = Wire::deserialize(deserializer)?;
+        let (len, offset) = (w.len as usize, w.offset as usize);
+        let end = offset
+            .checked_add(std::mem::size_of::<T>())
+            .ok_or_else(|| D::Error::custom("bad offset"))?;
+        if end > len || offset % std::mem::align_of::<T>() != 0 {
+            return Err(D::Error::custom("shared heap handle out of its segment"));
+        }
+        let mut segments = SEGMENTS.lock();
+        let seg = match find(&segments, w.id) {
+            Some(seg) if seg.len == len => seg,
+            _ => {
+                let seg = Segment::map(w.id, w.fd, len)
+                    .map_err(|e| D::Error::custom(format!("cannot map shared heap: {e}")))?;
+                remember(&mut segments, w.id, &seg);
+                seg
+            }
+        };
+        Ok(Shared {
+            seg,
+            offset,
+            _t: PhantomData,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn objects_are_zeroed_aligned_and_distinct() {
+        let a: Shared<AtomicU64> = Shared::new().unwrap();
+        let b: Shared<AtomicU64> = Shared::new().unwrap();
+        assert_eq!(a.load(Ordering::Relaxed), 0);
+        assert!(!Shared::ptr_eq(&a, &b));
+        assert_eq!((&*a as *const AtomicU64 as usize) % ALIGN, 0);
+        a.store(7, Ordering::Relaxed);
+        assert_eq!(b.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn round_trip_through_the_fd_table_maps_the_same_memory() {
+        let a: Shared<[AtomicU32; 4]> = Shared::new().unwrap();
+        a[2].store(42, Ordering::SeqCst);
+        let (bytes, fds) = reduction::encode(&a).unwrap();
+        // In this process the segment is found by id and not mapped again.
+        let b: Shared<[AtomicU32; 4]> = reduction::decode(&bytes, fds).unwrap();
+        assert!(Shared::ptr_eq(&a, &b));
+        b[2].fetch_add(1, Ordering::SeqCst);
+        assert_eq!(a[2].load(Ordering::SeqCst), 43);
+    }
+
+    #[test]
+    fn large_objects_get_their_own_segment() {
+        let big: Shared<[AtomicU64; 65536]> = Shared::new().unwrap();
+        big[65535].store(1, Ordering::Relaxed);
+        assert_eq!(big[65535].load(Ordering::Relaxed), 1);
+    }
+}
