@@ -7,6 +7,7 @@
 //! | module | crate | Python |
 //! |---|---|---|
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
+//! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
@@ -49,6 +50,8 @@
 pub use multiproc_core as process;
 #[doc(inline)]
 pub use multiproc_ipc as ipc;
+#[doc(inline)]
+pub use multiproc_sync as sync;
 
 pub use multiproc_core::{
     Context, CurrentProcess, DEFAULT_START_METHOD, ParentProcess, Process, ProcessHandle,
@@ -57,6 +60,7 @@ pub use multiproc_core::{
     set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
+pub use multiproc_sync::{BoundedSemaphore, Event, Lock, RLock, Semaphore};
 
 /// Any error of multiproc: a process error or a connection error.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,9 @@ pub enum Error {
     /// Sending or receiving on a connection failed.
     #[error(transparent)]
     Ipc(#[from] multiproc_ipc::Error),
+    /// Creating or releasing a lock, semaphore or event failed.
+    #[error(transparent)]
+    Sync(#[from] multiproc_sync::Error),
 }
 
 /// `Result` with the umbrella [`Error`].
@@ -75,5 +82,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
-    pub use crate::{Connection, Process, StartMethod, get_context, pipe, set_start_method};
+    pub use crate::{
+        BoundedSemaphore, Connection, Event, Lock, Process, RLock, Semaphore, StartMethod,
+        get_context, pipe, set_start_method,
+    };
 }

@@ -6,6 +6,14 @@ fn reexports() {
     let _: fn() -> usize = multiproc::cpu_count;
     let _ = multiproc::process::Process::name;
     let _ = multiproc::ipc::Connection::send_bytes;
+    let _ = multiproc::sync::Lock::new;
+    let _ = multiproc::Lock::acquire;
+    let _ = multiproc::RLock::new;
+    let _ = multiproc::Semaphore::get_value;
+    let _ = multiproc::BoundedSemaphore::release;
+    let _ = multiproc::Event::set;
+    let e: multiproc::Error = multiproc::sync::Error::NotHeld.into();
+    assert!(e.to_string().contains("not held"));
     let _ = multiproc::Process::start;
     let _: fn(
         bool,

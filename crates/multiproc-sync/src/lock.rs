@@ -1,0 +1,413 @@
+//! [`Lock`] and [`RLock`]: futex words in the shared heap holding the owner's pid, so that a
+//! process dying with the lock held does not deadlock the others.
+//!
+//! Word layout: bits 0..31 the owning process's pid (0: unlocked), bit 31 "waiters may sleep".
+//! Beside it the owner records a token (its pid and the low bits of its pidfs inode, written
+//! inode first, pid last). A waiter sleeps in slices of [`SLICE`]; after each slice it checks
+//! the owner through a pidfd (gone, exited, or a different process that reused the pid) and
+//! takes the lock over if the owner died. The uncontended path is one compare-and-swap and two
+//! stores.
+
+use std::cell::Cell;
+use std::fmt;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::time::{Duration, Instant};
+
+use multiproc_core::heap::Shared;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, LockResult, OwnerDied, TryAcquireError, TryLockResult};
+use crate::futex::{self, Owner, Woke};
+
+const WAITERS: u32 = 1 << 31;
+const PID: u32 = !WAITERS;
+/// How long a waiter sleeps before it checks whether the owner still lives.
+pub const SLICE: Duration = Duration::from_millis(20);
+
+/// `[word, owner inode, owner pid, RLock owner thread, RLock depth, ..]`.
+type State = Shared<[AtomicU32; 8]>;
+const WORD: usize = 0;
+const TOKEN_INODE: usize = 1;
+const TOKEN_PID: usize = 2;
+const OWNER_TID: usize = 3;
+const DEPTH: usize = 4;
+
+/// How an acquire ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acquired {
+    /// The lock is now held by the caller.
+    Yes,
+    /// The lock is now held by the caller, taken over from the process (pid) that died
+    /// holding it.
+    OwnerDied(u32),
+    /// The deadline passed (or, for a non-blocking acquire, the lock was held).
+    TimedOut,
+}
+
+fn allocate() -> Result<State, Error> {
+    Shared::new().map_err(Error::Heap)
+}
+
+/// Records the caller as owner: inode first, pid last, so a reader that sees the pid twice
+/// around the inode read has a consistent pair.
+fn stamp(s: &[AtomicU32; 8], me: u32) {
+    s[TOKEN_INODE].store(futex::own_inode(), Relaxed);
+    s[TOKEN_PID].store(me, Release);
+}
+
+/// The owner's recorded inode if the token belongs to `owner`, else 0 (unknown).
+fn recorded_inode(s: &[AtomicU32; 8], owner: u32) -> u32 {
+    let p1 = s[TOKEN_PID].load(Acquire);
+    let inode = s[TOKEN_INODE].load(Acquire);
+    let p2 = s[TOKEN_PID].load(Acquire);
+    if p1 == owner && p2 == owner { inode } else { 0 }
+}
+
+/// Acquires the word for this process, waiting until `deadline` (`None`: forever).
+fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
+    let me = multiproc_core::current_pid();
+    if s[WORD].compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+        stamp(s, me);
+        return Acquired::Yes;
+    }
+    // A reused pid is believed only when seen twice in a row (a token being rewritten by a
+    // new owner can look inconsistent once).
+    let mut reused = 0;
+    loop {
+        let v = s[WORD].load(Relaxed);
+        let owner = v & PID;
+        if owner == 0 {
+            if s[WORD]
+                .compare_exchange(v, me | WAITERS, Acquire, Relaxed)
+                .is_ok()
+            {
+                stamp(s, me);
+                return Acquired::Yes;
+            }
+            continue;
+        }
+        if v & WAITERS == 0
+            && s[WORD]
+                .compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
+                .is_err()
+        {
+            continue;
+        }
+        let left = futex::left(deadline);
+        let expired = left == Some(Duration::ZERO);
+        if !expired {
+            let nap = left.map_or(SLICE, |l| l.min(SLICE));
+            if let Woke::Retry = futex::wait(&s[WORD], v | WAITERS, Some(nap)) {
+                continue;
+            }
+        }
+        // A slice passed without a wake-up (or the deadline did): does the owner still live?
+        if owner != me {
+            let verdict = futex::owner(owner, recorded_inode(s, owner));
+            reused = if verdict == Owner::Reused {
+                reused + 1
+            } else {
+                0
+            };
+            if (verdict == Owner::Dead || reused >= 2)
+                && s[WORD]
+                    .compare_exchange(v | WAITERS, me | WAITERS, Acquire, Relaxed)
+                    .is_ok()
+            {
+                stamp(s, me);
+                return Acquired::OwnerDied(owner);
+            }
+        }
+        if expired {
+            return Acquired::TimedOut;
+        }
+    }
+}
+
+/// Releases the word whoever holds it; an error if nobody does.
+fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
+    let v = s[WORD].swap(0, Release);
+    if v & PID == 0 {
+        return Err(Error::NotHeld);
+    }
+    if v & WAITERS != 0 {
+        futex::wake(&s[WORD], 1);
+    }
+    Ok(())
+}
+
+/// A lock shared by processes (Python's `multiprocessing.Lock`).
+///
+/// Clone it or pass it to a child process (it implements serde): every copy is the same lock.
+/// As in Python, a `Lock` is not owned by a thread: [`release`](Lock::release) may be called by
+/// any thread or process. Beyond Python, if a process dies while holding it, the next acquirer
+/// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`].
+///
+/// ```
+/// use multiproc_sync::Lock;
+///
+/// let lock = Lock::new()?;
+/// {
+///     let _guard = lock.acquire().unwrap();
+///     assert!(lock.try_acquire().is_err());
+/// }
+/// assert!(lock.try_acquire().is_ok());
+/// # Ok::<(), multiproc_sync::Error>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Lock {
+    state: State,
+}
+
+impl Lock {
+    /// A new, unlocked lock in the shared heap.
+    pub fn new() -> Result<Lock, Error> {
+        Ok(Lock { state: allocate()? })
+    }
+
+    fn guard(&self, got: Acquired) -> TryLockResult<LockGuard<'_>> {
+        match got {
+            Acquired::Yes => Ok(LockGuard { lock: self }),
+            Acquired::OwnerDied(owner) => Err(TryAcquireError::OwnerDied(OwnerDied {
+                guard: LockGuard { lock: self },
+                owner,
+            })),
+            Acquired::TimedOut => Err(TryAcquireError::WouldBlock),
+        }
+    }
+
+    /// Waits for the lock. `Err` carries the guard when the previous owner died holding it.
+    pub fn acquire(&self) -> LockResult<LockGuard<'_>> {
+        match self.guard(lock_word(&self.state, None)) {
+            Ok(g) => Ok(g),
+            Err(TryAcquireError::OwnerDied(e)) => Err(e),
+            Err(TryAcquireError::WouldBlock) => unreachable!("no deadline"),
+        }
+    }
+
+    /// Takes the lock if it is free (Python's `acquire(block=False)`); a lock held by a dead
+    /// process is taken over.
+    pub fn try_acquire(&self) -> TryLockResult<LockGuard<'_>> {
+        self.guard(lock_word(&self.state, Some(Instant::now())))
+    }
+
+    /// Waits at most `timeout` for the lock (Python's `acquire(timeout=t)`).
+    pub fn acquire_timeout(&self, timeout: Duration) -> TryLockResult<LockGuard<'_>> {
+        self.guard(lock_word(&self.state, futex::deadline(timeout)))
+    }
+
+    /// Acquires without a guard (Python's `acquire()`), waiting at most `timeout` (`None`:
+    /// forever); pair it with [`release`](Lock::release), from any thread or process.
+    pub fn acquire_raw(&self, timeout: Option<Duration>) -> Acquired {
+        lock_word(&self.state, timeout.and_then(futex::deadline))
+    }
+
+    /// Releases the lock, whoever holds it (Python's `release()`); an error if it is not held.
+    pub fn release(&self) -> Result<(), Error> {
+        unlock_word(&self.state)
+    }
+
+    /// Whether some process holds the lock right now (a snapshot).
+    pub fn is_locked(&self) -> bool {
+        self.state[WORD].load(Relaxed) & PID != 0
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let owner = self.state[WORD].load(Relaxed) & PID;
+        f.debug_struct("Lock")
+            .field("owner", &(owner != 0).then_some(owner))
+            .finish()
+    }
+}
+
+/// Holds a [`Lock`]; releases it when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+}
+
+impl LockGuard<'_> {
+    /// Keeps the lock held without a guard: release it later with [`Lock::release`] (from any
+    /// thread or process).
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = unlock_word(&self.lock.state);
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// (pid, tid) of the calling thread, refreshed when the pid changed (a fork child).
+    static IDS: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
+}
+
+fn thread_id() -> u32 {
+    let pid = multiproc_core::current_pid();
+    IDS.with(|ids| {
+        let (cached_pid, tid) = ids.get();
+        if cached_pid == pid {
+            return tid;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        ids.set((pid, tid));
+        tid
+    })
+}
+
+/// A re-entrant lock shared by processes (Python's `multiprocessing.RLock`): the owning thread
+/// may acquire it again, and must release it as many times; only the owner may release it.
+///
+/// A process dying while one of its threads holds it is detected like for [`Lock`].
+///
+/// ```
+/// use multiproc_sync::RLock;
+///
+/// let lock = RLock::new()?;
+/// let a = lock.acquire().unwrap();
+/// let b = lock.acquire().unwrap(); // the same thread: re-entry
+/// assert_eq!(lock.depth(), 2);
+/// drop(b);
+/// drop(a);
+/// assert!(lock.release().is_err()); // not held any more
+/// # Ok::<(), multiproc_sync::Error>(())
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RLock {
+    state: State,
+}
+
+impl RLock {
+    /// A new, unlocked re-entrant lock in the shared heap.
+    pub fn new() -> Result<RLock, Error> {
+        Ok(RLock { state: allocate()? })
+    }
+
+    fn owned_by_caller(&self) -> bool {
+        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+            && self.state[OWNER_TID].load(Relaxed) == thread_id()
+    }
+
+    fn lock(&self, deadline: Option<Instant>) -> Acquired {
+        let s = &*self.state;
+        if self.owned_by_caller() {
+            s[DEPTH].store(s[DEPTH].load(Relaxed) + 1, Relaxed);
+            return Acquired::Yes;
+        }
+        let got = lock_word(s, deadline);
+        if got != Acquired::TimedOut {
+            s[OWNER_TID].store(thread_id(), Relaxed);
+            s[DEPTH].store(1, Relaxed);
+        }
+        got
+    }
+
+    fn guard(&self, got: Acquired) -> TryLockResult<RLockGuard<'_>> {
+        let guard = RLockGuard {
+            lock: self,
+            _not_send: std::marker::PhantomData,
+        };
+        match got {
+            Acquired::Yes => Ok(guard),
+            Acquired::OwnerDied(owner) => {
+                Err(TryAcquireError::OwnerDied(OwnerDied { guard, owner }))
+            }
+            Acquired::TimedOut => {
+                std::mem::forget(guard);
+                Err(TryAcquireError::WouldBlock)
+            }
+        }
+    }
+
+    /// Waits for the lock (or re-enters it). `Err` carries the guard when the previous owner
+    /// process died holding it.
+    pub fn acquire(&self) -> LockResult<RLockGuard<'_>> {
+        match self.guard(self.lock(None)) {
+            Ok(g) => Ok(g),
+            Err(TryAcquireError::OwnerDied(e)) => Err(e),
+            Err(TryAcquireError::WouldBlock) => unreachable!("no deadline"),
+        }
+    }
+
+    /// Takes or re-enters the lock if possible without waiting.
+    pub fn try_acquire(&self) -> TryLockResult<RLockGuard<'_>> {
+        self.guard(self.lock(Some(Instant::now())))
+    }
+
+    /// Waits at most `timeout`.
+    pub fn acquire_timeout(&self, timeout: Duration) -> TryLockResult<RLockGuard<'_>> {
+        self.guard(self.lock(futex::deadline(timeout)))
+    }
+
+    /// Acquires without a guard, waiting at most `timeout` (`None`: forever); pair it with
+    /// [`release`](RLock::release) on the same thread.
+    pub fn acquire_raw(&self, timeout: Option<Duration>) -> Acquired {
+        self.lock(timeout.and_then(futex::deadline))
+    }
+
+    /// Releases one level; an error ([`Error::NotOwner`]) unless the calling thread owns it.
+    pub fn release(&self) -> Result<(), Error> {
+        if !self.owned_by_caller() {
+            return Err(Error::NotOwner);
+        }
+        let s = &*self.state;
+        let depth = s[DEPTH].load(Relaxed).saturating_sub(1);
+        s[DEPTH].store(depth, Relaxed);
+        if depth == 0 {
+            s[OWNER_TID].store(0, Relaxed);
+            unlock_word(s)?;
+        }
+        Ok(())
+    }
+
+    /// How many times the owner holds it (0: free; a snapshot when another thread owns it).
+    pub fn depth(&self) -> u32 {
+        if self.state[WORD].load(Relaxed) & PID == 0 {
+            0
+        } else {
+            self.state[DEPTH].load(Relaxed)
+        }
+    }
+}
+
+impl fmt::Debug for RLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let owner = self.state[WORD].load(Relaxed) & PID;
+        f.debug_struct("RLock")
+            .field("owner", &(owner != 0).then_some(owner))
+            .field("depth", &self.depth())
+            .finish()
+    }
+}
+
+/// Holds one level of an [`RLock`]; releases it when dropped. Not `Send`: only the owning
+/// thread may release.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct RLockGuard<'a> {
+    lock: &'a RLock,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for RLockGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.lock.release();
+    }
+}
+
+impl fmt::Debug for RLockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RLockGuard").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,410 @@
+//! The primitives across real processes, every test under fork, spawn and forkserver.
+//!
+//! `harness = false`: one test thread, trials on the main thread (fork is allowed).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use multiproc_core::heap::Shared;
+use multiproc_core::{Process, StartMethod, get_context};
+use multiproc_sync::{
+    Acquired, BoundedSemaphore, Error, Event, Lock, RLock, Semaphore, TryAcquireError,
+};
+
+const METHODS: [StartMethod; 3] = [
+    StartMethod::Fork,
+    StartMethod::Spawn,
+    StartMethod::Forkserver,
+];
+const LONG: Duration = Duration::from_secs(60);
+
+type TestFn = fn(StartMethod) -> Result<(), Failed>;
+/// Counters shared with children: `[value, holders now, most holders seen, done flags]`.
+type Cells = Shared<[AtomicU64; 4]>;
+
+fn main() {
+    multiproc_core::init();
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    let tests: &[(&str, TestFn)] = &[
+        (
+            "lock_counter_reaches_n_times_m",
+            lock_counter_reaches_n_times_m,
+        ),
+        (
+            "rlock_counter_and_reentry_in_children",
+            rlock_counter_and_reentry_in_children,
+        ),
+        (
+            "semaphore_2_never_lets_a_third_in",
+            semaphore_2_never_lets_a_third_in,
+        ),
+        (
+            "lock_owner_death_is_recovered",
+            lock_owner_death_is_recovered,
+        ),
+        (
+            "rlock_owner_death_is_recovered",
+            rlock_owner_death_is_recovered,
+        ),
+        (
+            "lock_released_by_another_process",
+            lock_released_by_another_process,
+        ),
+        (
+            "rlock_release_by_non_owner_is_an_error",
+            rlock_release_by_non_owner_is_an_error,
+        ),
+        ("event_wait_false_then_true", event_wait_false_then_true),
+        (
+            "timeouts_return_within_bounds",
+            timeouts_return_within_bounds,
+        ),
+    ];
+    let mut trials = Vec::new();
+    for &(name, test) in tests {
+        for method in METHODS {
+            trials.push(Trial::test(format!("{name}::{method}"), move || {
+                test(method)
+            }));
+        }
+    }
+    trials.push(Trial::test("misuse_errors", misuse_errors));
+    libtest_mimic::run(&args, trials).exit();
+}
+
+macro_rules! check {
+    ($cond:expr, $($fmt:tt)*) => {
+        if !$cond {
+            return Err(format!($($fmt)*).into());
+        }
+    };
+}
+
+fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut p = get_context(m).process(f, a);
+    p.start()?;
+    Ok(p)
+}
+
+/// A daemon child: stopped by the exit handler should a failed check leave it running.
+fn start_daemon<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
+where
+    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut p = get_context(m).process(f, a);
+    p.set_daemon(true)?;
+    p.start()?;
+    Ok(p)
+}
+
+fn join(p: &Process) -> Result<i32, Failed> {
+    match p.join_timeout(LONG)? {
+        Some(code) => Ok(code),
+        None => {
+            p.kill()?;
+            Err(format!("{} did not exit within {LONG:?}", p.name()).into())
+        }
+    }
+}
+
+fn cells() -> Result<Cells, Failed> {
+    Ok(Shared::new()?)
+}
+
+/// Adds 1 to the value 1000 times with a non-atomic read-modify-write under the lock.
+fn add_under_lock((lock, c): (Lock, Cells)) {
+    for _ in 0..1000 {
+        let _g = lock.acquire().unwrap();
+        let v = c[0].load(Relaxed);
+        std::hint::black_box(v);
+        c[0].store(v + 1, Relaxed);
+    }
+}
+
+fn lock_counter_reaches_n_times_m(m: StartMethod) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let c = cells()?;
+    let ps: Vec<Process> = (0..4)
+        .map(|_| start(m, add_under_lock, (lock.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    for p in &ps {
+        check!(join(p)? == 0, "child failed");
+    }
+    check!(c[0].load(SeqCst) == 4000, "counter {}", c[0].load(SeqCst));
+    check!(!lock.is_locked(), "lock left held");
+    Ok(())
+}
+
+/// Takes the RLock three levels deep for each increment.
+fn add_under_rlock((lock, c): (RLock, Cells)) {
+    for _ in 0..500 {
+        let _a = lock.acquire().unwrap();
+        let _b = lock.acquire().unwrap();
+        let _c = lock.acquire().unwrap();
+        assert_eq!(lock.depth(), 3);
+        let v = c[0].load(Relaxed);
+        c[0].store(v + 1, Relaxed);
+    }
+}
+
+fn rlock_counter_and_reentry_in_children(m: StartMethod) -> Result<(), Failed> {
+    let lock = RLock::new()?;
+    let c = cells()?;
+    let ps: Vec<Process> = (0..3)
+        .map(|_| start(m, add_under_rlock, (lock.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    for p in &ps {
+        check!(join(p)? == 0, "child failed");
+    }
+    check!(c[0].load(SeqCst) == 1500, "counter {}", c[0].load(SeqCst));
+    check!(lock.depth() == 0, "depth {}", lock.depth());
+    Ok(())
+}
+
+/// Enters the semaphore 200 times, recording how many holders there are at once.
+fn hold_semaphore((sem, c): (Semaphore, Cells)) {
+    for _ in 0..200 {
+        let _g = sem.acquire();
+        let now = c[1].fetch_add(1, SeqCst) + 1;
+        c[2].fetch_max(now, SeqCst);
+        std::thread::yield_now();
+        c[1].fetch_sub(1, SeqCst);
+    }
+}
+
+fn semaphore_2_never_lets_a_third_in(m: StartMethod) -> Result<(), Failed> {
+    let sem = Semaphore::new(2)?;
+    let c = cells()?;
+    let ps: Vec<Process> = (0..4)
+        .map(|_| start(m, hold_semaphore, (sem.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    for p in &ps {
+        check!(join(p)? == 0, "child failed");
+    }
+    check!(
+        c[2].load(SeqCst) <= 2,
+        "{} holders at once",
+        c[2].load(SeqCst)
+    );
+    check!(c[2].load(SeqCst) >= 1, "nobody held it");
+    check!(sem.get_value() == 2, "value {}", sem.get_value());
+    Ok(())
+}
+
+/// Takes the lock, says so through the event, and sleeps holding it.
+fn hold_forever((lock, ready): (Lock, Event)) {
+    lock.acquire().unwrap().leak();
+    ready.set();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn lock_owner_death_is_recovered(m: StartMethod) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let p = start_daemon(m, hold_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    check!(
+        matches!(lock.try_acquire(), Err(TryAcquireError::WouldBlock)),
+        "lock not held by the child"
+    );
+    p.kill()?;
+    check!(join(&p)? == -9, "exit code");
+    let t = Instant::now();
+    match lock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                Some(e.dead_owner()) == p.pid(),
+                "dead owner {} vs {:?}",
+                e.dead_owner(),
+                p.pid()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(
+        t.elapsed() < Duration::from_secs(10),
+        "recovery took {:?}",
+        t.elapsed()
+    );
+    // The lock works normally again.
+    let g = lock.try_acquire().map_err(|e| format!("{e}"))?;
+    drop(g);
+    check!(!lock.is_locked(), "still held");
+    Ok(())
+}
+
+fn hold_rlock_forever((lock, ready): (RLock, Event)) {
+    for _ in 0..2 {
+        std::mem::forget(lock.acquire().unwrap());
+    }
+    ready.set();
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn rlock_owner_death_is_recovered(m: StartMethod) -> Result<(), Failed> {
+    let lock = RLock::new()?;
+    let ready = Event::new()?;
+    let p = start_daemon(m, hold_rlock_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    // A waiter already blocked when the owner dies.
+    let waiter_result = {
+        let t = Instant::now();
+        p.kill()?;
+        let r = lock.acquire_timeout(LONG);
+        (
+            r.is_err_and(|e| matches!(e, TryAcquireError::OwnerDied(_))),
+            t.elapsed(),
+            lock.depth(),
+        )
+    };
+    check!(waiter_result.0, "expected OwnerDied");
+    check!(
+        waiter_result.2 == 0,
+        "depth after the guard dropped: {}",
+        waiter_result.2
+    );
+    check!(join(&p)? == -9, "exit code");
+    let _a = lock.acquire().map_err(|e| format!("{e}"))?;
+    let _b = lock.acquire().map_err(|e| format!("{e}"))?;
+    check!(lock.depth() == 2, "depth {}", lock.depth());
+    Ok(())
+}
+
+fn release_it(lock: Lock) {
+    lock.release().unwrap();
+}
+
+fn lock_released_by_another_process(m: StartMethod) -> Result<(), Failed> {
+    // Python semantics: a Lock is not owned; another process may release it.
+    let lock = Lock::new()?;
+    check!(lock.acquire_raw(None) == Acquired::Yes, "acquire");
+    let p = start(m, release_it, lock.clone())?;
+    check!(join(&p)? == 0, "child failed to release");
+    check!(!lock.is_locked(), "still held");
+    check!(
+        matches!(lock.release(), Err(Error::NotHeld)),
+        "release of a free lock"
+    );
+    Ok(())
+}
+
+fn try_release_rlock(lock: RLock) {
+    assert!(matches!(lock.release(), Err(Error::NotOwner)));
+}
+
+fn rlock_release_by_non_owner_is_an_error(m: StartMethod) -> Result<(), Failed> {
+    let lock = RLock::new()?;
+    let _g = lock.acquire().map_err(|e| format!("{e}"))?;
+    let p = start(m, try_release_rlock, lock.clone())?;
+    check!(
+        join(&p)? == 0,
+        "the child could release an RLock it does not own"
+    );
+    check!(lock.depth() == 1, "depth {}", lock.depth());
+    Ok(())
+}
+
+fn set_after_go((go, ev): (Event, Event)) {
+    assert!(go.wait_timeout(LONG));
+    ev.set();
+}
+
+fn event_wait_false_then_true(m: StartMethod) -> Result<(), Failed> {
+    let go = Event::new()?;
+    let ev = Event::new()?;
+    let p = start(m, set_after_go, (go.clone(), ev.clone()))?;
+    check!(
+        !ev.wait_timeout(Duration::from_millis(100)),
+        "set too early"
+    );
+    go.set();
+    check!(ev.wait_timeout(LONG), "never set by the child");
+    check!(ev.is_set(), "is_set");
+    ev.clear();
+    check!(!ev.is_set(), "clear");
+    check!(join(&p)? == 0, "child failed");
+    Ok(())
+}
+
+fn within(t: Instant, d: Duration) -> bool {
+    let e = t.elapsed();
+    e >= d && e < d + Duration::from_secs(5)
+}
+
+fn timeouts_return_within_bounds(m: StartMethod) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let rlock = RLock::new()?;
+    let sem = BoundedSemaphore::new(1)?;
+    let ready = Event::new()?;
+    // A child holds the lock, the RLock and the semaphore's only unit.
+    fn hold_all((lock, rlock, sem, ready): (Lock, RLock, BoundedSemaphore, Event)) {
+        lock.acquire().unwrap().leak();
+        std::mem::forget(rlock.acquire().unwrap());
+        sem.acquire().leak();
+        ready.set();
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+    let p = start_daemon(
+        m,
+        hold_all,
+        (lock.clone(), rlock.clone(), sem.clone(), ready.clone()),
+    )?;
+    check!(ready.wait_timeout(LONG), "child never got ready");
+    let d = Duration::from_millis(150);
+    let t = Instant::now();
+    check!(
+        matches!(lock.acquire_timeout(d), Err(TryAcquireError::WouldBlock)),
+        "lock"
+    );
+    check!(within(t, d), "lock timeout took {:?}", t.elapsed());
+    let t = Instant::now();
+    check!(
+        matches!(rlock.acquire_timeout(d), Err(TryAcquireError::WouldBlock)),
+        "rlock"
+    );
+    check!(within(t, d), "rlock timeout took {:?}", t.elapsed());
+    let t = Instant::now();
+    check!(sem.acquire_timeout(d).is_none(), "semaphore");
+    check!(within(t, d), "semaphore timeout took {:?}", t.elapsed());
+    let ev = Event::new()?;
+    let t = Instant::now();
+    check!(!ev.wait_timeout(d), "event");
+    check!(within(t, d), "event timeout took {:?}", t.elapsed());
+    p.kill()?;
+    join(&p)?;
+    Ok(())
+}
+
+fn misuse_errors() -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    check!(
+        matches!(lock.release(), Err(Error::NotHeld)),
+        "Lock release unheld"
+    );
+    let rlock = RLock::new()?;
+    check!(
+        matches!(rlock.release(), Err(Error::NotOwner)),
+        "RLock release unheld"
+    );
+    let sem = BoundedSemaphore::new(2)?;
+    check!(
+        matches!(sem.release(), Err(Error::TooManyReleases)),
+        "bounded over-release"
+    );
+    let g = sem.acquire();
+    check!(sem.get_value() == 1, "value");
+    drop(g);
+    check!(sem.get_value() == 2, "value after drop");
+    let plain = Semaphore::new(0)?;
+    plain.release()?;
+    check!(plain.get_value() == 1, "plain semaphore grows");
+    check!(Semaphore::new(u32::MAX).is_err(), "huge value");
+    Ok(())
+}
