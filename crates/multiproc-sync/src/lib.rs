@@ -10,6 +10,7 @@
 //! | `RLock()` | [`RLock::new()`] |
 //! | `Semaphore(n)`, `BoundedSemaphore(n)`, `get_value()` | [`Semaphore::new(n)`](Semaphore::new), [`BoundedSemaphore::new(n)`](BoundedSemaphore::new), [`Semaphore::get_value`] |
 //! | `Event()`, `set`, `clear`, `is_set`, `wait(t)` | [`Event`] |
+//! | `Condition(lock)`, `wait(t)`, `wait_for`, `notify(n)`, `notify_all` | [`Condition::new()`] (over an `RLock`), [`Condition::with_lock`] |
 //!
 //! Beyond Python: a process that dies holding a [`Lock`] or [`RLock`] does not deadlock the
 //! others: the next acquirer takes the lock over and gets [`OwnerDied`] carrying the guard.
@@ -30,15 +31,17 @@
 //! # Ok::<(), multiproc_sync::Error>(())
 //! ```
 //!
-//! `Condition` and `Barrier` are not there yet.
+//! `Barrier` is not there yet.
 #![forbid(unsafe_code)]
 
+mod condition;
 mod error;
 mod event;
 mod futex;
 mod lock;
 mod semaphore;
 
+pub use crate::condition::{Condition, ConditionLock};
 pub use crate::error::{Error, LockResult, OwnerDied, TryAcquireError, TryLockResult};
 pub use crate::event::Event;
 pub use crate::lock::{Acquired, Lock, LockGuard, RLock, RLockGuard, SLICE};

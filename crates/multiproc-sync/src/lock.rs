@@ -208,6 +208,11 @@ impl Lock {
         unlock_word(&self.state)
     }
 
+    /// Whether the calling process holds the lock (a `Lock` has no owning thread).
+    pub(crate) fn is_mine(&self) -> bool {
+        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+    }
+
     /// Whether some process holds the lock right now (a snapshot).
     pub fn is_locked(&self) -> bool {
         self.state[WORD].load(Relaxed) & PID != 0
@@ -370,6 +375,29 @@ impl RLock {
             unlock_word(s)?;
         }
         Ok(())
+    }
+
+    /// Releases every level the calling thread holds (for `Condition::wait`); the depth.
+    pub(crate) fn release_all(&self) -> u32 {
+        let s = &*self.state;
+        let depth = s[DEPTH].load(Relaxed);
+        s[DEPTH].store(0, Relaxed);
+        s[OWNER_TID].store(0, Relaxed);
+        let _ = unlock_word(s);
+        depth
+    }
+
+    /// Takes the lock back at `depth` levels (after `release_all`).
+    pub(crate) fn reacquire(&self, depth: u32) {
+        let s = &*self.state;
+        lock_word(s, None);
+        s[OWNER_TID].store(thread_id(), Relaxed);
+        s[DEPTH].store(depth.max(1), Relaxed);
+    }
+
+    /// Whether the calling thread owns the lock.
+    pub(crate) fn is_mine(&self) -> bool {
+        self.owned_by_caller()
     }
 
     /// How many times the owner holds it (0: free; a snapshot when another thread owns it).

@@ -10,7 +10,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use multiproc_core::heap::Shared;
 use multiproc_core::{Process, StartMethod, get_context};
 use multiproc_sync::{
-    Acquired, BoundedSemaphore, Error, Event, Lock, RLock, Semaphore, TryAcquireError,
+    Acquired, BoundedSemaphore, Condition, Error, Event, Lock, RLock, Semaphore, TryAcquireError,
 };
 
 const METHODS: [StartMethod; 3] = [
@@ -61,6 +61,14 @@ fn main() {
         (
             "timeouts_return_within_bounds",
             timeouts_return_within_bounds,
+        ),
+        (
+            "condition_notify_wakes_exactly_n",
+            condition_notify_wakes_exactly_n,
+        ),
+        (
+            "condition_wait_for_and_timeout",
+            condition_wait_for_and_timeout,
         ),
     ];
     let mut trials = Vec::new();
@@ -406,5 +414,116 @@ fn misuse_errors() -> Result<(), Failed> {
     plain.release()?;
     check!(plain.get_value() == 1, "plain semaphore grows");
     check!(Semaphore::new(u32::MAX).is_err(), "huge value");
+    Ok(())
+}
+
+/// Announces itself (under the lock, so the parent knows it is in `wait` once it can take the
+/// lock and see the count), waits for a notification, counts the wake-up.
+fn wait_for_notify((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    c[1].fetch_add(1, SeqCst);
+    let notified = cond.wait_timeout(LONG).unwrap();
+    assert!(notified, "woken by the timeout, not by notify");
+    c[0].fetch_add(1, SeqCst);
+}
+
+/// Polls `f` (taking `cond`'s lock each time) until it holds or `LONG` passes.
+fn until(cond: &Condition, f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while Instant::now() < deadline {
+        let g = cond.lock().acquire().unwrap();
+        if f() {
+            return true;
+        }
+        drop(g);
+        std::thread::yield_now();
+    }
+    false
+}
+
+fn condition_notify_wakes_exactly_n(m: StartMethod) -> Result<(), Failed> {
+    let cond = Condition::new()?;
+    let c = cells()?;
+    let ps: Vec<Process> = (0..3)
+        .map(|_| start_daemon(m, wait_for_notify, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        until(&cond, || c[1].load(SeqCst) == 3),
+        "waiters never all waited"
+    );
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify(2)?;
+    }
+    check!(
+        until(&cond, || c[0].load(SeqCst) >= 2),
+        "two notified waiters did not wake"
+    );
+    // The third is still asleep: give it time to (wrongly) wake. This sleep only leaves room
+    // for a wrong wake-up; nothing waits on it.
+    std::thread::sleep(Duration::from_millis(200));
+    check!(
+        c[0].load(SeqCst) == 2,
+        "notify(2) woke {}",
+        c[0].load(SeqCst)
+    );
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify_all()?;
+    }
+    for p in &ps {
+        check!(join(p)? == 0, "a waiter failed");
+    }
+    check!(c[0].load(SeqCst) == 3, "woken {}", c[0].load(SeqCst));
+    Ok(())
+}
+
+/// Sets the value to 5 under the condition's lock and notifies.
+fn produce_5((cond, c): (Condition<Lock>, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    c[0].store(5, SeqCst);
+    cond.notify_all().unwrap();
+}
+
+fn condition_wait_for_and_timeout(m: StartMethod) -> Result<(), Failed> {
+    let cond = Condition::with_lock(Lock::new()?)?;
+    let c = cells()?;
+    // Without the lock: an error.
+    check!(
+        matches!(cond.notify(1), Err(Error::NotOwner)),
+        "notify without the lock"
+    );
+    check!(
+        matches!(cond.wait_timeout(Duration::ZERO), Err(Error::NotOwner)),
+        "wait without the lock"
+    );
+    let g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+    let t = Instant::now();
+    check!(
+        !cond.wait_timeout(Duration::from_millis(150))?,
+        "woken from nowhere"
+    );
+    check!(
+        within(t, Duration::from_millis(150)),
+        "wait_timeout took {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    check!(
+        !cond.wait_for(|| c[0].load(SeqCst) == 5, Some(Duration::from_millis(150)))?,
+        "predicate true early"
+    );
+    check!(
+        within(t, Duration::from_millis(150)),
+        "wait_for timeout took {:?}",
+        t.elapsed()
+    );
+    let p = start(m, produce_5, (cond.clone(), c.clone()))?;
+    check!(
+        cond.wait_for(|| c[0].load(SeqCst) == 5, Some(LONG))?,
+        "predicate never true"
+    );
+    drop(g);
+    check!(join(&p)? == 0, "producer failed");
     Ok(())
 }
