@@ -11,6 +11,7 @@
 //! | `Semaphore(n)`, `BoundedSemaphore(n)`, `get_value()` | [`Semaphore::new(n)`](Semaphore::new), [`BoundedSemaphore::new(n)`](BoundedSemaphore::new), [`Semaphore::get_value`] |
 //! | `Event()`, `set`, `clear`, `is_set`, `wait(t)` | [`Event`] |
 //! | `Condition(lock)`, `wait(t)`, `wait_for`, `notify(n)`, `notify_all` | [`Condition::new()`] (over an `RLock`), [`Condition::with_lock`] |
+//! | `Barrier(parties, action, timeout)`, `wait()`, `abort`, `reset`, `broken`, `n_waiting` | [`Barrier::new`], [`Barrier::wait`], [`Barrier::wait_with`] (the action) … |
 //!
 //! Beyond Python: a process that dies holding a [`Lock`] or [`RLock`] does not deadlock the
 //! others: the next acquirer takes the lock over and gets [`OwnerDied`] carrying the guard.
@@ -31,9 +32,9 @@
 //! # Ok::<(), multiproc_sync::Error>(())
 //! ```
 //!
-//! `Barrier` is not there yet.
 #![forbid(unsafe_code)]
 
+mod barrier;
 mod condition;
 mod error;
 mod event;
@@ -41,6 +42,7 @@ mod futex;
 mod lock;
 mod semaphore;
 
+pub use crate::barrier::{Barrier, BrokenBarrier};
 pub use crate::condition::{Condition, ConditionLock};
 pub use crate::error::{Error, LockResult, OwnerDied, TryAcquireError, TryLockResult};
 pub use crate::event::Event;

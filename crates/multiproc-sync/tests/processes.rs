@@ -10,7 +10,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 use multiproc_core::heap::Shared;
 use multiproc_core::{Process, StartMethod, get_context};
 use multiproc_sync::{
-    Acquired, BoundedSemaphore, Condition, Error, Event, Lock, RLock, Semaphore, TryAcquireError,
+    Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, RLock,
+    Semaphore, TryAcquireError,
 };
 
 const METHODS: [StartMethod; 3] = [
@@ -70,6 +71,15 @@ fn main() {
             "condition_wait_for_and_timeout",
             condition_wait_for_and_timeout,
         ),
+        (
+            "barrier_of_3_distinct_indices",
+            barrier_of_3_distinct_indices,
+        ),
+        (
+            "barrier_timeout_breaks_it_for_all",
+            barrier_timeout_breaks_it_for_all,
+        ),
+        ("barrier_abort_and_reset", barrier_abort_and_reset),
     ];
     let mut trials = Vec::new();
     for &(name, test) in tests {
@@ -525,5 +535,101 @@ fn condition_wait_for_and_timeout(m: StartMethod) -> Result<(), Failed> {
     );
     drop(g);
     check!(join(&p)? == 0, "producer failed");
+    Ok(())
+}
+
+/// Waits at the barrier; records its index as a bit, counts the action.
+fn party((b, c): (Barrier, Cells)) {
+    let i = b.wait_with(|| {
+        c[2].fetch_add(1, SeqCst);
+    });
+    let i = i.expect("barrier broken");
+    c[0].fetch_or(1 << i, SeqCst);
+}
+
+fn barrier_of_3_distinct_indices(m: StartMethod) -> Result<(), Failed> {
+    let b = Barrier::new(3, Some(LONG))?;
+    check!(b.parties() == 3 && !b.broken(), "fresh barrier");
+    let c = cells()?;
+    // Two rounds: the barrier refills after draining.
+    for round in 0..2 {
+        c[0].store(0, SeqCst);
+        let ps: Vec<Process> = (0..3)
+            .map(|_| start(m, party, (b.clone(), c.clone())))
+            .collect::<Result<_, _>>()?;
+        for p in &ps {
+            check!(join(p)? == 0, "a party failed in round {round}");
+        }
+        check!(
+            c[0].load(SeqCst) == 0b111,
+            "indices seen: {:b}",
+            c[0].load(SeqCst)
+        );
+    }
+    check!(
+        c[2].load(SeqCst) == 2,
+        "action ran {} times in 2 rounds",
+        c[2].load(SeqCst)
+    );
+    check!(b.n_waiting() == 0, "n_waiting {}", b.n_waiting());
+    Ok(())
+}
+
+/// Waits without a timeout; exits 0 if the barrier broke, 1 if it was passed.
+fn expect_broken(b: Barrier) {
+    std::process::exit(if b.wait() == Err(BrokenBarrier) { 0 } else { 1 });
+}
+
+fn wait_until_waiting(b: &Barrier, n: u32) -> bool {
+    let deadline = Instant::now() + LONG;
+    while b.n_waiting() < n {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+fn barrier_timeout_breaks_it_for_all(m: StartMethod) -> Result<(), Failed> {
+    let b = Barrier::new(3, None)?;
+    let p = start_daemon(m, expect_broken, b.clone())?;
+    check!(wait_until_waiting(&b, 1), "the child never waited");
+    let t = Instant::now();
+    check!(
+        b.wait_timeout(Duration::from_millis(150)) == Err(BrokenBarrier),
+        "timeout did not break it"
+    );
+    check!(
+        within(t, Duration::from_millis(150)),
+        "timed out after {:?}",
+        t.elapsed()
+    );
+    check!(b.broken(), "not marked broken");
+    check!(join(&p)? == 0, "the other waiter was not told");
+    check!(
+        b.wait_timeout(Duration::ZERO) == Err(BrokenBarrier),
+        "still broken for new waiters"
+    );
+    b.reset();
+    check!(!b.broken(), "reset");
+    Ok(())
+}
+
+fn barrier_abort_and_reset(m: StartMethod) -> Result<(), Failed> {
+    let b = Barrier::new(2, None)?;
+    let p = start_daemon(m, expect_broken, b.clone())?;
+    check!(wait_until_waiting(&b, 1), "the child never waited");
+    b.abort();
+    check!(join(&p)? == 0, "abort did not break the waiter's wait");
+    check!(b.broken(), "not broken after abort");
+    b.reset();
+    check!(!b.broken() && b.n_waiting() == 0, "reset");
+    // Usable again: two parties pass.
+    let c = cells()?;
+    let q = start(m, party, (b.clone(), c.clone()))?;
+    let mine = b.wait_timeout(LONG);
+    check!(join(&q)? == 0, "party failed");
+    check!(matches!(mine, Ok(0 | 1)), "index {mine:?}");
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! | module | crate | Python |
 //! |---|---|---|
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
-//! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event` |
+//! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
@@ -60,7 +60,7 @@ pub use multiproc_core::{
     set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
-pub use multiproc_sync::{BoundedSemaphore, Event, Lock, RLock, Semaphore};
+pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Any error of multiproc: a process error or a connection error.
 #[derive(Debug, thiserror::Error)]

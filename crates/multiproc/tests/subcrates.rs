@@ -12,6 +12,8 @@ fn reexports() {
     let _ = multiproc::Semaphore::get_value;
     let _ = multiproc::BoundedSemaphore::release;
     let _ = multiproc::Event::set;
+    let _ = multiproc::Condition::new;
+    let _ = multiproc::Barrier::new;
     let e: multiproc::Error = multiproc::sync::Error::NotHeld.into();
     assert!(e.to_string().contains("not held"));
     let _ = multiproc::Process::start;
