@@ -181,81 +181,85 @@ fn allocate(size: usize, align: usize) -> std::io::Result<(Arc<Segment>, usize)>
     Ok((seg, 0))
 }
 
-/// A handle on one `T` in the shared heap; derefs to `&T`.
-pub struct Shared<T: ShmSafe> {
+/// A region of raw bytes in the shared heap, for data that is not [`ShmSafe`]: plain values
+/// guarded by a lock, or read and written with atomic operations (`multiproc-shm`'s `Value` and
+/// `Array`). The heap gives its address and length; every access is the user's `unsafe`.
+///
+/// Cloning shares the region; serde hands it to a child like a [`Shared`].
+#[derive(Clone)]
+pub struct Region {
     seg: Arc<Segment>,
     offset: usize,
-    _t: PhantomData<T>,
+    len: usize,
 }
 
-impl<T: ShmSafe> Shared<T> {
-    /// A new, zero-initialised `T` in the shared heap.
-    pub fn new() -> std::io::Result<Shared<T>> {
-        let (seg, offset) = allocate(std::mem::size_of::<T>().max(1), std::mem::align_of::<T>())?;
-        Ok(Shared {
-            seg,
-            offset,
-            _t: PhantomData,
-        })
+impl Region {
+    /// `len` zeroed bytes aligned to `align` (a power of two, at most 4096).
+    pub fn new(len: usize, align: usize) -> std::io::Result<Region> {
+        if !align.is_power_of_two() || align > 4096 {
+            return Err(std::io::Error::other(
+                "region alignment must be a power of two up to 4096",
+            ));
+        }
+        let (seg, offset) = allocate(len.max(1), align)?;
+        Ok(Region { seg, offset, len })
     }
 
-    /// Whether two handles point at the same object.
-    pub fn ptr_eq(a: &Shared<T>, b: &Shared<T>) -> bool {
+    /// The first byte. Valid for [`len`](Region::len) bytes as long as this handle (or a clone)
+    /// lives; other processes may read and write the same bytes at any time.
+    pub fn as_ptr(&self) -> *mut u8 {
+        // In bounds: `offset + len <= seg.len` was checked on allocation and deserialisation.
+        self.seg.base.as_ptr().wrapping_add(self.offset)
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the region has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether two handles name the same bytes.
+    pub fn ptr_eq(a: &Region, b: &Region) -> bool {
         a.seg.id == b.seg.id && a.offset == b.offset
     }
 }
 
-impl<T: ShmSafe> Deref for Shared<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: `offset..offset + size_of::<T>()` lies inside the mapping (checked when the
-        // handle was made or received) and is aligned for `T` (the arena aligns to 64 and
-        // `align_of::<T>()`; a segment base is page-aligned); `T: ShmSafe` is valid for every
-        // bit pattern and only mutated through atomics, so a shared reference is sound even
-        // while other processes write it. The mapping lives as long as `self.seg`.
-        unsafe { &*self.seg.base.as_ptr().add(self.offset).cast::<T>() }
-    }
-}
-
-impl<T: ShmSafe> Clone for Shared<T> {
-    fn clone(&self) -> Self {
-        Shared {
-            seg: self.seg.clone(),
-            offset: self.offset,
-            _t: PhantomData,
-        }
-    }
-}
-
-impl<T: ShmSafe> fmt::Debug for Shared<T> {
+impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Shared")
+        f.debug_struct("Region")
             .field("segment", &format_args!("{:016x}", self.seg.id))
             .field("offset", &self.offset)
+            .field("len", &self.len)
             .finish()
     }
 }
 
-/// The wire form: the segment's fd (through the fd table), its id and length, the offset.
+/// The wire form of a [`Region`]: its segment's fd (through the fd table), the segment's id
+/// and length, the offset and length of the region.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     #[serde(with = "reduction::fd")]
     fd: OwnedFd,
     id: u64,
-    len: u64,
+    seg_len: u64,
     offset: u64,
+    len: u64,
 }
 
-impl<T: ShmSafe> Serialize for Shared<T> {
+impl Serialize for Region {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct WireRef<'a> {
             #[serde(serialize_with = "ser_fd")]
             fd: &'a OwnedFd,
             id: u64,
-            len: u64,
+            seg_len: u64,
             offset: u64,
+            len: u64,
         }
         fn ser_fd<S: Serializer>(fd: &&OwnedFd, s: S) -> Result<S::Ok, S::Error> {
             reduction::serialize_fd(fd.as_fd(), s)
@@ -263,37 +267,105 @@ impl<T: ShmSafe> Serialize for Shared<T> {
         WireRef {
             fd: &self.seg.fd,
             id: self.seg.id,
-            len: self.seg.len as u64,
+            seg_len: self.seg.len as u64,
             offset: self.offset as u64,
+            len: self.len as u64,
         }
         .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Region {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let w = Wire::deserialize(deserializer)?;
+        let (seg_len, offset, len) = (w.seg_len as usize, w.offset as usize, w.len as usize);
+        let end = offset
+            .checked_add(len)
+            .ok_or_else(|| D::Error::custom("bad region"))?;
+        if end > seg_len {
+            return Err(D::Error::custom("shared heap region out of its segment"));
+        }
+        let mut segments = SEGMENTS.lock();
+        let seg = match find(&segments, w.id) {
+            Some(seg) if seg.len == seg_len => seg,
+            _ => {
+                let seg = Segment::map(w.id, w.fd, seg_len)
+                    .map_err(|e| D::Error::custom(format!("cannot map shared heap: {e}")))?;
+                remember(&mut segments, w.id, &seg);
+                seg
+            }
+        };
+        Ok(Region { seg, offset, len })
+    }
+}
+
+/// A handle on one `T` in the shared heap; derefs to `&T`.
+pub struct Shared<T: ShmSafe> {
+    region: Region,
+    _t: PhantomData<T>,
+}
+
+impl<T: ShmSafe> Shared<T> {
+    /// A new, zero-initialised `T` in the shared heap.
+    pub fn new() -> std::io::Result<Shared<T>> {
+        let region = Region::new(std::mem::size_of::<T>(), std::mem::align_of::<T>())?;
+        Ok(Shared {
+            region,
+            _t: PhantomData,
+        })
+    }
+
+    /// Whether two handles point at the same object.
+    pub fn ptr_eq(a: &Shared<T>, b: &Shared<T>) -> bool {
+        Region::ptr_eq(&a.region, &b.region)
+    }
+}
+
+impl<T: ShmSafe> Deref for Shared<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        // SAFETY: the region holds `size_of::<T>()` bytes inside the mapping, aligned for `T`
+        // (checked on allocation and on deserialisation), and lives as long as `self`;
+        // `T: ShmSafe` is valid for every bit pattern and only mutated through atomics, so a
+        // shared reference is sound even while other processes write it.
+        unsafe { &*self.region.as_ptr().cast::<T>() }
+    }
+}
+
+impl<T: ShmSafe> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Shared {
+            region: self.region.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Shared").field(&self.region).finish()
+    }
+}
+
+impl<T: ShmSafe> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.region.serialize(serializer)
     }
 }
 
 impl<'de, T: ShmSafe> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
-        let w = Wire::deserialize(deserializer)?;
-        let (len, offset) = (w.len as usize, w.offset as usize);
-        let end = offset
-            .checked_add(std::mem::size_of::<T>())
-            .ok_or_else(|| D::Error::custom("bad offset"))?;
-        if end > len || offset % std::mem::align_of::<T>() != 0 {
-            return Err(D::Error::custom("shared heap handle out of its segment"));
+        let region = Region::deserialize(deserializer)?;
+        if region.len != std::mem::size_of::<T>()
+            || (region.as_ptr() as usize) % std::mem::align_of::<T>() != 0
+        {
+            return Err(D::Error::custom("shared heap handle of another type"));
         }
-        let mut segments = SEGMENTS.lock();
-        let seg = match find(&segments, w.id) {
-            Some(seg) if seg.len == len => seg,
-            _ => {
-                let seg = Segment::map(w.id, w.fd, len)
-                    .map_err(|e| D::Error::custom(format!("cannot map shared heap: {e}")))?;
-                remember(&mut segments, w.id, &seg);
-                seg
-            }
-        };
         Ok(Shared {
-            seg,
-            offset,
+            region,
             _t: PhantomData,
         })
     }

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
 //! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
+//! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
@@ -51,6 +52,8 @@ pub use multiproc_core as process;
 #[doc(inline)]
 pub use multiproc_ipc as ipc;
 #[doc(inline)]
+pub use multiproc_shm as shm;
+#[doc(inline)]
 pub use multiproc_sync as sync;
 
 pub use multiproc_core::{
@@ -60,6 +63,7 @@ pub use multiproc_core::{
     set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
+pub use multiproc_shm::{Array, RawArray, RawValue, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Any error of multiproc: a process error or a connection error.
@@ -75,6 +79,9 @@ pub enum Error {
     /// Creating or releasing a lock, semaphore or event failed.
     #[error(transparent)]
     Sync(#[from] multiproc_sync::Error),
+    /// Creating a shared value or array failed.
+    #[error(transparent)]
+    Shm(#[from] multiproc_shm::Error),
 }
 
 /// `Result` with the umbrella [`Error`].

@@ -14,6 +14,11 @@ fn reexports() {
     let _ = multiproc::Event::set;
     let _ = multiproc::Condition::new;
     let _ = multiproc::Barrier::new;
+    let _ = multiproc::Value::<i32>::new;
+    let _ = multiproc::Array::<f64>::zeroed;
+    let _ = multiproc::RawValue::<u8>::new;
+    let _ = multiproc::RawArray::<u8>::zeroed;
+    let _ = multiproc::shm::Value::<u64>::get;
     let e: multiproc::Error = multiproc::sync::Error::NotHeld.into();
     assert!(e.to_string().contains("not held"));
     let _ = multiproc::Process::start;

@@ -1,0 +1,179 @@
+//! The only unsafe code of this crate: element access to shared regions.
+//!
+//! Unsynchronised elements (`RawValue`, `RawArray`) are read and written with atomic
+//! operations of their size (or byte by byte), so concurrent access from other processes is a
+//! race in value (like Python's) but never undefined behaviour. Synchronised ones (`Value`,
+//! `Array`) are viewed as `&mut T`/`&mut [T]` only by the holder of their lock.
+
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+use bytemuck::Pod;
+use multiproc_core::heap::Region;
+
+use crate::value::{AnyLock, Guard, RawArray};
+
+/// `len` elements of `T` in a shared region; checked on construction.
+#[derive(Clone, Debug)]
+pub(crate) struct Elements<T: Pod> {
+    region: Region,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod> Elements<T> {
+    /// Zeroed room for `len` elements.
+    pub(crate) fn zeroed(len: usize) -> std::io::Result<Elements<T>> {
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| std::io::Error::other("array too large"))?;
+        let region = Region::new(bytes, std::mem::align_of::<T>().max(8))?;
+        Ok(Elements {
+            region,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// Elements over a region received from another process, if it fits `T`.
+    pub(crate) fn from_region(region: Region) -> Option<Elements<T>> {
+        let size = std::mem::size_of::<T>();
+        let fits = size != 0
+            && region.len() % size == 0
+            && (region.as_ptr() as usize) % std::mem::align_of::<T>() == 0;
+        fits.then(|| Elements {
+            len: region.len() / size,
+            region,
+            _t: PhantomData,
+        })
+    }
+
+    pub(crate) fn region(&self) -> &Region {
+        &self.region
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    fn ptr(&self, i: usize) -> *mut T {
+        assert!(
+            i < self.len,
+            "index {i} out of range for {} elements",
+            self.len
+        );
+        self.region.as_ptr().cast::<T>().wrapping_add(i)
+    }
+
+    /// Reads element `i` with atomic loads.
+    pub(crate) fn load(&self, i: usize) -> T {
+        let p = self.ptr(i);
+        let size = std::mem::size_of::<T>();
+        let aligned = |n: usize| (p as usize) % n == 0;
+        // SAFETY: `p` points at element `i` of the region (checked above), which lives as long
+        // as `self`; the atomic type has the element's size and its alignment holds, so the
+        // bytes are read as one atomic load; `T: Pod` accepts any bits.
+        unsafe {
+            match size {
+                1 => bytemuck::pod_read_unaligned(&[(*p.cast::<AtomicU8>()).load(Relaxed)]),
+                2 if aligned(2) => bytemuck::pod_read_unaligned(
+                    &(*p.cast::<AtomicU16>()).load(Relaxed).to_ne_bytes(),
+                ),
+                4 if aligned(4) => bytemuck::pod_read_unaligned(
+                    &(*p.cast::<AtomicU32>()).load(Relaxed).to_ne_bytes(),
+                ),
+                8 if aligned(8) => bytemuck::pod_read_unaligned(
+                    &(*p.cast::<AtomicU64>()).load(Relaxed).to_ne_bytes(),
+                ),
+                _ => {
+                    let mut v = T::zeroed();
+                    let bytes = bytemuck::bytes_of_mut(&mut v);
+                    for (k, b) in bytes.iter_mut().enumerate() {
+                        *b = (*p.cast::<AtomicU8>().add(k)).load(Relaxed);
+                    }
+                    v
+                }
+            }
+        }
+    }
+
+    /// Writes element `i` with atomic stores.
+    pub(crate) fn store(&self, i: usize, v: T) {
+        let p = self.ptr(i);
+        let size = std::mem::size_of::<T>();
+        let aligned = |n: usize| (p as usize) % n == 0;
+        let bytes = bytemuck::bytes_of(&v);
+        // SAFETY: as in `load`; other processes only access these bytes atomically or under
+        // a lock that this raw (lock-free) element type does not have, so no `&mut` aliases.
+        unsafe {
+            match size {
+                1 => (*p.cast::<AtomicU8>()).store(bytes[0], Relaxed),
+                2 if aligned(2) => {
+                    (*p.cast::<AtomicU16>()).store(bytemuck::pod_read_unaligned(bytes), Relaxed)
+                }
+                4 if aligned(4) => {
+                    (*p.cast::<AtomicU32>()).store(bytemuck::pod_read_unaligned(bytes), Relaxed)
+                }
+                8 if aligned(8) => {
+                    (*p.cast::<AtomicU64>()).store(bytemuck::pod_read_unaligned(bytes), Relaxed)
+                }
+                _ => {
+                    for (k, b) in bytes.iter().enumerate() {
+                        (*p.cast::<AtomicU8>().add(k)).store(*b, Relaxed);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Elements and the lock that every access to them takes ([`Value`](crate::Value) and
+/// [`Array`](crate::Array) expose no other path), so the holder of the lock may view them as
+/// `&mut [T]`.
+#[derive(Clone)]
+pub(crate) struct Locked<T: Pod> {
+    elems: Elements<T>,
+    lock: AnyLock,
+}
+
+impl<T: Pod> Locked<T> {
+    pub(crate) fn new(elems: Elements<T>, lock: AnyLock) -> Locked<T> {
+        Locked { elems, lock }
+    }
+
+    pub(crate) fn elems(&self) -> &Elements<T> {
+        &self.elems
+    }
+
+    pub(crate) fn lock(&self) -> &AnyLock {
+        &self.lock
+    }
+
+    /// Takes the lock and views the elements.
+    pub(crate) fn guard(&self) -> Guard<'_, T> {
+        let held = self.lock.hold();
+        // SAFETY: the region holds `len` elements of `T`, aligned (checked on construction)
+        // and alive as long as `self`; `held` keeps the lock that every access to them takes
+        // for the guard's whole lifetime, so nothing else reads or writes them meanwhile.
+        let slice = unsafe {
+            std::slice::from_raw_parts_mut(self.elems.region.as_ptr().cast::<T>(), self.elems.len)
+        };
+        Guard { _held: held, slice }
+    }
+}
+
+impl<T: Pod> RawArray<T> {
+    /// The elements as a slice, without synchronisation.
+    ///
+    /// # Safety
+    ///
+    /// No other process or thread may write the array while the slice lives (for example:
+    /// every writer has finished and been joined).
+    pub unsafe fn as_slice(&self) -> &[T] {
+        // SAFETY: the region holds `len` aligned elements alive as long as `self`; the absence
+        // of writers is the caller's promise.
+        unsafe {
+            std::slice::from_raw_parts(self.elems.region.as_ptr().cast::<T>(), self.elems.len)
+        }
+    }
+}
