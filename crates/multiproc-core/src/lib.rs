@@ -55,7 +55,7 @@ pub use crate::method::{
     Context, DEFAULT_START_METHOD, StartMethod, force_start_method, get_all_start_methods,
     get_context, get_start_method, set_start_method, start_method_if_set,
 };
-pub use crate::process::{Process, ProcessHandle, active_children};
+pub use crate::process::{Process, ProcessHandle, active_children, spawn_helper};
 pub use crate::state::{CurrentProcess, ParentProcess, current_process, parent_process};
 pub use crate::sys::{allow_fork_with_threads, current_pid};
 

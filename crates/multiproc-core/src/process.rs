@@ -470,6 +470,28 @@ impl fmt::Debug for ProcessHandle {
     }
 }
 
+/// Starts `target(args)` in a re-executed (spawn) child that is a helper of this process, not
+/// one of its children in Python's sense: `active_children` does not list it, the exit handler
+/// neither terminates nor joins it, and it does not die with this process. Meant for services
+/// that must outlive their creator, such as the resource tracker of named shared memory; the
+/// helper must end by itself (for example when a pipe from its creator reaches end-of-file).
+/// Returns its pid.
+pub fn spawn_helper<A>(target: fn(A), args: A) -> Result<u32>
+where
+    A: Serialize + DeserializeOwned + Send + 'static,
+{
+    static HELPERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+    let (identity, _) = state::next_child_identity();
+    let numbers: Vec<String> = identity.iter().map(u32::to_string).collect();
+    let name = format!("Helper-{}", numbers.join(":"));
+    let info = state::child_info(&name, &identity, false, StartMethod::Spawn);
+    let child = spawn::start(info, &FnTarget { f: target, args })?;
+    let pid = child.pid.as_raw_nonzero().get() as u32;
+    // Kept (not reaped here) so that its pidfd stays open; it is reaped by whoever inherits it.
+    HELPERS.lock().push(child);
+    Ok(pid)
+}
+
 /// Children started by this process and not yet known to have ended.
 static REGISTRY: Mutex<Vec<ProcessHandle>> = Mutex::new(Vec::new());
 

@@ -7,6 +7,7 @@
 //! | `Array('i', [1, 2])`, `Array('d', 10)` | [`Array::from_slice(&[1i32, 2])`](Array::from_slice), [`Array::<f64>::zeroed(10)`](Array::zeroed) |
 //! | `Value(t, v, lock=lock)` | [`Value::with_lock`] (a `Lock` or an `RLock`) |
 //! | `RawValue`, `RawArray` | [`RawValue`], [`RawArray`] (no lock; per-element atomic access) |
+//! | `shared_memory.SharedMemory(name, create, size)` | [`SharedMemory::create`], [`SharedMemory::attach`] |
 //!
 //! Element types are [`bytemuck::Pod`]: any bit pattern is a valid value, so memory another
 //! process writes can never make a value invalid. A [`Value`] or [`Array`] hands out `&mut`
@@ -31,8 +32,10 @@
 
 #[allow(unsafe_code)] // Element access to shared regions; see the module docs.
 mod raw;
+mod shared_memory;
 mod value;
 
+pub use crate::shared_memory::SharedMemory;
 pub use crate::value::{AnyLock, Array, Guard, RawArray, RawValue, Value, ValueGuard};
 
 /// Why a shared value or array could not be made.
@@ -45,4 +48,39 @@ pub enum Error {
     /// The lock could not be made.
     #[error(transparent)]
     Sync(#[from] multiproc_sync::Error),
+    /// `SharedMemory::create` with a name that exists (Python: `FileExistsError`).
+    #[error("shared memory {0:?} already exists")]
+    Exists(String),
+    /// `SharedMemory::attach` (or `unlink`) of a name that does not exist (Python:
+    /// `FileNotFoundError`).
+    #[error("no shared memory named {0:?}")]
+    NotFound(String),
+    /// Size 0 (Python: `ValueError: 'size' must be a positive number different from zero`).
+    #[error("shared memory size must be positive")]
+    InvalidSize,
+    /// A name that is empty, too long, or contains `/` after its first character.
+    #[error("invalid shared memory name {0:?}")]
+    InvalidName(String),
+    /// The segment was closed in this process.
+    #[error("shared memory is closed")]
+    Closed,
+    /// A read or write beyond the end of the segment.
+    #[error("{len} bytes at offset {offset} do not fit in {size} bytes of shared memory")]
+    OutOfRange {
+        /// Where the access starts.
+        offset: usize,
+        /// How many bytes.
+        len: usize,
+        /// The segment's size.
+        size: usize,
+    },
+    /// An operating-system call failed.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
 }

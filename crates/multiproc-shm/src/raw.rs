@@ -177,3 +177,127 @@ impl<T: Pod> RawArray<T> {
         }
     }
 }
+
+/// A shared mapping of a POSIX shared memory object (for `SharedMemory`).
+pub(crate) struct Mapping {
+    base: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory only touched through raw-pointer copies (never through
+// references), and the pointer is not written after creation.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-write.
+    pub(crate) fn new(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Mapping> {
+        // SAFETY: a fresh shared mapping of an fd we hold, at an address the kernel picks; no
+        // existing memory is affected.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let base = std::ptr::NonNull::new(ptr.cast())
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(Mapping { base, len })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Copies `out.len()` bytes from `offset`; panics when out of range.
+    pub(crate) fn read(&self, offset: usize, out: &mut [u8]) {
+        assert!(
+            offset
+                .checked_add(out.len())
+                .is_some_and(|end| end <= self.len),
+            "read out of range"
+        );
+        // SAFETY: the range lies inside the mapping (checked), which lives as long as `self`;
+        // `out` is ours and cannot overlap shared memory we map. Other processes may write the
+        // bytes meanwhile: they are copied as plain data, never viewed as a reference.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            )
+        }
+    }
+
+    /// Copies `data` to `offset`; panics when out of range.
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) {
+        assert!(
+            offset
+                .checked_add(data.len())
+                .is_some_and(|end| end <= self.len),
+            "write out of range"
+        );
+        // SAFETY: as in `read`, the other way round.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(offset), data.len())
+        }
+    }
+
+    /// Views the mapping as bytes.
+    ///
+    /// # Safety
+    ///
+    /// No process may write the segment while the slice lives.
+    pub(crate) unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping holds `len` bytes alive as long as `self`; no writer is the
+        // caller's promise.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+    }
+
+    /// Views the mapping as mutable bytes.
+    ///
+    /// # Safety
+    ///
+    /// No other process or thread may read or write the segment while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`; exclusivity is the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `new`; no reference into it outlives `self`
+        // (slices borrow the `SharedMemory` that owns this mapping).
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+impl crate::shared_memory::SharedMemory {
+    /// Views the whole segment as bytes, without copying.
+    ///
+    /// # Safety
+    ///
+    /// No process may write the segment while the slice lives.
+    pub unsafe fn as_slice(&self) -> Result<&[u8], crate::Error> {
+        // SAFETY: the caller's promise is `Mapping::as_slice`'s precondition.
+        Ok(unsafe { self.mapping()?.as_slice() })
+    }
+
+    /// Views the whole segment as mutable bytes, without copying.
+    ///
+    /// # Safety
+    ///
+    /// No other process or thread may read or write the segment while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn as_mut_slice(&self) -> Result<&mut [u8], crate::Error> {
+        // SAFETY: the caller's promise is `Mapping::as_mut_slice`'s precondition.
+        Ok(unsafe { self.mapping()?.as_mut_slice() })
+    }
+}

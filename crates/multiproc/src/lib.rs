@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
 //! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
-//! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray` |
+//! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
@@ -63,7 +63,7 @@ pub use multiproc_core::{
     set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
-pub use multiproc_shm::{Array, RawArray, RawValue, Value};
+pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Any error of multiproc: a process error or a connection error.
