@@ -481,10 +481,9 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
 {
     static HELPERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
-    let (identity, _) = state::next_child_identity();
-    let numbers: Vec<String> = identity.iter().map(u32::to_string).collect();
-    let name = format!("Helper-{}", numbers.join(":"));
-    let info = state::child_info(&name, &identity, false, StartMethod::Spawn);
+    // Not numbered like processes (Python's resource tracker is not a Process either): the
+    // names of the program's own children stay Process-1, Process-2, …
+    let info = state::child_info("Helper", &[], false, StartMethod::Spawn);
     let child = spawn::start(info, &FnTarget { f: target, args })?;
     let pid = child.pid.as_raw_nonzero().get() as u32;
     // Kept (not reaped here) so that its pidfd stays open; it is reaped by whoever inherits it.

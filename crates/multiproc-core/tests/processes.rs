@@ -115,6 +115,10 @@ fn main() {
             move || too_many_fds_is_an_error(method),
         ));
     }
+    trials.push(Trial::test(
+        "helpers_are_not_children",
+        helpers_are_not_children,
+    ));
     libtest_mimic::run(&args, trials).exit();
 }
 
@@ -1013,5 +1017,40 @@ fn child_allocations_do_not_alias_the_parents(m: StartMethod) -> Result<(), Fail
         );
     }
     drop(first);
+    Ok(())
+}
+
+/// Waits for end-of-file on its pipe, then reports through another.
+fn helper_main((r, w): (End, End)) {
+    let _ = r.lines(usize::MAX);
+    w.send("helper done");
+}
+
+fn helpers_are_not_children() -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let (done_r, done_w) = End::pair();
+    let before = Process::new(|_: ()| {}, ());
+    let pid = multiproc_core::spawn_helper(helper_main, (r, done_w))?;
+    let after = Process::new(|_: ()| {}, ());
+    let n = |p: &Process| {
+        p.name()
+            .rsplit('-')
+            .next()
+            .and_then(|x| x.parse::<u32>().ok())
+    };
+    check!(
+        n(&after) == n(&before).map(|x| x + 1),
+        "a helper took a process number: {} then {}",
+        before.name(),
+        after.name()
+    );
+    check!(
+        !multiproc_core::active_children()
+            .iter()
+            .any(|h| h.pid() == pid),
+        "helper listed as a child"
+    );
+    drop(w); // the helper sees end-of-file and finishes by itself
+    check!(done_r.lines(1)? == ["helper done"], "helper did not finish");
     Ok(())
 }
