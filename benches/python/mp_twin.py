@@ -10,6 +10,13 @@ the output contract and the measurement code are those of the reference harness
   pipe.roundtrip.64B, pipe_simplex.roundtrip.64B      send_bytes 64 B, child echoes, us per round trip
   pipe.throughput.{1KiB,64KiB,16MiB}                  child sends, parent recv_bytes, MB/s (10^6)
   pipe_simplex.throughput.{1KiB,64KiB,16MiB}          the same over Pipe(duplex=False)
+  lock.uncontended.mp_{Lock,RLock}.acquire_release    acquire(); release(), ns
+  value.get_lock_increment.uncontended                with v.get_lock(): v.value += 1 on a Value('i'), ns
+  lock.contended2p.value_get_lock_increment           parent and child, 1e5 increments each, ops/s
+  array.fill_from_child.1e6d.{slice_from_list,elementwise_raw,memoryview_bulk}   ms
+  shm.create_1MiB, shm.attach_1MiB, shm.close_both_unlink                        us
+  shm.{child_write_256MiB_fresh,parent_read_256MiB_after_child,write_then_read_256MiB_end_to_end}  GB/s
+  event.pingpong, barrier2.wait, condition.pingpong   round trip with a child, us
 
 Output contract:
   stdout: one line per figure      name<TAB>median<TAB>unit
@@ -93,6 +100,67 @@ def _echo_simplex(rconn, wconn, total):
         wconn.send_bytes(rconn.recv_bytes())
 
 
+def _lock_incr_child(v, n, gate, done):
+    _gate_child(gate)
+    lock = v.get_lock()
+    for _ in range(n):
+        with lock:
+            v.value += 1
+    done.set()
+
+
+def _array_fill_child(arr, n, mode, gate, done):
+    raw = arr.get_obj()
+    if mode == "slice_from_list":
+        data = [float(i) for i in range(n)]
+    elif mode == "memoryview_bulk":
+        import array as _array
+        data = memoryview(_array.array("d", [float(i) for i in range(n)])).cast("B")
+        dst = memoryview(raw).cast("B")
+    _gate_child(gate)
+    if mode == "slice_from_list":
+        arr[:] = data                   # SynchronizedArray: one lock, ctypes slice store
+    elif mode == "elementwise_raw":
+        for i in range(n):
+            raw[i] = i
+    elif mode == "memoryview_bulk":
+        dst[:] = data
+    done.set()
+
+
+def _shm_write_child(name, size, gate, conn):
+    from multiprocessing import shared_memory
+    shm = shared_memory.SharedMemory(name=name)
+    src = b"\x05" * size
+    _gate_child(gate)
+    t0 = pc()
+    shm.buf[:size] = src
+    conn.send(pc() - t0)
+    del src
+    shm.close()
+
+
+def _event_child(e1, e2, total):
+    for _ in range(total):
+        e1.wait()
+        e1.clear()
+        e2.set()
+
+
+def _barrier_child(b, total):
+    for _ in range(total):
+        b.wait()
+
+
+def _cond_child(cond, turn, total):
+    for _ in range(total):
+        with cond:
+            while turn.value != 1:
+                cond.wait()
+            turn.value = 0
+            cond.notify()
+
+
 def _stream_sender(conn, size, count, reps):
     data = b"x" * size
     for _ in range(reps):
@@ -103,6 +171,27 @@ def _stream_sender(conn, size, count, reps):
 
 
 # ------------------------------------------------------------ benchmarks ----
+# Start gate: children report ready (Barrier), the parent reads the clock and
+# only then lets them go (Event), so no child work can precede the clock.
+
+
+def _make_gate(n_children):
+    return FORK.Barrier(n_children + 1), FORK.Event()
+
+
+def _gate_child(gate):
+    ready, go = gate
+    ready.wait()
+    go.wait()
+
+
+def _gate_open(gate):
+    ready, go = gate
+    ready.wait()
+    t0 = pc()
+    go.set()
+    return t0
+
 
 METHODS = ("fork", "forkserver", "spawn")
 
@@ -210,11 +299,194 @@ def b_pipe_throughput():
             emit("%s.throughput.%s" % (prefix, label), vals, "MB/s")
 
 
+# The groups below are mp_bench.py's b_lock, b_array, b_shm and b_sync, split as
+# multiproc-benches groups them (threading_Lock and mp_Lock.with left out: multiproc-benches
+# has no such figures).
+
+
+def b_lock_uncontended():
+    n = _n(200_000, 2_000)
+    for label, lk in (("mp_Lock", FORK.Lock()), ("mp_RLock", FORK.RLock())):
+        acq, rel = lk.acquire, lk.release
+        vals = []
+        for _ in range(REPS):
+            t0 = pc()
+            for _ in range(n):
+                acq()
+                rel()
+            vals.append((pc() - t0) / n * 1e9)
+        emit("lock.uncontended.%s.acquire_release" % label, vals, "ns")
+
+    # Value('i') increment under its own lock, one process
+    v = FORK.Value("i", 0)
+    m = _n(100_000, 1_000)
+    vals = []
+    for _ in range(REPS):
+        lock = v.get_lock()
+        t0 = pc()
+        for _ in range(m):
+            with lock:
+                v.value += 1
+        vals.append((pc() - t0) / m * 1e9)
+    emit("value.get_lock_increment.uncontended", vals, "ns")
+
+
+def b_lock_contended():
+    # two processes, 1e5 increments each, same Value/lock
+    m = _n(100_000, 1_000)
+    vals = []
+    for _ in range(REPS):
+        v = FORK.Value("i", 0)
+        gate, done = _make_gate(1), FORK.Event()
+        p = FORK.Process(target=_lock_incr_child, args=(v, m, gate, done))
+        p.start()
+        lock = v.get_lock()
+        t0 = _gate_open(gate)
+        for _ in range(m):
+            with lock:
+                v.value += 1
+        done.wait()
+        dt = pc() - t0
+        p.join()
+        assert v.value == 2 * m, v.value
+        vals.append(2 * m / dt)
+    emit("lock.contended2p.value_get_lock_increment", vals, "ops/s")
+
+
+def b_array():
+    n = _n(1_000_000, 10_000)
+    for mode in ("slice_from_list", "elementwise_raw", "memoryview_bulk"):
+        vals = []
+        for _ in range(REPS):
+            arr = FORK.Array("d", n)
+            gate, done = _make_gate(1), FORK.Event()
+            p = FORK.Process(target=_array_fill_child, args=(arr, n, mode, gate, done))
+            p.start()
+            t0 = _gate_open(gate)
+            done.wait()
+            dt = pc() - t0
+            p.join()
+            assert arr[n - 1] == float(n - 1)
+            vals.append(dt * 1e3)
+        emit("array.fill_from_child.1e6d.%s" % mode, vals, "ms")
+
+
+def b_shm_ops():
+    from multiprocessing import shared_memory
+    SM = shared_memory.SharedMemory
+    s = SM(create=True, size=4096)   # warm-up: starts the resource tracker
+    s.close()
+    s.unlink()
+    n, size = _n(200, 10), 1 << 20
+    vc, va, vu = [], [], []
+    for _ in range(REPS):
+        tc = ta = tu = 0.0
+        for _ in range(n):
+            t0 = pc()
+            a = SM(create=True, size=size)
+            t1 = pc()
+            b = SM(name=a.name)
+            t2 = pc()
+            b.close()
+            a.close()
+            a.unlink()
+            t3 = pc()
+            tc += t1 - t0
+            ta += t2 - t1
+            tu += t3 - t2
+        vc.append(tc / n * 1e6)
+        va.append(ta / n * 1e6)
+        vu.append(tu / n * 1e6)
+    emit("shm.create_1MiB", vc, "us")
+    emit("shm.attach_1MiB", va, "us")
+    emit("shm.close_both_unlink", vu, "us")
+
+
+def b_shm_big():
+    from multiprocessing import shared_memory
+    SM = shared_memory.SharedMemory
+    big = _n(256 << 20, 16 << 20)
+    dst = bytearray(b"\x01" * big)      # pre-touched destination
+    dstv = memoryview(dst)
+    vw, vr, ve = [], [], []
+    for _ in range(REPS):
+        shm = SM(create=True, size=big)
+        r, w = FORK.Pipe(duplex=False)
+        gate = _make_gate(1)
+        p = FORK.Process(target=_shm_write_child, args=(shm.name, big, gate, w))
+        p.start()
+        t0 = _gate_open(gate)
+        wtime = r.recv()
+        t1 = pc()
+        dstv[:] = shm.buf[:big]
+        t2 = pc()
+        p.join()
+        assert dst[12345] == 5
+        vw.append(big / wtime / 1e9)
+        vr.append(big / (t2 - t1) / 1e9)
+        ve.append(big / (t2 - t0) / 1e9)
+        shm.close()
+        shm.unlink()
+        dst[12345] = 1
+    emit("shm.child_write_256MiB_fresh", vw, "GB/s")
+    emit("shm.parent_read_256MiB_after_child", vr, "GB/s")
+    emit("shm.write_then_read_256MiB_end_to_end", ve, "GB/s")
+    del dstv, dst
+
+
+def b_sync():
+    n = _n(2000, 100)
+    e1, e2 = FORK.Event(), FORK.Event()
+
+    def mk(total):
+        p = FORK.Process(target=_event_child, args=(e1, e2, total))
+        p.start()
+        return p
+
+    def ev_send():
+        e1.set()
+
+    def ev_recv():
+        e2.wait()
+        e2.clear()
+    _roundtrip("event.pingpong", mk, ev_send, ev_recv, n)
+
+    b = FORK.Barrier(2)
+
+    def mkb(total):
+        p = FORK.Process(target=_barrier_child, args=(b, total))
+        p.start()
+        return p
+    _roundtrip("barrier2.wait", mkb, b.wait, noop, n)
+
+    cond = FORK.Condition()
+    turn = FORK.RawValue("i", 0)
+
+    def mkc(total):
+        p = FORK.Process(target=_cond_child, args=(cond, turn, total))
+        p.start()
+        return p
+
+    def cond_rt():
+        with cond:
+            turn.value = 1
+            cond.notify()
+            while turn.value != 0:
+                cond.wait()
+    _roundtrip("condition.pingpong", mkc, cond_rt, noop, n)
+
+
 BENCHES = [
     ("proc", b_proc),
     ("proc.rss256MiB", b_proc_rss),
     ("pipe.roundtrip", b_pipe_roundtrip),
     ("pipe.throughput", b_pipe_throughput),
+    ("locks.uncontended", b_lock_uncontended),
+    ("locks.contended2p", b_lock_contended),
+    ("array", b_array),
+    ("shm.1MiB", b_shm_ops),
+    ("shm.256MiB", b_shm_big),
+    ("sync.pingpong", b_sync),
 ]
 
 

@@ -2,11 +2,16 @@
 //!
 //! Each bench replicates the method of the C file in the reference harness (`bench/limits/`)
 //! whose figure name it prints: `proc.c` (fork/`_exit`/waitpid, posix_spawn of `/bin/true`),
-//! `pingpong.c` (pipe and socketpair ping-pong with a forked child), `stream.c` (pipe and
-//! socketpair throughput from a forked child, started by a spin flag in a shared page).
+//! `pingpong.c` (pipe, socketpair, shared-futex and process-shared-semaphore ping-pong with a
+//! forked child), `stream.c` (pipe and socketpair throughput from a forked child, started by a
+//! spin flag in a shared page), `locks.c` (spinlock, futex mutex, pshared `pthread_mutex_t` and
+//! `sem_t` in shared memory: uncontended, and two processes incrementing one counter) and
+//! `mem.c` (POSIX shm create/attach/unlink; a child writing 256 MiB into a fresh segment and
+//! the parent reading it; a child filling an 8 MB segment).
 //!
-//! Forked children only make raw system calls (`read`, `write`, `close`, `_exit`) and never
-//! allocate, so forking is sound even if the parent has other threads.
+//! Forked children only make raw system calls (`read`, `write`, `close`, `mmap`, `futex`,
+//! `_exit`), atomics, `memcpy`/`memset`, and glibc's semaphore and mutex calls (futex-based),
+//! and never allocate, so forking is sound even if the parent has other threads.
 
 #![allow(
     unsafe_code,
@@ -21,7 +26,7 @@ use std::hint::spin_loop;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::time::Instant;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -450,5 +455,948 @@ impl Bench for Throughput {
             return Err(format!("{}: bad child status {status:#x} or data", self.name()).into());
         }
         Ok((count * self.msg) as f64 / dt / 1e6)
+    }
+}
+
+// ------------------------------------------------------------ shared memory ----
+
+/// An anonymous shared mapping (`MAP_SHARED | MAP_ANONYMOUS`, inherited across fork),
+/// zero-filled: the `shared_map` of the reference harness's `common.h`.
+#[derive(Debug)]
+struct AnonShared {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl AnonShared {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        NonNull::new(p.cast::<u8>())
+            .map(|ptr| Self { ptr, len })
+            .ok_or_else(|| io::Error::other("mmap returned null"))
+    }
+
+    /// The mapping as a `T` (the mapping is page-aligned, zero-filled and at least as long).
+    fn as_ptr<T>(&self) -> *mut T {
+        debug_assert!(std::mem::size_of::<T>() <= self.len);
+        self.ptr.as_ptr().cast()
+    }
+}
+
+impl Drop for AnonShared {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`; no reference outlives `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// `FUTEX_WAIT` on a word of a shared mapping (no `FUTEX_PRIVATE_FLAG`: across processes).
+fn futex_wait(word: &AtomicI32, val: i32) {
+    // SAFETY: `word` is a live, aligned 32-bit futex word; null timeout: wait until woken.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            val,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// `FUTEX_WAKE` of up to `n` waiters of a shared futex word.
+fn futex_wake(word: &AtomicI32, n: i32) {
+    // SAFETY: as in `futex_wait`; a wake-up touches no memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            ptr::null::<libc::timespec>(),
+            ptr::null::<u32>(),
+            0,
+        )
+    };
+}
+
+/// `sem_wait`, retried on EINTR.
+///
+/// # Safety
+///
+/// `s` points to a live, initialised `sem_t`.
+unsafe fn sem_wait(s: *mut libc::sem_t) {
+    // SAFETY: the caller's promise.
+    while unsafe { libc::sem_wait(s) } != 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
+/// One byte over a pipe (mem.c's `sig_send`): blocking signals, so a waiting side sleeps.
+fn sig_send(fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    write_all(fd, &[1])
+}
+
+/// Waits for one byte (mem.c's `sig_wait`).
+fn sig_wait(fd: BorrowedFd<'_>) -> rustix::io::Result<()> {
+    read_all(fd, &mut [0u8])
+}
+
+// ---------------------------------------------------------------------- locks ----
+
+/// The lock kinds of locks.c.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LockKind {
+    /// A compare-and-swap spinlock.
+    Spin,
+    /// Drepper's "mutex3" futex lock (shared futex operations).
+    Futex,
+    /// A `PTHREAD_PROCESS_SHARED` `pthread_mutex_t`.
+    Pthread,
+    /// A process-shared POSIX semaphore of initial value 1 (what CPython's `Lock` is).
+    Sem,
+}
+
+impl LockKind {
+    /// Every kind, in locks.c's order.
+    pub(crate) const ALL: [LockKind; 4] = [
+        LockKind::Spin,
+        LockKind::Futex,
+        LockKind::Pthread,
+        LockKind::Sem,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            LockKind::Spin => "spin_cas",
+            LockKind::Futex => "futex_mutex",
+            LockKind::Pthread => "pthread_mutex_pshared",
+            LockKind::Sem => "posix_sem_pshared",
+        }
+    }
+}
+
+/// locks.c's `struct shared`: each word on its own cache line.
+#[repr(C)]
+struct LockWords {
+    spin: AtomicI32,
+    _pad0: [u8; 60],
+    fx: AtomicI32,
+    _pad1: [u8; 60],
+    mtx: libc::pthread_mutex_t,
+    _pad2: [u8; 64],
+    sem: libc::sem_t,
+    _pad3: [u8; 64],
+    go: AtomicI32,
+    _pad4: [u8; 60],
+    /// The plain counter the lock under test protects (relaxed load and store: a plain
+    /// increment, as `s->counter++` in C).
+    counter: AtomicI64,
+}
+
+/// The locks of locks.c in one shared mapping, inherited by forked children.
+#[derive(Debug)]
+struct Locks {
+    map: AnonShared,
+}
+
+impl Locks {
+    fn new() -> io::Result<Self> {
+        let map = AnonShared::new(4096.max(std::mem::size_of::<LockWords>()))?;
+        let w = map.as_ptr::<LockWords>();
+        // SAFETY: `w` points to zeroed, writable, suitably aligned memory that nothing else
+        // uses yet; the attribute object lives on our stack for the duration of the calls.
+        unsafe {
+            let mut attr: libc::pthread_mutexattr_t = std::mem::zeroed();
+            if libc::pthread_mutexattr_init(&mut attr) != 0
+                || libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED) != 0
+                || libc::pthread_mutex_init(&raw mut (*w).mtx, &attr) != 0
+            {
+                return Err(io::Error::other("pthread_mutex_init (pshared) failed"));
+            }
+            libc::pthread_mutexattr_destroy(&mut attr);
+            if libc::sem_init(&raw mut (*w).sem, 1, 1) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(Self { map })
+    }
+
+    fn w(&self) -> *mut LockWords {
+        self.map.as_ptr()
+    }
+
+    fn word(&self, which: fn(&LockWords) -> &AtomicI32) -> &AtomicI32 {
+        // SAFETY: the mapping lives as long as `self`; atomics may be shared by reference.
+        which(unsafe { &*self.w() })
+    }
+
+    fn go(&self) -> &AtomicI32 {
+        self.word(|w| &w.go)
+    }
+
+    fn counter(&self) -> &AtomicI64 {
+        // SAFETY: as in `word`.
+        unsafe { &(*self.w()).counter }
+    }
+
+    #[inline]
+    fn lock(&self, k: LockKind) {
+        match k {
+            LockKind::Spin => {
+                let l = self.word(|w| &w.spin);
+                while l
+                    .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_err()
+                {
+                    while l.load(Ordering::Relaxed) != 0 {
+                        spin_loop();
+                    }
+                }
+            }
+            LockKind::Futex => {
+                let l = self.word(|w| &w.fx);
+                let mut c = match l.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(c) => c,
+                };
+                if c != 2 {
+                    c = l.swap(2, Ordering::Acquire);
+                }
+                while c != 0 {
+                    futex_wait(l, 2);
+                    c = l.swap(2, Ordering::Acquire);
+                }
+            }
+            // SAFETY: initialised in `new`, alive as long as `self`.
+            LockKind::Pthread => unsafe {
+                libc::pthread_mutex_lock(&raw mut (*self.w()).mtx);
+            },
+            // SAFETY: as above.
+            LockKind::Sem => unsafe { sem_wait(&raw mut (*self.w()).sem) },
+        }
+    }
+
+    #[inline]
+    fn unlock(&self, k: LockKind) {
+        match k {
+            LockKind::Spin => self.word(|w| &w.spin).store(0, Ordering::Release),
+            LockKind::Futex => {
+                let l = self.word(|w| &w.fx);
+                if l.fetch_sub(1, Ordering::Release) != 1 {
+                    l.store(0, Ordering::Release);
+                    futex_wake(l, 1);
+                }
+            }
+            // SAFETY: initialised in `new`, alive as long as `self`, held by this process.
+            LockKind::Pthread => unsafe {
+                libc::pthread_mutex_unlock(&raw mut (*self.w()).mtx);
+            },
+            // SAFETY: as above.
+            LockKind::Sem => unsafe {
+                libc::sem_post(&raw mut (*self.w()).sem);
+            },
+        }
+    }
+
+    /// `lk; s->counter++; ulk` (no system call, no allocation: safe in a forked child).
+    #[inline]
+    fn incr(&self, k: LockKind) {
+        self.lock(k);
+        let c = self.counter();
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.unlock(k);
+    }
+}
+
+impl Drop for Locks {
+    fn drop(&mut self) {
+        // SAFETY: initialised in `new`; no process holds them any more (children are reaped
+        // before the bench that owns `self` is dropped).
+        unsafe {
+            libc::sem_destroy(&raw mut (*self.w()).sem);
+            libc::pthread_mutex_destroy(&raw mut (*self.w()).mtx);
+        }
+    }
+}
+
+/// `atomic.fetch_add.uncontended`: a sequentially consistent fetch-add on a shared line; ns
+/// per operation, 5,000,000 per repetition (locks.c, for scale).
+#[derive(Debug)]
+pub(crate) struct AtomicFetchAdd {
+    /// Operations per repetition.
+    pub(crate) n: usize,
+    locks: Option<Locks>,
+}
+
+impl AtomicFetchAdd {
+    /// The bench, `n` operations per repetition.
+    pub(crate) fn new(n: usize) -> Self {
+        Self { n, locks: None }
+    }
+}
+
+impl Bench for AtomicFetchAdd {
+    fn name(&self) -> String {
+        "atomic.fetch_add.uncontended".into()
+    }
+    fn unit(&self) -> &'static str {
+        "ns"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.locks = Some(Locks::new()?);
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let go = self.locks.as_ref().ok_or("not set up")?.go();
+        let t0 = Instant::now();
+        for _ in 0..self.n {
+            go.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e9)
+    }
+}
+
+/// `lock.uncontended.<kind>`: lock, increment a shared counter, unlock; ns per iteration,
+/// 2,000,000 per repetition, one unmeasured warm-up repetition (locks.c).
+#[derive(Debug)]
+pub(crate) struct LockUncontended {
+    kind: LockKind,
+    n: usize,
+    locks: Option<Locks>,
+}
+
+impl LockUncontended {
+    /// The bench of `kind`, `n` iterations per repetition.
+    pub(crate) fn new(kind: LockKind, n: usize) -> Self {
+        Self {
+            kind,
+            n,
+            locks: None,
+        }
+    }
+}
+
+impl Bench for LockUncontended {
+    fn name(&self) -> String {
+        format!("lock.uncontended.{}", self.kind.label())
+    }
+    fn unit(&self) -> &'static str {
+        "ns"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.locks = Some(Locks::new()?);
+        self.measure()?; // warm-up (locks.c's r = -1)
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let s = self.locks.as_ref().ok_or("not set up")?;
+        let t0 = Instant::now();
+        for _ in 0..self.n {
+            s.incr(self.kind);
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e9)
+    }
+}
+
+/// `lock.contended2p.<kind>`: the parent and a forked child each increment the shared counter
+/// `n` (100,000) times under the lock; ops/s over both. The child is forked before the clock
+/// starts and released by a spin flag (locks.c).
+#[derive(Debug)]
+pub(crate) struct LockContended {
+    kind: LockKind,
+    n: usize,
+    locks: Option<Locks>,
+}
+
+impl LockContended {
+    /// The bench of `kind`, `n` increments per process per repetition.
+    pub(crate) fn new(kind: LockKind, n: usize) -> Self {
+        Self {
+            kind,
+            n,
+            locks: None,
+        }
+    }
+}
+
+impl Bench for LockContended {
+    fn name(&self) -> String {
+        format!("lock.contended2p.{}", self.kind.label())
+    }
+    fn unit(&self) -> &'static str {
+        "ops/s"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.locks = Some(Locks::new()?);
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let s = self.locks.as_ref().ok_or("not set up")?;
+        let (k, n) = (self.kind, self.n);
+        s.counter().store(0, Ordering::SeqCst);
+        s.go().store(0, Ordering::SeqCst);
+        let child = fork_child(|| {
+            s.go().fetch_add(1, Ordering::SeqCst);
+            while s.go().load(Ordering::SeqCst) < 2 {
+                spin_loop();
+            }
+            for _ in 0..n {
+                s.incr(k);
+            }
+            0
+        })?;
+        while s.go().load(Ordering::SeqCst) < 1 {
+            spin_loop();
+        }
+        let t0 = Instant::now();
+        s.go().fetch_add(1, Ordering::SeqCst);
+        for _ in 0..n {
+            s.incr(k);
+        }
+        let status = reap(child)?;
+        let dt = t0.elapsed().as_secs_f64();
+        let got = s.counter().load(Ordering::SeqCst);
+        if status != 0 || got != 2 * n as i64 {
+            return Err(format!("{}: child status {status:#x}, counter {got}", self.name()).into());
+        }
+        Ok(2.0 * n as f64 / dt)
+    }
+}
+
+// ------------------------------------------------------- futex / sem ping-pong ----
+
+/// Which shared-memory primitive a [`SyncPingPong`] alternates on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// One futex word: 1 "ball at the child", 0 "ball at the parent".
+    Futex,
+    /// Two process-shared POSIX semaphores.
+    Sem,
+}
+
+/// `pingpong.futex_shared` / `pingpong.posix_sem_shared`: the parent hands the ball to a forked
+/// child, which hands it back; us per round trip, 5,000 per repetition, one warm-up round
+/// trip (pingpong.c).
+#[derive(Debug)]
+pub(crate) struct SyncPingPong {
+    wake: Wake,
+    iters: usize,
+    state: Option<(AnonShared, libc::pid_t)>,
+}
+
+impl SyncPingPong {
+    /// The bench over `wake`, `iters` round trips per repetition.
+    pub(crate) fn new(wake: Wake, iters: usize) -> Self {
+        Self {
+            wake,
+            iters,
+            state: None,
+        }
+    }
+
+    fn word(map: &AnonShared) -> &AtomicI32 {
+        // SAFETY: the page lives as long as `map`, is zeroed (a valid AtomicI32) and aligned.
+        unsafe { &*map.as_ptr::<AtomicI32>() }
+    }
+
+    fn sems(map: &AnonShared) -> (*mut libc::sem_t, *mut libc::sem_t) {
+        let s = map.as_ptr::<libc::sem_t>();
+        // SAFETY: two `sem_t` fit in the page.
+        (s, unsafe { s.add(1) })
+    }
+
+    /// The parent's side of `n` round trips.
+    fn serve(&self, n: usize) -> Res<()> {
+        let (map, _) = self.state.as_ref().ok_or("not set up")?;
+        match self.wake {
+            Wake::Futex => {
+                let w = Self::word(map);
+                for _ in 0..n {
+                    w.store(1, Ordering::Release);
+                    futex_wake(w, 1);
+                    while w.load(Ordering::Acquire) != 0 {
+                        futex_wait(w, 1);
+                    }
+                }
+            }
+            Wake::Sem => {
+                let (to_child, to_parent) = Self::sems(map);
+                for _ in 0..n {
+                    // SAFETY: initialised in `setup`, alive while `map` is.
+                    unsafe {
+                        libc::sem_post(to_child);
+                        sem_wait(to_parent);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Bench for SyncPingPong {
+    fn name(&self) -> String {
+        match self.wake {
+            Wake::Futex => "pingpong.futex_shared".into(),
+            Wake::Sem => "pingpong.posix_sem_shared".into(),
+        }
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, rounds: usize) -> Res<()> {
+        let map = AnonShared::new(4096)?;
+        let (to_child, to_parent) = Self::sems(&map);
+        if self.wake == Wake::Sem {
+            // SAFETY: zeroed, aligned room for two `sem_t` in a shared page.
+            if unsafe {
+                libc::sem_init(to_child, 1, 0) != 0 || libc::sem_init(to_parent, 1, 0) != 0
+            } {
+                return Err(io::Error::last_os_error().into());
+            }
+        }
+        let total = self.iters * rounds + 1; // +1: warm-up
+        let wake = self.wake;
+        let w = Self::word(&map);
+        let child = fork_child(|| {
+            for _ in 0..total {
+                match wake {
+                    Wake::Futex => {
+                        while w.load(Ordering::Acquire) != 1 {
+                            futex_wait(w, 0);
+                        }
+                        w.store(0, Ordering::Release);
+                        futex_wake(w, 1);
+                    }
+                    // SAFETY: initialised above, inherited mapping.
+                    Wake::Sem => unsafe {
+                        sem_wait(to_child);
+                        libc::sem_post(to_parent);
+                    },
+                }
+            }
+            0
+        })?;
+        self.state = Some((map, child));
+        self.serve(1)
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let t0 = Instant::now();
+        self.serve(self.iters)?;
+        Ok(t0.elapsed().as_secs_f64() / self.iters as f64 * 1e6)
+    }
+    fn finish(&mut self) -> Res<()> {
+        if let Some((map, child)) = self.state.take() {
+            let status = reap(child)?;
+            if self.wake == Wake::Sem {
+                let (a, b) = Self::sems(&map);
+                // SAFETY: nobody waits on them any more (the child is reaped).
+                unsafe {
+                    libc::sem_destroy(a);
+                    libc::sem_destroy(b);
+                }
+            }
+            if status != 0 {
+                return Err(format!("{}: child status {status:#x}", self.name()).into());
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ POSIX shm ----
+
+/// `shm_open(name, flags, 0600)`.
+fn shm_open(name: &std::ffi::CStr, flags: i32) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated; the returned descriptor is new and ours.
+    let fd = unsafe { libc::shm_open(name.as_ptr(), flags, 0o600) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// `mmap(NULL, len, RW, MAP_SHARED | extra, fd, 0)`.
+fn map_shared(fd: BorrowedFd<'_>, len: usize, extra: i32) -> io::Result<*mut u8> {
+    // SAFETY: a fresh mapping at an address the kernel picks; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | extra,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+fn unmap(p: *mut u8, len: usize) {
+    // SAFETY: callers pass a mapping of theirs that nothing references any more.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// `shm.create_1MiB`, `shm.attach_1MiB`, `shm.close_both_unlink`: `shm_open(O_CREAT|O_EXCL)` +
+/// `ftruncate` + `mmap`; `shm_open` + `fstat` + `mmap`; `munmap` and `close` of both and
+/// `shm_unlink`; us each, 1,000 per repetition (mem.c).
+#[derive(Debug)]
+pub(crate) struct ShmOps {
+    n: usize,
+    names: Vec<std::ffi::CString>,
+}
+
+impl ShmOps {
+    /// The bench, `n` segments per repetition.
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            n,
+            names: Vec::new(),
+        }
+    }
+}
+
+impl Bench for ShmOps {
+    fn name(&self) -> String {
+        "shm.create_1MiB".into()
+    }
+    fn names(&self) -> Vec<String> {
+        [
+            "shm.create_1MiB",
+            "shm.attach_1MiB",
+            "shm.close_both_unlink",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        // Names are made outside the timed region, as mem.c's snprintf.
+        let pid = std::process::id();
+        self.names = (0..self.n)
+            .map(|i| std::ffi::CString::new(format!("/lim_{pid}_{i}")))
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+    fn measure_all(&mut self) -> Res<Vec<f64>> {
+        const SZ: usize = 1 << 20;
+        let (mut tc, mut ta, mut tu) = (0.0, 0.0, 0.0);
+        for name in &self.names {
+            let t0 = Instant::now();
+            let fd = shm_open(name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR)?;
+            rustix::fs::ftruncate(&fd, SZ as u64)?;
+            let p = map_shared(fd.as_fd(), SZ, 0)?;
+            let t1 = Instant::now();
+            let fd2 = shm_open(name, libc::O_RDWR)?;
+            let st = rustix::fs::fstat(&fd2)?;
+            let p2 = map_shared(fd2.as_fd(), st.st_size as usize, 0)?;
+            let t2 = Instant::now();
+            unmap(p2, SZ);
+            drop(fd2);
+            unmap(p, SZ);
+            drop(fd);
+            // SAFETY: a NUL-terminated name.
+            unsafe { libc::shm_unlink(name.as_ptr()) };
+            let t3 = Instant::now();
+            tc += (t1 - t0).as_secs_f64();
+            ta += (t2 - t1).as_secs_f64();
+            tu += (t3 - t2).as_secs_f64();
+        }
+        let per = |t: f64| t / self.n as f64 * 1e6;
+        Ok(vec![per(tc), per(ta), per(tu)])
+    }
+}
+
+/// 256 MiB, the size of mem.c's child-write/parent-read scenario.
+pub(crate) const BIG: usize = 256 << 20;
+
+/// A private anonymous mapping of `len` bytes, written with `byte` (the C child's
+/// `malloc` + `memset`, with a system call instead of the allocator: safe after fork).
+fn touched_private(len: usize, byte: u8) -> Option<*mut u8> {
+    // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `len` writable bytes just mapped.
+    unsafe { ptr::write_bytes(p.cast::<u8>(), byte, len) };
+    Some(p.cast())
+}
+
+/// `shm.child_write_256MiB_fresh`, `shm.parent_read_256MiB_after_child`,
+/// `shm.write_then_read_256MiB_end_to_end` (with `.map_populate`: the child and the parent map
+/// with `MAP_POPULATE`, inside their timed regions): the parent creates a fresh 256 MiB segment,
+/// a forked child maps it and copies a pre-touched private buffer into it (first touch: tmpfs
+/// pages allocated), the parent then copies the segment into a pre-touched buffer (its first
+/// touch: minor faults). GB/s (10^9 bytes): the child's own clock; the parent's from the
+/// child's wake-up to the end of its copy; the whole (mem.c).
+#[derive(Debug)]
+pub(crate) struct ShmChildWriteParentRead {
+    populate: bool,
+    size: usize,
+    state: Option<(Vec<u8>, AnonShared)>,
+    rep: usize,
+}
+
+impl ShmChildWriteParentRead {
+    /// The bench, with or without `MAP_POPULATE`, `size` bytes ([`BIG`] but in smoke tests).
+    pub(crate) fn new(populate: bool, size: usize) -> Self {
+        Self {
+            populate,
+            size,
+            state: None,
+            rep: 0,
+        }
+    }
+}
+
+impl Bench for ShmChildWriteParentRead {
+    fn name(&self) -> String {
+        self.names().swap_remove(0)
+    }
+    fn names(&self) -> Vec<String> {
+        let sfx = if self.populate { ".map_populate" } else { "" };
+        vec![
+            format!("shm.child_write_256MiB_fresh{sfx}"),
+            format!("shm.parent_read_256MiB_after_child{sfx}"),
+            format!("shm.write_then_read_256MiB_end_to_end{sfx}"),
+        ]
+    }
+    fn unit(&self) -> &'static str {
+        "GB/s"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        // The parent's pre-touched destination, and a shared page for the child's time.
+        self.state = Some((vec![3u8; self.size], AnonShared::new(4096)?));
+        Ok(())
+    }
+    fn measure_all(&mut self) -> Res<Vec<f64>> {
+        let size = self.size;
+        let (dst, page) = self.state.as_mut().ok_or("not set up")?;
+        // SAFETY: the page is zeroed, aligned, shared, and only accessed atomically.
+        let wtime = unsafe { &*page.as_ptr::<std::sync::atomic::AtomicU64>() };
+        let name = std::ffi::CString::new(format!("/lim_big_{}_{}", std::process::id(), self.rep))?;
+        self.rep += 1;
+        let fd = shm_open(&name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR)?;
+        rustix::fs::ftruncate(&fd, size as u64)?;
+        let populate = if self.populate { libc::MAP_POPULATE } else { 0 };
+        let mut p = if self.populate {
+            ptr::null_mut()
+        } else {
+            map_shared(fd.as_fd(), size, 0)?
+        };
+        let (up_r, up_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let (down_r, down_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        wtime.store(0, Ordering::SeqCst);
+        let cfd = fd.as_fd(); // mem.c's child opens the name again; the same object
+        let child = fork_child(|| {
+            let Some(src) = touched_private(size, 5) else {
+                return 1;
+            };
+            if sig_send(up_w.as_fd()).is_err() || sig_wait(down_r.as_fd()).is_err() {
+                return 1;
+            }
+            let t0 = Instant::now();
+            let Ok(cp) = map_shared(cfd, size, populate) else {
+                return 1;
+            };
+            // SAFETY: two distinct mappings of size bytes each.
+            unsafe { ptr::copy_nonoverlapping(src, cp, size) };
+            wtime.store(t0.elapsed().as_secs_f64().to_bits(), Ordering::SeqCst);
+            if sig_send(up_w.as_fd()).is_err() {
+                return 1;
+            }
+            0
+        })?;
+        sig_wait(up_r.as_fd())?;
+        let t0 = Instant::now();
+        sig_send(down_w.as_fd())?;
+        sig_wait(up_r.as_fd())?;
+        let t1 = Instant::now();
+        if self.populate {
+            p = map_shared(fd.as_fd(), size, libc::MAP_POPULATE)?;
+        }
+        // SAFETY: `p` maps size bytes that the child has finished writing; `dst` is ours.
+        unsafe { ptr::copy_nonoverlapping(p, dst.as_mut_ptr(), size) };
+        let t2 = Instant::now();
+        drop((up_r, up_w, down_r, down_w));
+        let status = reap(child)?;
+        let ok = status == 0 && dst[12345] == 5;
+        dst[12345] = 3;
+        unmap(p, size);
+        drop(fd);
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::shm_unlink(name.as_ptr()) };
+        if !ok {
+            return Err(format!("{}: child status {status:#x} or bad data", self.name()).into());
+        }
+        let w = f64::from_bits(wtime.load(Ordering::SeqCst));
+        let gbs = |secs: f64| size as f64 / secs / 1e9;
+        Ok(vec![
+            gbs(w),
+            gbs((t2 - t1).as_secs_f64()),
+            gbs((t2 - t0).as_secs_f64()),
+        ])
+    }
+}
+
+/// `shm.child_fill_8MB.fresh_segment` / `.reused_segment`: the analogue of `Array('d', 1e6)`
+/// filled from a child. A child forked before the clock starts builds 10^6 doubles in a private
+/// buffer, waits, then copies them (8 MB) into a shared segment the parent created; ms from the
+/// parent's "go" to the child's "done". Fresh: a new segment every repetition (first touch
+/// allocates its pages); reused: one segment for every repetition, after a warm-up (mem.c).
+#[derive(Debug)]
+pub(crate) struct ShmChildFill {
+    fresh: bool,
+    reused: Option<(*mut u8, usize)>,
+    rep: usize,
+}
+
+const FILL: usize = 8_000_000;
+
+impl ShmChildFill {
+    /// The bench, a fresh segment per repetition or one reused.
+    pub(crate) fn new(fresh: bool) -> Self {
+        Self {
+            fresh,
+            reused: None,
+            rep: 0,
+        }
+    }
+
+    /// A new, already unlinked segment of `FILL` bytes, mapped.
+    fn segment(&mut self) -> Res<*mut u8> {
+        let name = std::ffi::CString::new(format!("/lim_arr_{}_{}", std::process::id(), self.rep))?;
+        self.rep += 1;
+        let fd = shm_open(&name, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR)?;
+        rustix::fs::ftruncate(&fd, FILL as u64)?;
+        let p = map_shared(fd.as_fd(), FILL, 0);
+        // SAFETY: a NUL-terminated name.
+        unsafe { libc::shm_unlink(name.as_ptr()) };
+        Ok(p?)
+    }
+}
+
+impl Bench for ShmChildFill {
+    fn name(&self) -> String {
+        let kind = if self.fresh { "fresh" } else { "reused" };
+        format!("shm.child_fill_8MB.{kind}_segment")
+    }
+    fn unit(&self) -> &'static str {
+        "ms"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        if !self.fresh {
+            let p = self.segment()?;
+            self.reused = Some((p, FILL));
+            self.measure()?; // warm-up (mem.c's r = -1)
+        }
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let p = match self.reused {
+            Some((p, _)) => p,
+            None => self.segment()?,
+        };
+        let (up_r, up_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let (down_r, down_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        let child = fork_child(|| {
+            let Some(src) = touched_private(FILL, 0) else {
+                return 1;
+            };
+            let src = src.cast::<f64>();
+            for i in 0..FILL / 8 {
+                // SAFETY: inside the FILL bytes just mapped (8-byte aligned: page-aligned).
+                unsafe { src.add(i).write(i as f64) };
+            }
+            if sig_send(up_w.as_fd()).is_err() || sig_wait(down_r.as_fd()).is_err() {
+                return 1;
+            }
+            // SAFETY: two distinct mappings of FILL bytes each.
+            unsafe { ptr::copy_nonoverlapping(src.cast::<u8>(), p, FILL) };
+            if sig_send(up_w.as_fd()).is_err() {
+                return 1;
+            }
+            0
+        })?;
+        sig_wait(up_r.as_fd())?;
+        let t0 = Instant::now();
+        sig_send(down_w.as_fd())?;
+        sig_wait(up_r.as_fd())?;
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        drop((up_r, up_w, down_r, down_w));
+        let status = reap(child)?;
+        // SAFETY: the child is reaped; the segment holds FILL bytes, 8-byte aligned.
+        let last = unsafe { p.cast::<f64>().add(FILL / 8 - 1).read() };
+        if self.reused.is_none() {
+            unmap(p, FILL);
+        } else {
+            // SAFETY: as above; the next repetition's child fills it again.
+            unsafe { p.cast::<f64>().add(FILL / 8 - 1).write(0.0) };
+        }
+        if status != 0 || last != (FILL / 8 - 1) as f64 {
+            return Err(format!("{}: child status {status:#x} or bad fill", self.name()).into());
+        }
+        Ok(ms)
+    }
+}
+
+impl Drop for ShmChildFill {
+    fn drop(&mut self) {
+        if let Some((p, len)) = self.reused.take() {
+            unmap(p, len);
+        }
     }
 }

@@ -48,6 +48,30 @@ const GROUPS: &[(&str, &str)] = &[
         "pipe.throughput",
         "child sends 1 KiB / 64 KiB / 16 MiB messages; raw pipe and socketpair streams",
     ),
+    (
+        "locks.uncontended",
+        "Lock/RLock acquire+release, Value += 1 under its lock; raw sem_t, futex, pthread, spin locks",
+    ),
+    (
+        "locks.contended2p",
+        "two processes increment a locked Value 100,000 times each; the same on raw locks",
+    ),
+    (
+        "array",
+        "a child fills an Array of 10^6 doubles three ways; raw 8 MB shm fill by a child",
+    ),
+    (
+        "shm.1MiB",
+        "SharedMemory create/attach/close+unlink of 1 MiB; raw shm_open+ftruncate+mmap",
+    ),
+    (
+        "shm.256MiB",
+        "a child writes 256 MiB into a fresh SharedMemory, the parent reads it; raw shm_open+mmap",
+    ),
+    (
+        "sync.pingpong",
+        "Event, Barrier(2), Condition ping-pong with a child; raw shared futex and sem_t ping-pong",
+    ),
 ];
 
 /// Figure families; `--only` accepts these next to group names.
@@ -76,7 +100,9 @@ fn usage() -> String {
          --only       groups and/or families to run (default: all); a group prefix selects its subgroups;\n\
          \x20            groups and families combine: `--only proc,limits` runs the raw limits of `proc`\n\
          --reps N     rounds (repetitions) of every figure; default 15 proc, 7 proc.rss256MiB,\n\
-         \x20            15 pipe.roundtrip, 7 pipe.throughput (3 with --quick)\n\
+         \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 locks.uncontended,\n\
+         \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
+         \x20            11 sync.pingpong (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -239,6 +265,12 @@ fn run(a: &Args) -> Res<()> {
             }
             "pipe.roundtrip" => roundtrip_group(&mut out, a)?,
             "pipe.throughput" => throughput_group(&mut out, a)?,
+            "locks.uncontended" => uncontended_group(&mut out, a)?,
+            "locks.contended2p" => contended_group(&mut out, a)?,
+            "array" => array_group(&mut out, a)?,
+            "shm.1MiB" => shm_ops_group(&mut out, a)?,
+            "shm.256MiB" => shm_big_group(&mut out, a)?,
+            "sync.pingpong" => sync_group(&mut out, a)?,
             _ => unreachable!("group {group} has no runner"),
         }
         eprintln!(
@@ -316,4 +348,125 @@ fn throughput_group(out: &mut Out, a: &Args) -> Res<()> {
         run_rotated(out, &mut benches, a.rounds(7))?;
     }
     Ok(())
+}
+
+/// Uncontended lock figures (iteration counts of mp_bench.py) with locks.c's uncontended raw
+/// locks (2,000,000 lock+increment+unlock per repetition) and its atomic fetch-add.
+fn uncontended_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::AtomicFetchAdd::new(
+            a.n(5_000_000, 50_000),
+        )));
+        for k in limits::LockKind::ALL {
+            benches.push(Box::new(limits::LockUncontended::new(
+                k,
+                a.n(2_000_000, 20_000),
+            )));
+        }
+    }
+    if a.mp {
+        let n = a.n(200_000, 2_000);
+        benches.push(mp::uncontended(mp::Uncontended::Lock, n));
+        benches.push(mp::uncontended(mp::Uncontended::RLock, n));
+        benches.push(mp::uncontended(
+            mp::Uncontended::ValueIncrement,
+            a.n(100_000, 1_000),
+        ));
+    }
+    run_rotated(out, &mut benches, a.rounds(15))
+}
+
+/// Two processes incrementing one counter under one lock, 100,000 times each.
+fn contended_group(out: &mut Out, a: &Args) -> Res<()> {
+    let n = a.n(100_000, 1_000);
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        for k in limits::LockKind::ALL {
+            benches.push(Box::new(limits::LockContended::new(k, n)));
+        }
+    }
+    if a.mp {
+        benches.push(mp::contended(n));
+    }
+    run_rotated(out, &mut benches, a.rounds(11))
+}
+
+/// A child filling 10^6 doubles; raw: a forked child copying 8 MB into a fresh or a reused
+/// shm segment.
+fn array_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::ShmChildFill::new(true)));
+        benches.push(Box::new(limits::ShmChildFill::new(false)));
+    }
+    if a.mp {
+        let n = a.n(1_000_000, 10_000);
+        for mode in [
+            mp::Fill::SliceFromList,
+            mp::Fill::ElementwiseRaw,
+            mp::Fill::MemoryviewBulk,
+        ] {
+            benches.push(mp::array_fill(mode, n));
+        }
+    }
+    run_rotated(out, &mut benches, a.rounds(11))
+}
+
+/// Create, attach, close+unlink of 1 MiB segments (raw: 1,000 per repetition as mem.c;
+/// multiproc: 200 as mp_bench.py).
+fn shm_ops_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::ShmOps::new(a.n(1000, 20))));
+    }
+    if a.mp {
+        benches.push(mp::shm_ops(a.n(200, 10)));
+    }
+    run_rotated(out, &mut benches, a.rounds(11))
+}
+
+/// A child writing 256 MiB into a fresh segment, the parent reading it (16 MiB with --quick).
+fn shm_big_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.quick {
+        meta("shm_big_bytes_quick", 16 * MIB);
+    }
+    if a.limits {
+        benches.push(Box::new(limits::ShmChildWriteParentRead::new(
+            false,
+            a.n(limits::BIG, 16 * MIB),
+        )));
+        benches.push(Box::new(limits::ShmChildWriteParentRead::new(
+            true,
+            a.n(limits::BIG, 16 * MIB),
+        )));
+    }
+    if a.mp {
+        benches.push(mp::shm_big(a.n(limits::BIG, 16 * MIB)));
+    }
+    run_rotated(out, &mut benches, a.rounds(5))
+}
+
+/// Event, Barrier(2) and Condition ping-pong (2,000 round trips per repetition, as
+/// mp_bench.py); raw shared-futex and process-shared-semaphore ping-pong (5,000, as
+/// pingpong.c).
+fn sync_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        let it = a.n(5000, 200);
+        benches.push(Box::new(limits::SyncPingPong::new(limits::Wake::Futex, it)));
+        benches.push(Box::new(limits::SyncPingPong::new(limits::Wake::Sem, it)));
+    }
+    if a.mp {
+        let it = a.n(2000, 100);
+        for what in [
+            mp::PingPong::Event,
+            mp::PingPong::Barrier,
+            mp::PingPong::Condition,
+        ] {
+            benches.push(mp::ping_pong(what, it));
+        }
+    }
+    run_rotated(out, &mut benches, a.rounds(11))
 }

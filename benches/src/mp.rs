@@ -9,10 +9,24 @@
 //!   marker then `count` messages per repetition; the parent's clock starts after the marker;
 //!   MB/s (10^6 bytes) over the messages received (into one reused buffer).
 //!
-//! Pipe children are started with the forkserver method (multiproc's default).
+//! - `lock.uncontended.mp_{Lock,RLock}.acquire_release`, `value.get_lock_increment.uncontended`:
+//!   ns per acquire+release (guard taken and dropped) or per locked `+= 1`, in one process.
+//! - `lock.contended2p.value_get_lock_increment`: parent and child each increment one `Value`
+//!   100,000 times under its lock; ops/s.
+//! - `event.pingpong`, `barrier2.wait`, `condition.pingpong`: us per round trip with a child.
+//! - `shm.*`: `SharedMemory` create/attach/close+unlink of 1 MiB (us each); a child writing
+//!   256 MiB into a fresh segment and the parent reading it (GB/s).
+//! - `array.fill_from_child.1e6d.*`: a child filling 10^6 doubles; ms.
+//!
+//! Children that take part in a timed region wait at mp_bench.py's start gate (a `Barrier(2)`
+//! and an `Event`), so their start-up stays outside it.
+//! Children are started with the forkserver method (multiproc's default); mp_bench.py's use
+//! fork, which only changes what happens before the clock starts.
 
 use multiproc_core::{Process, StartMethod, get_context};
 use multiproc_ipc::Connection;
+use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
+use multiproc_sync::{Barrier, Condition, Event, Lock, RLock};
 use std::time::Instant;
 
 use crate::report::{Bench, Family, Res};
@@ -293,4 +307,564 @@ pub(crate) fn throughput(
         state: None,
         buf: Vec::new(),
     })
+}
+
+// ------------------------------------------------------------------ start gate ----
+
+/// mp_bench.py's start gate: the child reports ready at a `Barrier(2)` and waits for an
+/// `Event`; the parent passes the barrier, reads the clock, then sets the event, so no child
+/// work can precede the clock.
+type Gate = (Barrier, Event);
+
+fn make_gate() -> Res<Gate> {
+    Ok((Barrier::new(2, None)?, Event::new()?))
+}
+
+fn gate_child(gate: &Gate) {
+    gate.0.wait().expect("gate: broken barrier");
+    gate.1.wait();
+}
+
+fn gate_open(gate: &Gate) -> Res<Instant> {
+    gate.0.wait()?;
+    let t0 = Instant::now();
+    gate.1.set();
+    Ok(t0)
+}
+
+// ------------------------------------------------------------------- locks ----
+
+/// What an uncontended figure acquires and releases.
+enum Held {
+    Lock(Lock),
+    RLock(RLock),
+    Value(Value<i32>),
+}
+
+/// The lock figures measured in one process, as mp_bench.py's `b_lock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Uncontended {
+    /// `lock.uncontended.mp_Lock.acquire_release`: a [`Lock`] guard taken and dropped.
+    Lock,
+    /// `lock.uncontended.mp_RLock.acquire_release`: the same on an [`RLock`].
+    RLock,
+    /// `value.get_lock_increment.uncontended`: `*v.lock() += 1` on a `Value<i32>` (Python's
+    /// `with v.get_lock(): v.value += 1` on a `Value('i')`; its lock is an `RLock` in both).
+    ValueIncrement,
+}
+
+struct UncontendedBench {
+    what: Uncontended,
+    n: usize,
+    held: Option<Held>,
+}
+
+impl Bench for UncontendedBench {
+    fn name(&self) -> String {
+        match self.what {
+            Uncontended::Lock => "lock.uncontended.mp_Lock.acquire_release".into(),
+            Uncontended::RLock => "lock.uncontended.mp_RLock.acquire_release".into(),
+            Uncontended::ValueIncrement => "value.get_lock_increment.uncontended".into(),
+        }
+    }
+    fn unit(&self) -> &'static str {
+        "ns"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.held = Some(match self.what {
+            Uncontended::Lock => Held::Lock(Lock::new()?),
+            Uncontended::RLock => Held::RLock(RLock::new()?),
+            Uncontended::ValueIncrement => Held::Value(Value::new(0i32)?),
+        });
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let n = self.n;
+        let t0 = Instant::now();
+        match self.held.as_ref().ok_or("not set up")? {
+            Held::Lock(l) => {
+                for _ in 0..n {
+                    drop(l.acquire().unwrap_or_else(|dead| dead.into_guard()));
+                }
+            }
+            Held::RLock(l) => {
+                for _ in 0..n {
+                    drop(l.acquire().unwrap_or_else(|dead| dead.into_guard()));
+                }
+            }
+            Held::Value(v) => {
+                for _ in 0..n {
+                    *v.lock() += 1;
+                }
+            }
+        }
+        Ok(t0.elapsed().as_secs_f64() / n as f64 * 1e9)
+    }
+}
+
+/// An uncontended lock figure, `n` operations per repetition (mp_bench.py: 200,000 for the
+/// locks, 100,000 for the `Value`).
+pub(crate) fn uncontended(what: Uncontended, n: usize) -> Box<dyn Bench> {
+    Box::new(UncontendedBench {
+        what,
+        n,
+        held: None,
+    })
+}
+
+fn lock_incr_child(args: (Value<i32>, u64, Gate, Event)) {
+    let (v, n, gate, done) = args;
+    gate_child(&gate);
+    for _ in 0..n {
+        *v.lock() += 1;
+    }
+    done.set();
+}
+
+struct Contended {
+    n: usize,
+}
+
+impl Bench for Contended {
+    fn name(&self) -> String {
+        "lock.contended2p.value_get_lock_increment".into()
+    }
+    fn unit(&self) -> &'static str {
+        "ops/s"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let n = self.n;
+        let v = Value::new(0i32)?;
+        let (gate, done) = (make_gate()?, Event::new()?);
+        let ctx = get_context(StartMethod::Forkserver);
+        let p = start(ctx.process(
+            lock_incr_child,
+            (v.clone(), n as u64, gate.clone(), done.clone()),
+        ))?;
+        let t0 = gate_open(&gate)?;
+        for _ in 0..n {
+            *v.lock() += 1;
+        }
+        done.wait();
+        let dt = t0.elapsed().as_secs_f64();
+        join_ok(&p, &self.name())?;
+        let got = v.get();
+        if got != 2 * n as i32 {
+            return Err(format!("{}: counter {got}, expected {}", self.name(), 2 * n).into());
+        }
+        Ok(2.0 * n as f64 / dt)
+    }
+}
+
+/// `lock.contended2p.value_get_lock_increment`: the parent and a child (started before the
+/// clock, released by the gate) each do `*v.lock() += 1` `n` times on one fresh `Value<i32>`
+/// per repetition; ops/s over both, until the child's "done" event.
+pub(crate) fn contended(n: usize) -> Box<dyn Bench> {
+    Box::new(Contended { n })
+}
+
+// --------------------------------------------------------------- ping-pong ----
+
+/// The synchronisation ping-pongs of mp_bench.py's `b_sync`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PingPong {
+    /// `event.pingpong`: the parent sets `e1` and waits for `e2` (then clears it); the child
+    /// waits for `e1`, clears it, sets `e2`.
+    Event,
+    /// `barrier2.wait`: both processes wait at one `Barrier(2)`.
+    Barrier,
+    /// `condition.pingpong`: a turn variable under a `Condition` (over an `RLock`), each side
+    /// sets it, notifies and waits for its turn back.
+    Condition,
+}
+
+enum PingState {
+    Event(Event, Event),
+    Barrier(Barrier),
+    Condition(Condition, RawValue<i32>),
+}
+
+fn event_child(args: (Event, Event, u64)) {
+    let (e1, e2, total) = args;
+    for _ in 0..total {
+        e1.wait();
+        e1.clear();
+        e2.set();
+    }
+}
+
+fn barrier_child(args: (Barrier, u64)) {
+    let (b, total) = args;
+    for _ in 0..total {
+        b.wait().expect("barrier_child: broken barrier");
+    }
+}
+
+fn cond_child(args: (Condition, RawValue<i32>, u64)) {
+    let (cond, turn, total) = args;
+    for _ in 0..total {
+        let _g = cond
+            .lock()
+            .acquire()
+            .unwrap_or_else(|dead| dead.into_guard());
+        while turn.get() != 1 {
+            cond.wait().expect("cond_child: wait");
+        }
+        turn.set(0);
+        cond.notify(1).expect("cond_child: notify");
+    }
+}
+
+struct SyncRoundTrip {
+    what: PingPong,
+    iters: usize,
+    state: Option<(PingState, Process)>,
+}
+
+impl SyncRoundTrip {
+    fn round_trip(&self) -> Res<()> {
+        let (st, _) = self.state.as_ref().ok_or("not set up")?;
+        match st {
+            PingState::Event(e1, e2) => {
+                e1.set();
+                e2.wait();
+                e2.clear();
+            }
+            PingState::Barrier(b) => {
+                b.wait()?;
+            }
+            PingState::Condition(cond, turn) => {
+                let _g = cond
+                    .lock()
+                    .acquire()
+                    .unwrap_or_else(|dead| dead.into_guard());
+                turn.set(1);
+                cond.notify(1)?;
+                while turn.get() != 0 {
+                    cond.wait()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Bench for SyncRoundTrip {
+    fn name(&self) -> String {
+        match self.what {
+            PingPong::Event => "event.pingpong".into(),
+            PingPong::Barrier => "barrier2.wait".into(),
+            PingPong::Condition => "condition.pingpong".into(),
+        }
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn setup(&mut self, rounds: usize) -> Res<()> {
+        let ctx = get_context(StartMethod::Forkserver);
+        let total = (self.iters * rounds + 1) as u64; // +1: warm-up
+        self.state = Some(match self.what {
+            PingPong::Event => {
+                let (e1, e2) = (Event::new()?, Event::new()?);
+                let p = start(ctx.process(event_child, (e1.clone(), e2.clone(), total)))?;
+                (PingState::Event(e1, e2), p)
+            }
+            PingPong::Barrier => {
+                let b = Barrier::new(2, None)?;
+                let p = start(ctx.process(barrier_child, (b.clone(), total)))?;
+                (PingState::Barrier(b), p)
+            }
+            PingPong::Condition => {
+                let (cond, turn) = (Condition::new()?, RawValue::new(0i32)?);
+                let p = start(ctx.process(cond_child, (cond.clone(), turn.clone(), total)))?;
+                (PingState::Condition(cond, turn), p)
+            }
+        });
+        self.round_trip()
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let t0 = Instant::now();
+        for _ in 0..self.iters {
+            self.round_trip()?;
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.iters as f64 * 1e6)
+    }
+    fn finish(&mut self) -> Res<()> {
+        if let Some((_, p)) = self.state.take() {
+            join_ok(&p, &self.name())?;
+        }
+        Ok(())
+    }
+}
+
+/// A ping-pong with a forkserver-started child living across rounds; us per round trip
+/// (per wait for the barrier), `iters` per repetition, one warm-up round trip.
+pub(crate) fn ping_pong(what: PingPong, iters: usize) -> Box<dyn Bench> {
+    Box::new(SyncRoundTrip {
+        what,
+        iters,
+        state: None,
+    })
+}
+
+// ------------------------------------------------------------ SharedMemory ----
+
+struct ShmOps {
+    n: usize,
+}
+
+impl Bench for ShmOps {
+    fn name(&self) -> String {
+        "shm.create_1MiB".into()
+    }
+    fn names(&self) -> Vec<String> {
+        [
+            "shm.create_1MiB",
+            "shm.attach_1MiB",
+            "shm.close_both_unlink",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        // Warm-up: starts the resource tracker (as mp_bench.py's first segment does).
+        let s = SharedMemory::create(None, 4096)?;
+        s.unlink()?;
+        Ok(())
+    }
+    fn measure_all(&mut self) -> Res<Vec<f64>> {
+        const SIZE: usize = 1 << 20;
+        let (mut tc, mut ta, mut tu) = (0.0, 0.0, 0.0);
+        for _ in 0..self.n {
+            let t0 = Instant::now();
+            let mut a = SharedMemory::create(None, SIZE)?;
+            let t1 = Instant::now();
+            let b = SharedMemory::attach(a.name())?;
+            let t2 = Instant::now();
+            drop(b);
+            a.close();
+            a.unlink()?;
+            drop(a);
+            let t3 = Instant::now();
+            tc += (t1 - t0).as_secs_f64();
+            ta += (t2 - t1).as_secs_f64();
+            tu += (t3 - t2).as_secs_f64();
+        }
+        let per = |t: f64| t / self.n as f64 * 1e6;
+        Ok(vec![per(tc), per(ta), per(tu)])
+    }
+}
+
+/// `shm.create_1MiB` (`SharedMemory::create(None, 1 MiB)`), `shm.attach_1MiB`
+/// (`SharedMemory::attach(name)`), `shm.close_both_unlink` (drop the attached one, close and
+/// unlink the created one); us each, `n` per repetition (mp_bench.py: 200).
+pub(crate) fn shm_ops(n: usize) -> Box<dyn Bench> {
+    Box::new(ShmOps { n })
+}
+
+fn shm_write_child(args: (String, u64, Gate, Connection)) {
+    let (name, size, gate, mut conn) = args;
+    let size = size as usize;
+    let shm = SharedMemory::attach(&name).expect("shm_write_child: attach");
+    let src = vec![5u8; size];
+    gate_child(&gate);
+    let t0 = Instant::now();
+    // SAFETY: the parent does not touch the segment until this child reports its time.
+    let dst = unsafe { shm.as_mut_slice() }.expect("shm_write_child: mapping");
+    dst[..size].copy_from_slice(&src);
+    let wtime = t0.elapsed().as_secs_f64();
+    conn.send(&wtime).expect("shm_write_child: send");
+}
+
+struct ShmBig {
+    size: usize,
+    dst: Vec<u8>,
+}
+
+impl Bench for ShmBig {
+    fn name(&self) -> String {
+        "shm.child_write_256MiB_fresh".into()
+    }
+    fn names(&self) -> Vec<String> {
+        [
+            "shm.child_write_256MiB_fresh",
+            "shm.parent_read_256MiB_after_child",
+            "shm.write_then_read_256MiB_end_to_end",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    fn unit(&self) -> &'static str {
+        "GB/s"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.dst = vec![1u8; self.size]; // pre-touched destination
+        Ok(())
+    }
+    fn measure_all(&mut self) -> Res<Vec<f64>> {
+        let size = self.size;
+        let mut shm = SharedMemory::create(None, size)?;
+        let (mut r, w) = multiproc_ipc::pipe(false)?;
+        let gate = make_gate()?;
+        let ctx = get_context(StartMethod::Forkserver);
+        let p = start(ctx.process(
+            shm_write_child,
+            (shm.name().to_string(), size as u64, gate.clone(), w),
+        ))?;
+        let t0 = gate_open(&gate)?;
+        let wtime: f64 = r.recv()?;
+        let t1 = Instant::now();
+        // SAFETY: the child has written everything and writes no more (it reported its time).
+        let src = unsafe { shm.as_slice() }?;
+        self.dst.copy_from_slice(&src[..size]);
+        let t2 = Instant::now();
+        join_ok(&p, &self.name())?;
+        let ok = self.dst[12345] == 5;
+        shm.close();
+        shm.unlink()?;
+        self.dst[12345] = 1;
+        if !ok {
+            return Err(format!("{}: bad data", self.name()).into());
+        }
+        let gbs = |secs: f64| size as f64 / secs / 1e9;
+        Ok(vec![
+            gbs(wtime),
+            gbs((t2 - t1).as_secs_f64()),
+            gbs((t2 - t0).as_secs_f64()),
+        ])
+    }
+}
+
+/// `shm.child_write_256MiB_fresh`, `shm.parent_read_256MiB_after_child`,
+/// `shm.write_then_read_256MiB_end_to_end`: per repetition a fresh `SharedMemory` of `size`
+/// bytes; a child attaches it by name and copies a pre-touched buffer into it through the
+/// zero-copy view (timed by the child); the parent then copies it into a pre-touched buffer.
+/// GB/s (10^9 bytes): the child's copy; the parent's from the child's report to the end of its
+/// copy; from the gate's opening to the end of the parent's copy.
+pub(crate) fn shm_big(size: usize) -> Box<dyn Bench> {
+    Box::new(ShmBig {
+        size,
+        dst: Vec::new(),
+    })
+}
+
+// ------------------------------------------------------------------- arrays ----
+
+/// How a child fills an array of 10^6 doubles (mp_bench.py's `array.fill_from_child.1e6d.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// `slice_from_list`: Python's `arr[:] = list` (one lock, a slice store): here
+    /// `a.lock().copy_from_slice(&vec)` on an `Array<f64>`.
+    SliceFromList,
+    /// `elementwise_raw`: Python's `raw[i] = i` on the unlocked ctypes array: here
+    /// `RawArray::set(i, x)` element by element.
+    ElementwiseRaw,
+    /// `memoryview_bulk`: Python's byte copy from an `array('d')` into a memoryview of the
+    /// array: here a byte copy into the locked `Array<f64>`'s elements viewed as bytes.
+    MemoryviewBulk,
+}
+
+impl Fill {
+    fn label(self) -> &'static str {
+        match self {
+            Fill::SliceFromList => "slice_from_list",
+            Fill::ElementwiseRaw => "elementwise_raw",
+            Fill::MemoryviewBulk => "memoryview_bulk",
+        }
+    }
+}
+
+fn array_fill_child(args: (Array<f64>, u64, bool, Gate, Event)) {
+    let (arr, n, bytes, gate, done) = args;
+    if bytes {
+        // The doubles' bytes, built before the gate (Python: an array('d') viewed as bytes).
+        let data: Vec<u8> = (0..n).flat_map(|i| (i as f64).to_ne_bytes()).collect();
+        gate_child(&gate);
+        let mut g = arr.lock();
+        bytemuck::cast_slice_mut::<f64, u8>(&mut g).copy_from_slice(&data);
+    } else {
+        let data: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        gate_child(&gate);
+        arr.lock().copy_from_slice(&data);
+    }
+    done.set();
+}
+
+fn raw_array_fill_child(args: (RawArray<f64>, u64, Gate, Event)) {
+    let (arr, n, gate, done) = args;
+    gate_child(&gate);
+    for i in 0..n as usize {
+        arr.set(i, i as f64);
+    }
+    done.set();
+}
+
+struct ArrayFill {
+    mode: Fill,
+    n: usize,
+}
+
+impl Bench for ArrayFill {
+    fn name(&self) -> String {
+        format!("array.fill_from_child.1e6d.{}", self.mode.label())
+    }
+    fn unit(&self) -> &'static str {
+        "ms"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let n = self.n;
+        let ctx = get_context(StartMethod::Forkserver);
+        let (gate, done) = (make_gate()?, Event::new()?);
+        let (p, last): (Process, Box<dyn Fn() -> f64>) = match self.mode {
+            Fill::ElementwiseRaw => {
+                let arr = RawArray::<f64>::zeroed(n)?;
+                let args = (arr.clone(), n as u64, gate.clone(), done.clone());
+                let p = start(ctx.process(raw_array_fill_child, args))?;
+                (p, Box::new(move || arr.get(n - 1)))
+            }
+            mode => {
+                let arr = Array::<f64>::zeroed(n)?;
+                let bytes = mode == Fill::MemoryviewBulk;
+                let args = (arr.clone(), n as u64, bytes, gate.clone(), done.clone());
+                let p = start(ctx.process(array_fill_child, args))?;
+                (p, Box::new(move || arr.get(n - 1)))
+            }
+        };
+        let t0 = gate_open(&gate)?;
+        done.wait();
+        let dt = t0.elapsed().as_secs_f64();
+        join_ok(&p, &self.name())?;
+        if last() != (n - 1) as f64 {
+            return Err(format!("{}: bad fill", self.name()).into());
+        }
+        Ok(dt * 1e3)
+    }
+}
+
+/// `array.fill_from_child.1e6d.<mode>`: per repetition a fresh array of `n` doubles; a child
+/// (started before the clock, released by the gate, data prepared before it) fills it and sets
+/// an event; ms from the gate's opening to the event.
+pub(crate) fn array_fill(mode: Fill, n: usize) -> Box<dyn Bench> {
+    Box::new(ArrayFill { mode, n })
 }

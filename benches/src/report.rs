@@ -175,7 +175,23 @@ pub(crate) trait Bench {
         Ok(())
     }
     /// One repetition of the inner loop; returns the value of this repetition.
-    fn measure(&mut self) -> Res<f64>;
+    ///
+    /// Benches that measure several figures per repetition implement
+    /// [`measure_all`](Self::measure_all) instead.
+    fn measure(&mut self) -> Res<f64> {
+        Err(format!("{}: measures several figures (measure_all)", self.name()).into())
+    }
+    /// The names of the figures one repetition measures, all in [`unit`](Self::unit)
+    /// (default: [`name`](Self::name) alone).
+    fn names(&self) -> Vec<String> {
+        vec![self.name()]
+    }
+    /// One repetition measuring every figure of [`names`](Self::names), in that order
+    /// (default: [`measure`](Self::measure)). For figures timed in one loop, as the reference
+    /// harness times `shm.create_1MiB`, `shm.attach_1MiB` and `shm.close_both_unlink`.
+    fn measure_all(&mut self) -> Res<Vec<f64>> {
+        Ok(vec![self.measure()?])
+    }
     /// Stops what `setup` started.
     fn finish(&mut self) -> Res<()> {
         Ok(())
@@ -198,20 +214,39 @@ pub(crate) fn run_rotated(out: &mut Out, benches: &mut [Box<dyn Bench>], rounds:
     for b in benches.iter_mut() {
         b.setup(rounds)?;
     }
-    let mut values = vec![Vec::with_capacity(rounds); n];
+    let names: Vec<Vec<String>> = benches.iter().map(|b| b.names()).collect();
+    // values[bench][figure][round]
+    let mut values: Vec<Vec<Vec<f64>>> = names
+        .iter()
+        .map(|ns| vec![Vec::with_capacity(rounds); ns.len()])
+        .collect();
     for r in 0..rounds {
         for k in 0..n {
             let i = (r + k) % n;
-            values[i].push(benches[i].measure()?);
+            let got = benches[i].measure_all()?;
+            if got.len() != names[i].len() {
+                return Err(format!(
+                    "{}: {} values for {} figures",
+                    benches[i].name(),
+                    got.len(),
+                    names[i].len()
+                )
+                .into());
+            }
+            for (fig, v) in values[i].iter_mut().zip(got) {
+                fig.push(v);
+            }
         }
     }
     for b in benches.iter_mut() {
         b.finish()?;
     }
     let group = GROUP.fetch_add(1, Ordering::Relaxed);
-    for (b, v) in benches.iter().zip(&values) {
-        out.emit(b.family(), &b.name(), v, b.unit());
-        out.rounds(b.family(), group, &b.name(), v);
+    for ((b, ns), vs) in benches.iter().zip(&names).zip(&values) {
+        for (name, v) in ns.iter().zip(vs) {
+            out.emit(b.family(), name, v, b.unit());
+            out.rounds(b.family(), group, name, v);
+        }
     }
     Ok(())
 }

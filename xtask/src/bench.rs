@@ -41,9 +41,11 @@ outputs in target/bench/<UTC label>/, prints every figure, and writes docs/bench
 
   --quick       tiny iteration counts: a smoke test (report kept in the run folder only)
   --reps N      repetitions (rounds) of every figure, in both suites
-  --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput) and/or
-                families (mp, limits) of multiproc-benches; a partial run (report kept in
-                the run folder only)
+  --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput, locks,
+                locks.uncontended, locks.contended2p, array, shm, shm.1MiB, shm.256MiB,
+                sync, sync.pingpong; a prefix selects its subgroups) and/or families
+                (mp, limits) of multiproc-benches; a partial run (report kept in the run
+                folder only)
   --no-python   skip the Python twin
 ";
 
@@ -602,61 +604,152 @@ struct Report<'a> {
     pairs: &'a Pairs,
 }
 
-/// One target of the issue: `figure / limit (x factor) <= max`.
+/// How a target bounds its figure.
+#[derive(Clone, Copy, Debug)]
+enum Bound {
+    /// The figure's cost / the limit's cost (times: figure / limit; rates: limit / figure)
+    /// is at most this.
+    CostAtMost(f64),
+    /// The figure's throughput / the limit's throughput (the inverse of the cost ratio) is at
+    /// least this.
+    ThroughputAtLeast(f64),
+    /// Python's cost / multiproc's cost on the same figure (how many times faster multiproc
+    /// is) is at least this; `limit` is unused.
+    VsPythonAtLeast(f64),
+}
+
+/// One target of the issue: the figure against its limit, or against Python.
 struct Target {
     what: &'static str,
     figure: &'static str,
     limit: &'static str,
+    bound: Bound,
+}
+
+const fn at_most(
+    what: &'static str,
+    figure: &'static str,
+    limit: &'static str,
     max: f64,
+) -> Target {
+    Target {
+        what,
+        figure,
+        limit,
+        bound: Bound::CostAtMost(max),
+    }
 }
 
 const TARGETS: &[Target] = &[
+    at_most(
+        "fork start ≤ 1.5× raw fork+wait",
+        "proc.start_join.fork",
+        "proc.fork_exit_wait",
+        1.5,
+    ),
+    at_most(
+        "forkserver start ≤ 2× raw fork+wait",
+        "proc.start_join.forkserver",
+        "proc.fork_exit_wait",
+        2.0,
+    ),
+    at_most(
+        "spawn start ≤ 1.5× raw posix_spawn",
+        "proc.start_join.spawn",
+        "proc.posix_spawn_true_wait",
+        1.5,
+    ),
+    at_most(
+        "duplex pipe round trip ≤ 1.3× raw pipe ping-pong",
+        "pipe.roundtrip.64B",
+        "pingpong.pipe.64B",
+        1.3,
+    ),
+    at_most(
+        "uncontended Lock acquire+release ≤ 1.5× a pshared `sem_t` wait+post",
+        "lock.uncontended.mp_Lock.acquire_release",
+        "lock.uncontended.posix_sem_pshared",
+        1.5,
+    ),
+    at_most(
+        "`Value` += 1 under its lock ≤ 2× a pshared `sem_t` wait+post",
+        "value.get_lock_increment.uncontended",
+        "lock.uncontended.posix_sem_pshared",
+        2.0,
+    ),
+    at_most(
+        "Event ping-pong ≤ 1.5× raw shared-futex ping-pong",
+        "event.pingpong",
+        "pingpong.futex_shared",
+        1.5,
+    ),
+    at_most(
+        "Barrier(2) wait ≤ 1.5× raw shared-futex ping-pong",
+        "barrier2.wait",
+        "pingpong.futex_shared",
+        1.5,
+    ),
+    at_most(
+        "Condition ping-pong ≤ 1.5× raw shared-futex ping-pong",
+        "condition.pingpong",
+        "pingpong.futex_shared",
+        1.5,
+    ),
     Target {
-        what: "fork start ≤ 1.5× raw fork+wait",
-        figure: "proc.start_join.fork",
-        limit: "proc.fork_exit_wait",
-        max: 1.5,
+        what: "two processes × 100,000 locked `Value` increments ≥ 20× Python's ops/s",
+        figure: "lock.contended2p.value_get_lock_increment",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
     },
     Target {
-        what: "forkserver start ≤ 2× raw fork+wait",
-        figure: "proc.start_join.forkserver",
-        limit: "proc.fork_exit_wait",
-        max: 2.0,
+        what: "child writes 256 MiB into a fresh `SharedMemory` ≥ 0.9× raw shm_open+mmap",
+        figure: "shm.child_write_256MiB_fresh",
+        limit: "shm.child_write_256MiB_fresh",
+        bound: Bound::ThroughputAtLeast(0.9),
     },
     Target {
-        what: "spawn start ≤ 1.5× raw posix_spawn",
-        figure: "proc.start_join.spawn",
-        limit: "proc.posix_spawn_true_wait",
-        max: 1.5,
-    },
-    Target {
-        what: "duplex pipe round trip ≤ 1.3× raw pipe ping-pong",
-        figure: "pipe.roundtrip.64B",
-        limit: "pingpong.pipe.64B",
-        max: 1.3,
+        what: "parent reads those 256 MiB ≥ 0.9× raw shm_open+mmap",
+        figure: "shm.parent_read_256MiB_after_child",
+        limit: "shm.parent_read_256MiB_after_child",
+        bound: Bound::ThroughputAtLeast(0.9),
     },
 ];
 
 const EXTRA_TARGETS: &[Target] = &[
+    at_most(
+        "fork start from a 256 MiB parent ≤ 1.5× raw fork+wait from that parent",
+        "proc.start_join.fork.rss256MiB",
+        "proc.fork_exit_wait.rss256MiB",
+        1.5,
+    ),
+    at_most(
+        "forkserver start from a 256 MiB parent ≤ 2× raw fork+wait from a small parent (does not slow down)",
+        "proc.start_join.forkserver.rss256MiB",
+        "proc.fork_exit_wait",
+        2.0,
+    ),
+    at_most(
+        "spawn start from a 256 MiB parent ≤ 1.5× raw posix_spawn from that parent",
+        "proc.start_join.spawn.rss256MiB",
+        "proc.posix_spawn_true_wait.rss256MiB",
+        1.5,
+    ),
     Target {
-        what: "fork start from a 256 MiB parent ≤ 1.5× raw fork+wait from that parent",
-        figure: "proc.start_join.fork.rss256MiB",
-        limit: "proc.fork_exit_wait.rss256MiB",
-        max: 1.5,
-    },
-    Target {
-        what: "forkserver start from a 256 MiB parent ≤ 2× raw fork+wait from a small parent (does not slow down)",
-        figure: "proc.start_join.forkserver.rss256MiB",
-        limit: "proc.fork_exit_wait",
-        max: 2.0,
-    },
-    Target {
-        what: "spawn start from a 256 MiB parent ≤ 1.5× raw posix_spawn from that parent",
-        figure: "proc.start_join.spawn.rss256MiB",
-        limit: "proc.posix_spawn_true_wait.rss256MiB",
-        max: 1.5,
+        what: "child write + parent read of 256 MiB, end to end, ≥ 0.9× raw shm_open+mmap",
+        figure: "shm.write_then_read_256MiB_end_to_end",
+        limit: "shm.write_then_read_256MiB_end_to_end",
+        bound: Bound::ThroughputAtLeast(0.9),
     },
 ];
+
+/// Whether `bound` holds for `value` (a cost ratio for [`Bound::CostAtMost`], else the
+/// higher-is-better ratio the bound names).
+fn meets(bound: Bound, value: f64) -> bool {
+    match bound {
+        Bound::CostAtMost(max) => value <= max,
+        Bound::ThroughputAtLeast(min) | Bound::VsPythonAtLeast(min) => value >= min,
+    }
+}
 
 impl Report<'_> {
     /// Figure names in table order: the pairs file's order, then any other figure.
@@ -683,23 +776,55 @@ impl Report<'_> {
     }
 
     fn target_line(&self, t: &Target, s: &mut String) {
-        let (status, measured) = match (self.rust.get(t.figure), self.lim.get(t.limit)) {
-            (Some(f), Some(l)) => match paired_ratio(f, l, 1.0) {
-                Some((r, paired)) => (
-                    if r <= t.max { "**MET**" } else { "**NOT MET**" },
-                    format!(
-                        "`{}` / `{}` = **{}**",
-                        t.figure,
-                        t.limit,
-                        ratio_cell(Some((r, paired)))
+        let missing = |other: &str| ("not measured", format!("`{}` or {other} missing", t.figure));
+        let (status, measured) = match t.bound {
+            Bound::CostAtMost(_) | Bound::ThroughputAtLeast(_) => {
+                match (self.rust.get(t.figure), self.lim.get(t.limit)) {
+                    (Some(f), Some(l)) => match paired_ratio(f, l, 1.0) {
+                        Some((r, paired)) => {
+                            let (value, label) = match t.bound {
+                                Bound::ThroughputAtLeast(_) => (1.0 / r, " (throughput)"),
+                                _ => (r, ""),
+                            };
+                            (
+                                if meets(t.bound, value) {
+                                    "**MET**"
+                                } else {
+                                    "**NOT MET**"
+                                },
+                                format!(
+                                    "`{}` / `{}`{label} = **{}**",
+                                    t.figure,
+                                    t.limit,
+                                    ratio_cell(Some((value, paired)))
+                                ),
+                            )
+                        }
+                        None => ("not measured", "units differ".into()),
+                    },
+                    _ => missing(&format!("`{}`", t.limit)),
+                }
+            }
+            Bound::VsPythonAtLeast(_) => match (self.rust.get(t.figure), self.py.get(t.figure)) {
+                (Some(ours), Some(theirs)) => match cost_ratio(theirs, ours, 1.0) {
+                    Some(r) => (
+                        if meets(t.bound, r) {
+                            "**MET**"
+                        } else {
+                            "**NOT MET**"
+                        },
+                        format!(
+                            "`{}`: multiproc {} vs Python {} = **{}×**",
+                            t.figure,
+                            cell(Some(ours)),
+                            cell(Some(theirs)),
+                            g3(r)
+                        ),
                     ),
-                ),
-                None => ("not measured", "units differ".into()),
+                    None => ("not measured", "units differ".into()),
+                },
+                _ => missing("its Python figure"),
             },
-            _ => (
-                "not measured",
-                format!("{} or {} missing", t.figure, t.limit),
-            ),
         };
         let _ = writeln!(s, "| {} | {measured} | {status} |", t.what);
     }
@@ -771,7 +896,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             w,
-            "For times (`us`) that is figure / limit; for rates (`MB/s`, 10^6 bytes/s) it is the cost ratio limit rate / figure rate, so in both cases lower is better."
+            "For times (`ns`, `us`, `ms`) that is figure / limit; for rates (`MB/s` and `GB/s`: 10^6 and 10^9 bytes/s; `ops/s`) it is the cost ratio limit rate / figure rate, so in both cases lower is better."
         );
         let _ = writeln!(
             w,
@@ -842,7 +967,7 @@ impl Report<'_> {
         let _ = writeln!(w, "## Targets\n");
         let _ = writeln!(
             w,
-            "The targets of the issue (item 8), with the ratios of the table above (lower is better).\n"
+            "The targets of the issues, with the ratios of the table above: cost ratios (figure / limit, lower is better) unless the line says throughput (figure / limit, higher is better) or Python (Python's cost / multiproc's, higher is better).\n"
         );
         let _ = writeln!(w, "| target | measured | status |\n|---|---|---|");
         for t in TARGETS {
@@ -876,7 +1001,7 @@ impl Report<'_> {
         );
         let _ = writeln!(
             w,
-            "\nFurther checks (not targets of the issue): the start figures from a parent holding 256 MiB, where fork slows down and forkserver and spawn should not.\n"
+            "\nFurther checks (not targets of the issues): the start figures from a parent holding 256 MiB, where fork slows down and forkserver and spawn should not; the 256 MiB `SharedMemory` scenario end to end.\n"
         );
         let _ = writeln!(w, "| check | measured | status |\n|---|---|---|");
         for t in EXTRA_TARGETS {
@@ -940,5 +1065,18 @@ mod tests {
         assert_eq!(paired_ratio(&a, &b, 1.0), Some((2.0, true)));
         b.rounds = Some(("2".into(), vec![5.0, 10.0, 12.0]));
         assert_eq!(paired_ratio(&a, &b, 1.0), Some((2.0, false)));
+    }
+
+    #[test]
+    fn bounds() {
+        assert!(meets(Bound::CostAtMost(1.5), 1.5));
+        assert!(!meets(Bound::CostAtMost(1.5), 1.6));
+        assert!(meets(Bound::ThroughputAtLeast(0.9), 0.95));
+        assert!(!meets(Bound::ThroughputAtLeast(0.9), 0.85));
+        assert!(meets(Bound::VsPythonAtLeast(20.0), 25.0));
+        assert!(!meets(Bound::VsPythonAtLeast(20.0), 19.0));
+        // A rate figure at 0.8 of its limit's rate costs 1.25× the limit: throughput 0.8.
+        let r = cost_ratio_of(0.8, "GB/s", 1.0, "GB/s", 1.0).unwrap_or(0.0);
+        assert!((1.0 / r - 0.8).abs() < 1e-12);
     }
 }
