@@ -1,26 +1,33 @@
-//! [`Barrier`]: Python's `threading.Barrier` algorithm (which `multiprocessing.Barrier` reuses)
-//! over a [`Condition`] and two words in the shared heap.
+//! [`Barrier`]: Python's `multiprocessing.Barrier` semantics on a generation futex.
+//!
+//! Arrivals are counted under a [`Lock`]; the last party bumps the generation word and wakes
+//! every sleeper at once (one handoff, where Python's Condition-based barrier needs several).
+//! How a generation ended (released or broken) is recorded in a small ring of outcomes, so a
+//! waiter that wakes late still learns its own generation's fate after later cycles or a reset.
 
 use std::fmt;
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
 use multiproc_core::heap::Shared;
 use serde::{Deserialize, Serialize};
 
-use crate::condition::Condition;
 use crate::error::Error;
-use crate::futex;
+use crate::futex::{self, Woke};
 use crate::lock::Lock;
 
 const FILLING: u32 = 0;
-const DRAINING: u32 = 1;
-const RESETTING: u32 = 2;
-const BROKEN: u32 = 3;
+const BROKEN: u32 = 1;
 
-/// `[state, count (threads inside wait), parties, ..]`.
+/// `[state, count (arrived in this generation), parties, generation, ..]`.
 type State = Shared<[AtomicU32; 4]>;
+const STATE: usize = 0;
+const COUNT: usize = 1;
+const PARTIES: usize = 2;
+const GEN: usize = 3;
+/// Outcomes of the last generations: `generation << 1 | broken`, at `generation % 8`.
+type Outcomes = Shared<[AtomicU64; 8]>;
 
 /// The barrier was broken (a waiter timed out, [`Barrier::abort`] or [`Barrier::reset`] was
 /// called, or an action panicked): every current and future waiter gets this until `reset`.
@@ -32,8 +39,8 @@ pub struct BrokenBarrier;
 /// `multiprocessing.Barrier`).
 ///
 /// Each party calls [`wait`](Barrier::wait); when the last one arrives all are released, and
-/// each gets a distinct index in `0..parties`. A waiter that times out breaks the barrier for
-/// everyone, as in Python.
+/// each gets a distinct index in `0..parties` (its arrival order). A waiter that times out
+/// breaks the barrier for everyone, as in Python.
 ///
 /// Python's `action` argument is given to [`wait_with`](Barrier::wait_with) instead: the last
 /// party to arrive runs its action before the others are released (a function value cannot be
@@ -48,8 +55,9 @@ pub struct BrokenBarrier;
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Barrier {
-    cond: Condition<Lock>,
+    lock: Lock,
     state: State,
+    outcomes: Outcomes,
     timeout: Option<Duration>,
 }
 
@@ -61,10 +69,12 @@ impl Barrier {
             return Err(Error::InvalidValue("a barrier needs at least one party"));
         }
         let state: State = Shared::new().map_err(Error::Heap)?;
-        state[2].store(parties, Relaxed);
+        state[PARTIES].store(parties, SeqCst);
+        let outcomes = Shared::new().map_err(Error::Heap)?;
         Ok(Barrier {
-            cond: Condition::with_lock(Lock::new()?)?,
+            lock: Lock::new()?,
             state,
+            outcomes,
             timeout,
         })
     }
@@ -80,13 +90,47 @@ impl Barrier {
     }
 
     /// Like [`wait`](Barrier::wait); if this party is the last to arrive, it runs `action`
-    /// before releasing the others (a panic in it breaks the barrier and propagates).
+    /// before releasing the others (a panic in it breaks the barrier and propagates as
+    /// [`BrokenBarrier`] to every party).
     pub fn wait_with(&self, action: impl FnOnce()) -> Result<u32, BrokenBarrier> {
         self.wait_full(self.timeout, action)
     }
 
-    fn s(&self, i: usize) -> &AtomicU32 {
+    fn word(&self, i: usize) -> &AtomicU32 {
         &self.state[i]
+    }
+
+    fn hold(&self) -> crate::LockGuard<'_> {
+        // A process that died inside the barrier's short critical sections leaves plain
+        // counters behind: take the lock over and go on.
+        self.lock.acquire().unwrap_or_else(|dead| dead.into_guard())
+    }
+
+    /// Ends generation `g` (the lock is held): records how, then wakes every sleeper.
+    fn finish(&self, g: u32, broken: bool) {
+        self.outcomes[(g % 8) as usize].store(u64::from(g) << 1 | u64::from(broken), Release);
+        self.word(COUNT).store(0, Relaxed);
+        self.word(GEN).store(g.wrapping_add(1), Release);
+        futex::wake(self.word(GEN), u32::MAX);
+    }
+
+    /// Breaks the barrier (the lock is held).
+    fn break_locked(&self) {
+        self.word(STATE).store(BROKEN, Relaxed);
+        if self.word(COUNT).load(Relaxed) > 0 {
+            self.finish(self.word(GEN).load(Relaxed), true);
+        }
+    }
+
+    /// How generation `g` ended (it has ended).
+    fn outcome(&self, g: u32) -> Result<(), BrokenBarrier> {
+        let e = self.outcomes[(g % 8) as usize].load(Acquire);
+        // Overwritten only after eight more generations: it was released long ago.
+        if e >> 1 == u64::from(g) && e & 1 == 1 {
+            Err(BrokenBarrier)
+        } else {
+            Ok(())
+        }
     }
 
     fn wait_full(
@@ -95,113 +139,74 @@ impl Barrier {
         action: impl FnOnce(),
     ) -> Result<u32, BrokenBarrier> {
         let deadline = timeout.and_then(futex::deadline);
-        let _g = self
-            .cond
-            .lock()
-            .acquire()
-            .unwrap_or_else(|dead| dead.into_guard());
-        // Block while the barrier drains or resets.
-        while matches!(self.s(0).load(Relaxed), DRAINING | RESETTING) {
-            let _ = self.cond.wait();
-        }
-        if self.s(0).load(Relaxed) == BROKEN {
+        let guard = self.hold();
+        if self.word(STATE).load(Relaxed) == BROKEN {
             return Err(BrokenBarrier);
         }
-        let index = self.s(1).load(Relaxed);
-        self.s(1).store(index + 1, Relaxed);
-        let result = if index + 1 == self.s(2).load(Relaxed) {
-            self.release(action)
-        } else {
-            self.wait_release(deadline)
-        };
-        // Leave; the last one out of a drain or reset refills the barrier.
-        let count = self.s(1).load(Relaxed) - 1;
-        self.s(1).store(count, Relaxed);
-        if count == 0 && matches!(self.s(0).load(Relaxed), DRAINING | RESETTING) {
-            self.s(0).store(FILLING, Relaxed);
-            let _ = self.cond.notify_all();
+        let g = self.word(GEN).load(Relaxed);
+        let index = self.word(COUNT).load(Relaxed);
+        self.word(COUNT).store(index + 1, Relaxed);
+        if index + 1 >= self.word(PARTIES).load(Relaxed) {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(action)).is_err() {
+                self.break_locked();
+                return Err(BrokenBarrier);
+            }
+            self.finish(g, false);
+            return Ok(index);
         }
-        result.map(|()| index)
-    }
-
-    fn release(&self, action: impl FnOnce()) -> Result<(), BrokenBarrier> {
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(action)).is_err() {
-            self.break_it();
-            return Err(BrokenBarrier);
+        drop(guard);
+        loop {
+            if self.word(GEN).load(Acquire) != g {
+                return self.outcome(g).map(|()| index);
+            }
+            let left = futex::left(deadline);
+            let expired = left == Some(Duration::ZERO)
+                || matches!(futex::wait(self.word(GEN), g, left), Woke::TimedOut)
+                    && deadline.is_some_and(|d| Instant::now() >= d);
+            if expired {
+                let _g = self.hold();
+                if self.word(GEN).load(Relaxed) == g {
+                    self.break_locked();
+                }
+                drop(_g);
+                return self.outcome(g).map(|()| index);
+            }
         }
-        self.s(0).store(DRAINING, Relaxed);
-        let _ = self.cond.notify_all();
-        Ok(())
-    }
-
-    fn wait_release(&self, deadline: Option<Instant>) -> Result<(), BrokenBarrier> {
-        let timeout = futex::left(deadline);
-        let released = self
-            .cond
-            .wait_for(|| self.s(0).load(Relaxed) != FILLING, timeout)
-            .unwrap_or(false);
-        if !released {
-            self.break_it();
-            return Err(BrokenBarrier);
-        }
-        match self.s(0).load(Relaxed) {
-            DRAINING => Ok(()),
-            _ => Err(BrokenBarrier),
-        }
-    }
-
-    /// Breaks the barrier and wakes every waiter (the lock is held).
-    fn break_it(&self) {
-        self.s(0).store(BROKEN, Relaxed);
-        let _ = self.cond.notify_all();
     }
 
     /// Breaks the barrier: current and future waiters get [`BrokenBarrier`] until
     /// [`reset`](Barrier::reset).
     pub fn abort(&self) {
-        let _g = self
-            .cond
-            .lock()
-            .acquire()
-            .unwrap_or_else(|dead| dead.into_guard());
-        self.break_it();
+        let _g = self.hold();
+        self.break_locked();
     }
 
     /// Returns the barrier to its initial state; parties waiting now get [`BrokenBarrier`].
     pub fn reset(&self) {
-        let _g = self
-            .cond
-            .lock()
-            .acquire()
-            .unwrap_or_else(|dead| dead.into_guard());
-        if self.s(1).load(Relaxed) > 0 {
-            let state = self.s(0).load(Relaxed);
-            if state == FILLING || state == BROKEN {
-                self.s(0).store(RESETTING, Relaxed);
-            }
-        } else {
-            self.s(0).store(FILLING, Relaxed);
+        let _g = self.hold();
+        if self.word(COUNT).load(Relaxed) > 0 {
+            self.finish(self.word(GEN).load(Relaxed), true);
         }
-        let _ = self.cond.notify_all();
+        self.word(STATE).store(FILLING, Relaxed);
     }
 
     /// Whether the barrier is broken.
     pub fn broken(&self) -> bool {
-        self.s(0).load(Relaxed) == BROKEN
+        self.word(STATE).load(Relaxed) == BROKEN
     }
 
     /// How many parties wait now.
     pub fn n_waiting(&self) -> u32 {
-        if self.s(0).load(Relaxed) == FILLING {
-            self.s(1).load(Relaxed)
-        } else {
+        if self.broken() {
             0
+        } else {
+            self.word(COUNT).load(Relaxed)
         }
     }
 
     /// The number of parties.
     pub fn parties(&self) -> u32 {
-        self.s(2).load(Relaxed)
+        self.word(PARTIES).load(Relaxed)
     }
 }
 
