@@ -7,23 +7,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
 use multiproc_core::{Error, Process, StartMethod, get_context, reduction};
+use multiproc_testkit::{Failed, LONG, METHODS, TestFn, Trial, check, join, start};
 use serde::{Deserialize, Serialize};
 
-const METHODS: [StartMethod; 3] = [
-    StartMethod::Fork,
-    StartMethod::Spawn,
-    StartMethod::Forkserver,
-];
-const LONG: Duration = Duration::from_secs(60);
-
-type TestFn = fn(StartMethod) -> Result<(), Failed>;
-
 fn main() {
-    multiproc_core::init();
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
     let tests: &[(&str, TestFn)] = &[
         ("exit_code_return_is_0", exit_code_return_is_0),
         ("exit_code_exit_3", exit_code_exit_3),
@@ -88,14 +76,7 @@ fn main() {
             exit_joins_children_and_terminates_daemons,
         ),
     ];
-    let mut trials = Vec::new();
-    for &(name, test) in tests {
-        for method in METHODS {
-            trials.push(Trial::test(format!("{name}::{method}"), move || {
-                test(method)
-            }));
-        }
-    }
+    let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("start_method_settings", start_method_settings));
     trials.push(Trial::test(
         "fork_refused_with_threads",
@@ -119,15 +100,7 @@ fn main() {
         "helpers_are_not_children",
         helpers_are_not_children,
     ));
-    libtest_mimic::run(&args, trials).exit();
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)*) => {
-        if !$cond {
-            return Err(format!($($fmt)*).into());
-        }
-    };
+    multiproc_testkit::run(trials);
 }
 
 /// A one-way pipe whose ends can be process arguments (the fds travel in the fd table).
@@ -168,25 +141,6 @@ impl End {
             .map(str::to_string)
             .collect())
     }
-}
-
-fn join(p: &Process) -> Result<i32, Failed> {
-    match p.join_timeout(LONG)? {
-        Some(code) => Ok(code),
-        None => {
-            p.kill()?;
-            Err(format!("{} did not exit within {LONG:?}", p.name()).into())
-        }
-    }
-}
-
-fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
-where
-    A: Serialize + for<'de> Deserialize<'de> + Send + 'static,
-{
-    let mut p = get_context(m).process(f, a);
-    p.start()?;
-    Ok(p)
 }
 
 fn sleep_forever(_: ()) {

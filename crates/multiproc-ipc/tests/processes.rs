@@ -4,23 +4,11 @@
 
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
-use multiproc_core::{Process, StartMethod, get_context};
+use multiproc_core::{StartMethod, get_context};
 use multiproc_ipc::{Connection, Error, pipe};
-
-const METHODS: [StartMethod; 3] = [
-    StartMethod::Fork,
-    StartMethod::Spawn,
-    StartMethod::Forkserver,
-];
-const LONG: Duration = Duration::from_secs(60);
-
-type TestFn = fn(StartMethod) -> Result<(), Failed>;
+use multiproc_testkit::{Failed, LONG, TestFn, check, join, start};
 
 fn main() {
-    multiproc_core::init();
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
     let tests: &[(&str, TestFn)] = &[
         ("duplex_both_ways", duplex_both_ways),
         ("simplex_to_child_and_back", simplex_to_child_and_back),
@@ -33,42 +21,8 @@ fn main() {
         ),
         ("seed_pipe_snippet", seed_pipe_snippet),
     ];
-    let mut trials = Vec::new();
-    for &(name, test) in tests {
-        for method in METHODS {
-            trials.push(Trial::test(format!("{name}::{method}"), move || {
-                test(method)
-            }));
-        }
-    }
-    libtest_mimic::run(&args, trials).exit();
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)*) => {
-        if !$cond {
-            return Err(format!($($fmt)*).into());
-        }
-    };
-}
-
-fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = get_context(m).process(f, a);
-    p.start()?;
-    Ok(p)
-}
-
-fn join(p: &Process) -> Result<i32, Failed> {
-    match p.join_timeout(LONG)? {
-        Some(code) => Ok(code),
-        None => {
-            p.kill()?;
-            Err(format!("{} did not exit within {LONG:?}", p.name()).into())
-        }
-    }
+    let trials = multiproc_testkit::trials(tests);
+    multiproc_testkit::run(trials);
 }
 
 /// Receives with a deadline (poll first), so a broken test fails instead of hanging.

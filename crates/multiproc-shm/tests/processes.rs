@@ -3,24 +3,12 @@
 
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
 use multiproc_core::{Process, StartMethod, get_context};
 use multiproc_shm::{AnyLock, Array, RawArray, RawValue, SharedMemory, Value};
 use multiproc_sync::Lock;
-
-const METHODS: [StartMethod; 3] = [
-    StartMethod::Fork,
-    StartMethod::Spawn,
-    StartMethod::Forkserver,
-];
-const LONG: Duration = Duration::from_secs(60);
-
-type TestFn = fn(StartMethod) -> Result<(), Failed>;
+use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join_all, start};
 
 fn main() {
-    multiproc_core::init();
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
     let tests: &[(&str, TestFn)] = &[
         ("array_seed_ends_at_1001", array_seed_ends_at_1001),
         (
@@ -43,51 +31,13 @@ fn main() {
             killed_creator_segment_is_removed,
         ),
     ];
-    let mut trials = Vec::new();
-    for &(name, test) in tests {
-        for method in METHODS {
-            trials.push(Trial::test(format!("{name}::{method}"), move || {
-                test(method)
-            }));
-        }
-    }
+    let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("shared_memory_errors", shared_memory_errors));
     trials.push(Trial::test(
         "python_attaches_ours_and_we_attach_pythons",
         python_interop,
     ));
-    libtest_mimic::run(&args, trials).exit();
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)*) => {
-        if !$cond {
-            return Err(format!($($fmt)*).into());
-        }
-    };
-}
-
-fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = get_context(m).process(f, a);
-    p.start()?;
-    Ok(p)
-}
-
-fn join_all(ps: &[Process]) -> Result<(), Failed> {
-    for p in ps {
-        match p.join_timeout(LONG)? {
-            Some(0) => {}
-            Some(code) => return Err(format!("{} exited with {code}", p.name()).into()),
-            None => {
-                p.kill()?;
-                return Err(format!("{} did not exit", p.name()).into());
-            }
-        }
-    }
-    Ok(())
+    multiproc_testkit::run(trials);
 }
 
 fn add_100(a: Array<i32>) {

@@ -6,29 +6,18 @@ use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
 use multiproc_core::heap::Shared;
-use multiproc_core::{Process, StartMethod, get_context};
+use multiproc_core::{Process, StartMethod};
 use multiproc_sync::{
     Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, RLock,
     Semaphore, TryAcquireError,
 };
+use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, start, start_daemon};
 
-const METHODS: [StartMethod; 3] = [
-    StartMethod::Fork,
-    StartMethod::Spawn,
-    StartMethod::Forkserver,
-];
-const LONG: Duration = Duration::from_secs(60);
-
-type TestFn = fn(StartMethod) -> Result<(), Failed>;
 /// Counters shared with children: `[value, holders now, most holders seen, done flags]`.
 type Cells = Shared<[AtomicU64; 4]>;
 
 fn main() {
-    multiproc_core::init();
-    let mut args = Arguments::from_args();
-    args.test_threads = Some(1);
     let tests: &[(&str, TestFn)] = &[
         (
             "lock_counter_reaches_n_times_m",
@@ -81,54 +70,9 @@ fn main() {
         ),
         ("barrier_abort_and_reset", barrier_abort_and_reset),
     ];
-    let mut trials = Vec::new();
-    for &(name, test) in tests {
-        for method in METHODS {
-            trials.push(Trial::test(format!("{name}::{method}"), move || {
-                test(method)
-            }));
-        }
-    }
+    let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
-    libtest_mimic::run(&args, trials).exit();
-}
-
-macro_rules! check {
-    ($cond:expr, $($fmt:tt)*) => {
-        if !$cond {
-            return Err(format!($($fmt)*).into());
-        }
-    };
-}
-
-fn start<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = get_context(m).process(f, a);
-    p.start()?;
-    Ok(p)
-}
-
-/// A daemon child: stopped by the exit handler should a failed check leave it running.
-fn start_daemon<A>(m: StartMethod, f: fn(A), a: A) -> Result<Process, Failed>
-where
-    A: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
-{
-    let mut p = get_context(m).process(f, a);
-    p.set_daemon(true)?;
-    p.start()?;
-    Ok(p)
-}
-
-fn join(p: &Process) -> Result<i32, Failed> {
-    match p.join_timeout(LONG)? {
-        Some(code) => Ok(code),
-        None => {
-            p.kill()?;
-            Err(format!("{} did not exit within {LONG:?}", p.name()).into())
-        }
-    }
+    multiproc_testkit::run(trials);
 }
 
 fn cells() -> Result<Cells, Failed> {
