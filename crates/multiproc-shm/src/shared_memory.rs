@@ -24,8 +24,8 @@ const PREFIX: &str = "psm_";
 ///
 /// Access model: the bytes may be changed by any process at any time, so they are reached by
 /// copying ([`read`](Self::read), [`write`](Self::write)), never as a `&mut [u8]` in safe code;
-/// the `unsafe` [`as_slice`](Self::as_slice)/[`as_mut_slice`](Self::as_mut_slice) give
-/// zero-copy views when the caller ensures exclusivity (with a lock, an event, or by joining
+/// the zero-copy [`as_slice`](Self::as_slice)/[`as_mut_slice`](Self::as_mut_slice) give
+/// views, for a caller who ensures exclusivity (with a lock, an event, or by joining
 /// the writers).
 ///
 /// `close` unmaps it in this process; `unlink` removes the name (the memory lives on until every
