@@ -1,10 +1,19 @@
-//! [`Condition`]: Python's algorithm (`multiprocessing.synchronize.Condition`) on three
-//! futex semaphores in the shared heap: sleepers announce themselves, `notify(n)` grants up to
-//! `n` wake-ups and waits for each woken sleeper to acknowledge, so exactly `n` wake up (a bare
-//! sequence counter wakes too many).
+//! [`Condition`]: counted wake-up grants over a sequence futex.
+//!
+//! Under the condition's lock a waiter counts itself in `waiters` and notes the sequence
+//! number; `notify(n)` moves up to `n` counted waiters to `grants`, bumps the sequence (the
+//! futex sleepers wait on) and records it as the grant generation. A waiter returns notified
+//! only by taking a grant, and may take one only if it started waiting before the latest
+//! notify (so a notifier that waits right after notifying cannot take its own grant). A
+//! waiter whose timeout fires takes the lock back and either takes a grant it is entitled to
+//! or leaves the count. `waiters + grants` is always the number of waiters that have not
+//! returned, so exactly as many wake as were granted and no grant is left over. One hand-off
+//! each way per notify, where Python's algorithm waits for every woken sleeper's
+//! acknowledgement.
 
 use std::fmt;
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use multiproc_core::heap::Shared;
@@ -12,13 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::futex;
+use crate::futex::{self, Woke};
 use crate::lock::{Acquired, Lock, RLock};
-use crate::semaphore::Counter;
-
-/// How long `notify` waits for a woken sleeper to acknowledge before giving up on it (a sleeper
-/// that died between its wake-up and its acknowledgement must not block the notifier forever).
-const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 mod private {
     pub trait Sealed {}
@@ -66,8 +70,13 @@ impl ConditionLock for RLock {
     }
 }
 
-/// `[sleeping, its waiters, woken, its waiters, wake grants, its waiters, ..]`.
-type State = Shared<[AtomicU32; 8]>;
+/// `[sequence, waiters, grants, grant generation]`; all but the sequence's readers change
+/// under the condition's lock.
+type State = Shared<[AtomicU32; 4]>;
+const SEQ: usize = 0;
+const WAITERS: usize = 1;
+const GRANTS: usize = 2;
+const GRANT_GEN: usize = 3;
 
 /// A condition variable shared by processes (Python's `multiprocessing.Condition`), over an
 /// [`RLock`] (the default, as in Python) or a [`Lock`].
@@ -112,28 +121,21 @@ impl<L: ConditionLock> Condition<L> {
         &self.lock
     }
 
-    fn sleeping(&self) -> Counter<'_> {
-        Counter {
-            count: &self.state[0],
-            waiters: &self.state[1],
-            bound: 0,
+    /// Takes one grant, if the waiter that started at sequence `since` may (it started before
+    /// the latest notify) and one is left.
+    fn take_grant(&self, since: u32) -> bool {
+        let st = &*self.state;
+        if (st[GRANT_GEN].load(Acquire).wrapping_sub(since) as i32) <= 0 {
+            return false;
         }
-    }
-
-    fn woken(&self) -> Counter<'_> {
-        Counter {
-            count: &self.state[2],
-            waiters: &self.state[3],
-            bound: 0,
+        let mut g = st[GRANTS].load(Acquire);
+        while g > 0 {
+            match st[GRANTS].compare_exchange_weak(g, g - 1, Acquire, Acquire) {
+                Ok(_) => return true,
+                Err(now) => g = now,
+            }
         }
-    }
-
-    fn grants(&self) -> Counter<'_> {
-        Counter {
-            count: &self.state[4],
-            waiters: &self.state[5],
-            bound: 0,
-        }
+        false
     }
 
     /// Releases the lock, waits for a notification, takes the lock back; `Ok(true)` when
@@ -151,13 +153,35 @@ impl<L: ConditionLock> Condition<L> {
         if !self.lock.held_by_caller() {
             return Err(Error::NotOwner);
         }
-        self.sleeping().give()?;
+        let st = &*self.state;
+        st[WAITERS].fetch_add(1, Relaxed);
+        // Read under the lock: a notify after this changes the word, so the futex wait below
+        // returns at once instead of missing it.
+        let since = st[SEQ].load(Acquire);
+        let mut seq = since;
         let saved = self.lock.release_all();
-        let notified = self.grants().take(deadline);
-        // Acknowledge before taking the lock back: the notifier waits for this, holding it.
-        let _ = self.woken().give();
+        let notified = loop {
+            if self.take_grant(since) {
+                break true;
+            }
+            let left = futex::left(deadline);
+            if left == Some(Duration::ZERO) {
+                break false;
+            }
+            if let Woke::TimedOut = futex::wait(&st[SEQ], seq, left) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break false;
+                }
+            }
+            seq = st[SEQ].load(Acquire);
+        };
         self.lock.reacquire(saved);
-        Ok(notified)
+        if notified || self.take_grant(since) {
+            // (A grant given while the timeout fired is ours: we were counted.)
+            return Ok(true);
+        }
+        st[WAITERS].fetch_sub(1, Relaxed);
+        Ok(false)
     }
 
     /// Waits until `predicate()` holds, re-checking it after every wake-up, for at most
@@ -179,28 +203,19 @@ impl<L: ConditionLock> Condition<L> {
         Ok(result)
     }
 
-    /// Wakes up to `n` waiters and waits until they have woken. [`Error::NotOwner`] if the
-    /// caller does not hold the lock.
+    /// Wakes up to `n` waiters. [`Error::NotOwner`] if the caller does not hold the lock.
     pub fn notify(&self, n: u32) -> Result<(), Error> {
         if !self.lock.held_by_caller() {
             return Err(Error::NotOwner);
         }
-        // Sleepers that timed out since the last notify acknowledged without a grant.
-        while self.woken().try_take() {
-            self.sleeping().try_take();
-        }
-        let mut granted = 0;
-        while granted < n && self.sleeping().try_take() {
-            self.grants().give()?;
-            granted += 1;
-        }
-        if granted > 0 {
-            let deadline = futex::deadline(ACK_TIMEOUT);
-            for _ in 0..granted {
-                self.woken().take(deadline);
-            }
-            // Grants left over by sleepers whose timeout fired as we granted.
-            while self.grants().try_take() {}
+        let st = &*self.state;
+        let k = n.min(st[WAITERS].load(Relaxed));
+        if k > 0 {
+            st[WAITERS].fetch_sub(k, Relaxed);
+            st[GRANTS].fetch_add(k, Release);
+            let generation = st[SEQ].fetch_add(1, Release).wrapping_add(1);
+            st[GRANT_GEN].store(generation, Release);
+            futex::wake(&st[SEQ], k);
         }
         Ok(())
     }

@@ -69,6 +69,8 @@ fn main() {
             barrier_timeout_breaks_it_for_all,
         ),
         ("barrier_abort_and_reset", barrier_abort_and_reset),
+        ("condition_ping_pong", condition_ping_pong),
+        ("condition_no_leftover_grants", condition_no_leftover_grants),
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
@@ -575,5 +577,69 @@ fn barrier_abort_and_reset(m: StartMethod) -> Result<(), Failed> {
     let mine = b.wait_timeout(LONG);
     check!(join(&q)? == 0, "party failed");
     check!(matches!(mine, Ok(0 | 1)), "index {mine:?}");
+    Ok(())
+}
+
+/// The other side of a ping-pong: waits for its turn (1), hands it back (0), 1000 times.
+fn pong((cond, turn): (Condition, Cells)) {
+    for _ in 0..1000 {
+        let _g = cond.lock().acquire().unwrap();
+        while turn[0].load(SeqCst) != 1 {
+            assert!(cond.wait_timeout(LONG).unwrap(), "pong starved");
+        }
+        turn[0].store(0, SeqCst);
+        cond.notify(1).unwrap();
+    }
+}
+
+fn condition_ping_pong(m: StartMethod) -> Result<(), Failed> {
+    // A notifier that waits right after notifying must not take its own wake-up.
+    let cond = Condition::new()?;
+    let turn = cells()?;
+    let p = start_daemon(m, pong, (cond.clone(), turn.clone()))?;
+    for i in 0..1000 {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        turn[0].store(1, SeqCst);
+        cond.notify(1)?;
+        while turn[0].load(SeqCst) != 0 {
+            check!(cond.wait_timeout(LONG)?, "ping starved at round {i}");
+        }
+    }
+    check!(join(&p)? == 0, "pong failed");
+    Ok(())
+}
+
+/// Waits with a short timeout and reports whether it was notified (1) or timed out (0).
+fn short_wait((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    let notified = cond.wait_timeout(Duration::from_millis(100)).unwrap();
+    c[0].fetch_add(if notified { 1 } else { 1000 }, SeqCst);
+}
+
+fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
+    // Waiters that timed out leave no wake-up behind for later ones.
+    let cond = Condition::new()?;
+    let c = cells()?;
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start(m, short_wait, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    for p in &ps {
+        check!(join(p)? == 0, "waiter failed");
+    }
+    check!(
+        c[0].load(SeqCst) == 2000,
+        "both should have timed out: {}",
+        c[0].load(SeqCst)
+    );
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify_all()?; // nobody waits: must grant nothing
+    }
+    let g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+    check!(
+        !cond.wait_timeout(Duration::from_millis(100))?,
+        "woken by a stale grant"
+    );
+    drop(g);
     Ok(())
 }
