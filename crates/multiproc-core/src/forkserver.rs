@@ -17,7 +17,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use parking_lot::Mutex;
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use crate::child::{self, Boot, BootKind, Launch, MAX_BOOT_RECORD};
 use crate::error::{Error, Result};
@@ -30,7 +30,7 @@ struct Server {
     pid: Pid,
     pidfd: OwnedFd,
     /// The process that started the server; a fork child inheriting this must not use it.
-    owner: Pid,
+    owner: u32,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -49,16 +49,14 @@ fn launch() -> Result<Server> {
         control,
         pid,
         pidfd,
-        owner: rustix::process::getpid(),
+        owner: sys::current_pid(),
     })
 }
 
 /// Stops and reaps a server that stopped answering.
 fn retire(server: Server) {
     drop(server.control);
-    let _ = rustix::process::pidfd_send_signal(&server.pidfd, Signal::KILL);
-    let _ = rustix::process::waitid(WaitId::PidFd(server.pidfd.as_fd()), WaitIdOptions::EXITED);
-    let _ = server.pid;
+    crate::wait::kill_and_reap(server.pidfd.as_fd());
 }
 
 /// In a fork child: close the inherited connection to the parent's server (so the server still
@@ -74,7 +72,7 @@ pub fn forkserver_pid() -> Option<u32> {
     SERVER
         .lock()
         .as_ref()
-        .filter(|s| s.owner == rustix::process::getpid())
+        .filter(|s| s.owner == sys::current_pid())
         .map(|s| s.pid.as_raw_nonzero().get() as u32)
 }
 
@@ -109,7 +107,7 @@ fn request(record: &[u8], fds: &[OwnedFd]) -> Result<Option<(Pid, OwnedFd, Owned
         let mut guard = SERVER.lock();
         if guard
             .as_ref()
-            .is_some_and(|s| s.owner != rustix::process::getpid())
+            .is_some_and(|s| s.owner != sys::current_pid())
         {
             *guard = None;
         }
@@ -176,9 +174,7 @@ struct Spare {
 impl Spare {
     /// Kills and reaps a spare that can no longer take work.
     fn discard(self) {
-        let _ = rustix::process::pidfd_send_signal(&self.pidfd, Signal::KILL);
-        let _ = rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), WaitIdOptions::EXITED);
-        let _ = self.pid;
+        crate::wait::kill_and_reap(self.pidfd.as_fd());
     }
 }
 

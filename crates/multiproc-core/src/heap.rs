@@ -79,26 +79,84 @@ const LARGE: usize = ARENA / 4;
 /// Objects start on their own cache line, so two locks never share one.
 const ALIGN: usize = 64;
 
-/// One memfd mapping in this process.
-struct Segment {
-    id: u64,
-    fd: OwnedFd,
+/// A shared, read-write mapping of a whole fd (a memfd here, a POSIX shared memory object in
+/// `multiproc-shm`), unmapped when dropped. It only gives out the address: every access through
+/// it is its user's `unsafe`, as for [`Region`].
+pub struct SharedMapping {
     base: NonNull<u8>,
     len: usize,
 }
 
-// SAFETY: the mapping is shared memory that is only accessed through `ShmSafe` types (atomics)
-// by shared reference; the pointer itself is never written after creation.
-unsafe impl Send for Segment {}
-// SAFETY: as above; `&Segment` only gives out `&T` for `T: ShmSafe + Sync`.
-unsafe impl Sync for Segment {}
+// SAFETY: the mapping is shared memory reached only through raw pointers or `ShmSafe` types by
+// shared reference; the pointer itself is never written after creation.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMapping {}
 
-impl Drop for Segment {
+impl SharedMapping {
+    /// Maps the first `len` bytes of `fd` shared and read-write (`len` > 0, at most the
+    /// object's size).
+    pub fn new(fd: &OwnedFd, len: usize) -> std::io::Result<SharedMapping> {
+        let size = rustix::fs::fstat(fd)?.st_size;
+        if len == 0 || (size as u64) < len as u64 {
+            return Err(std::io::Error::other(
+                "shared memory object smaller than announced",
+            ));
+        }
+        // SAFETY: a fresh shared mapping of an fd we hold, at an address the kernel picks; no
+        // existing memory is affected.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let base =
+            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
+        Ok(SharedMapping { base, len })
+    }
+
+    /// The first byte; valid for [`len`](SharedMapping::len) bytes while `self` lives.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the mapping has no bytes (never: mappings are not empty).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for SharedMapping {
     fn drop(&mut self) {
-        // SAFETY: `base`/`len` are exactly the mapping made in `map`, and no `&T` into it
-        // outlives this segment (every handle holds an `Arc<Segment>`).
+        // SAFETY: `base`/`len` are exactly the mapping made in `new`; every user keeps the
+        // mapping alive while it holds a pointer into it.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
+}
+
+impl fmt::Debug for SharedMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedMapping")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// One memfd mapping in this process.
+struct Segment {
+    id: u64,
+    fd: OwnedFd,
+    map: SharedMapping,
 }
 
 impl Segment {
@@ -115,27 +173,8 @@ impl Segment {
 
     /// Maps `len` bytes of the memfd `fd`.
     fn map(id: u64, fd: OwnedFd, len: usize) -> std::io::Result<Arc<Segment>> {
-        let size = rustix::fs::fstat(&fd)?.st_size;
-        if len == 0 || (size as u64) < len as u64 {
-            return Err(std::io::Error::other(
-                "shared heap segment smaller than announced",
-            ));
-        }
-        // SAFETY: a fresh shared mapping of an fd we own, at an address the kernel picks; no
-        // existing memory is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                &fd,
-                0,
-            )?
-        };
-        let base =
-            NonNull::new(ptr.cast()).ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Arc::new(Segment { id, fd, base, len }))
+        let map = SharedMapping::new(&fd, len)?;
+        Ok(Arc::new(Segment { id, fd, map }))
     }
 }
 
@@ -171,7 +210,7 @@ fn allocate(size: usize, align: usize) -> std::io::Result<(Arc<Segment>, usize)>
     let mut arena = ARENA_NOW.lock();
     if let Some((seg, next, owner)) = arena.as_mut() {
         let offset = next.div_ceil(align) * align;
-        if *owner == me && offset + size <= seg.len {
+        if *owner == me && offset + size <= seg.map.len() {
             *next = offset + size;
             return Ok((seg.clone(), offset));
         }
@@ -208,8 +247,8 @@ impl Region {
     /// The first byte. Valid for [`len`](Region::len) bytes as long as this handle (or a clone)
     /// lives; other processes may read and write the same bytes at any time.
     pub fn as_ptr(&self) -> *mut u8 {
-        // In bounds: `offset + len <= seg.len` was checked on allocation and deserialisation.
-        self.seg.base.as_ptr().wrapping_add(self.offset)
+        // In bounds: `offset + len <= seg.map.len()` was checked on allocation and deserialisation.
+        self.seg.map.as_ptr().wrapping_add(self.offset)
     }
 
     /// The length in bytes.
@@ -267,7 +306,7 @@ impl Serialize for Region {
         WireRef {
             fd: &self.seg.fd,
             id: self.seg.id,
-            seg_len: self.seg.len as u64,
+            seg_len: self.seg.map.len() as u64,
             offset: self.offset as u64,
             len: self.len as u64,
         }
@@ -288,7 +327,7 @@ impl<'de> Deserialize<'de> for Region {
         }
         let mut segments = SEGMENTS.lock();
         let seg = match find(&segments, w.id) {
-            Some(seg) if seg.len == seg_len => seg,
+            Some(seg) if seg.map.len() == seg_len => seg,
             _ => {
                 let seg = Segment::map(w.id, w.fd, seg_len)
                     .map_err(|e| D::Error::custom(format!("cannot map shared heap: {e}")))?;

@@ -49,11 +49,7 @@ pub(crate) fn spawn_raw(record: &[u8], fds: &[OwnedFd]) -> Result<(Pid, OwnedFd)
     if let Err(e) = fdpass::send_msg(mine.as_fd(), record, &fdpass::borrow_all(fds)) {
         // The child died before reading its record; reap it.
         if let Ok(pidfd) = rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
-            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-            let _ = rustix::process::waitid(
-                rustix::process::WaitId::PidFd(pidfd.as_fd()),
-                rustix::process::WaitIdOptions::EXITED,
-            );
+            crate::wait::kill_and_reap(pidfd.as_fd());
         }
         return Err(Error::Os {
             op: "sending the bootstrap record",

@@ -31,3 +31,14 @@ pub(crate) fn readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Res
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
+
+/// Kills the process behind `pidfd` and reaps it (it must be our child): for a child that can
+/// no longer be used (it died before reading its record, a forkserver or spare that stopped
+/// answering).
+pub(crate) fn kill_and_reap(pidfd: BorrowedFd<'_>) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(pidfd),
+        rustix::process::WaitIdOptions::EXITED,
+    );
+}

@@ -4,7 +4,7 @@
 //! thread, so the process is single-threaded and the fork method is allowed.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use multiproc_core::{Error, Process, StartMethod, get_context, reduction};
@@ -698,7 +698,6 @@ fn current_process_in_main() -> Result<(), Failed> {
         multiproc_core::parent_process().is_none(),
         "main has no parent"
     );
-    let _ = AsFd::as_fd(&std::io::stdin());
     Ok(())
 }
 

@@ -178,40 +178,18 @@ impl<T: Pod> RawArray<T> {
     }
 }
 
-/// A shared mapping of a POSIX shared memory object (for `SharedMemory`).
-pub(crate) struct Mapping {
-    base: std::ptr::NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: the mapping is shared memory only touched through raw-pointer copies (never through
-// references), and the pointer is not written after creation.
-unsafe impl Send for Mapping {}
-// SAFETY: as above.
-unsafe impl Sync for Mapping {}
+/// A shared mapping of a POSIX shared memory object (for `SharedMemory`): core's
+/// [`SharedMapping`](multiproc_core::heap::SharedMapping) plus the accesses to its bytes.
+pub(crate) struct Mapping(multiproc_core::heap::SharedMapping);
 
 impl Mapping {
     /// Maps `len` bytes of `fd` shared, read-write.
     pub(crate) fn new(fd: &std::os::fd::OwnedFd, len: usize) -> std::io::Result<Mapping> {
-        // SAFETY: a fresh shared mapping of an fd we hold, at an address the kernel picks; no
-        // existing memory is affected.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        let base = std::ptr::NonNull::new(ptr.cast())
-            .ok_or_else(|| std::io::Error::other("mmap returned null"))?;
-        Ok(Mapping { base, len })
+        multiproc_core::heap::SharedMapping::new(fd, len).map(Mapping)
     }
 
     pub(crate) fn as_ptr(&self) -> *mut u8 {
-        self.base.as_ptr()
+        self.0.as_ptr()
     }
 
     /// Copies `out.len()` bytes from `offset`; panics when out of range.
@@ -219,18 +197,14 @@ impl Mapping {
         assert!(
             offset
                 .checked_add(out.len())
-                .is_some_and(|end| end <= self.len),
+                .is_some_and(|end| end <= self.0.len()),
             "read out of range"
         );
         // SAFETY: the range lies inside the mapping (checked), which lives as long as `self`;
         // `out` is ours and cannot overlap shared memory we map. Other processes may write the
         // bytes meanwhile: they are copied as plain data, never viewed as a reference.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            )
+            std::ptr::copy_nonoverlapping(self.0.as_ptr().add(offset), out.as_mut_ptr(), out.len())
         }
     }
 
@@ -239,12 +213,12 @@ impl Mapping {
         assert!(
             offset
                 .checked_add(data.len())
-                .is_some_and(|end| end <= self.len),
+                .is_some_and(|end| end <= self.0.len()),
             "write out of range"
         );
         // SAFETY: as in `read`, the other way round.
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.base.as_ptr().add(offset), data.len())
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.0.as_ptr().add(offset), data.len())
         }
     }
 
@@ -256,7 +230,7 @@ impl Mapping {
     pub(crate) unsafe fn as_slice(&self) -> &[u8] {
         // SAFETY: the mapping holds `len` bytes alive as long as `self`; no writer is the
         // caller's promise.
-        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr(), self.0.len()) }
     }
 
     /// Views the mapping as mutable bytes.
@@ -267,15 +241,7 @@ impl Mapping {
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn as_mut_slice(&self) -> &mut [u8] {
         // SAFETY: as in `as_slice`; exclusivity is the caller's promise.
-        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `new`; no reference into it outlives `self`
-        // (slices borrow the `SharedMemory` that owns this mapping).
-        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_ptr(), self.0.len()) }
     }
 }
 

@@ -29,89 +29,59 @@ fn create(value: u32, bound: u32) -> Result<State, Error> {
     Ok(s)
 }
 
-/// A counting semaphore over two words of shared memory: the count and the number of
-/// sleeping waiters (also used inside `Condition`).
-#[derive(Clone, Copy)]
-pub(crate) struct Counter<'a> {
-    pub(crate) count: &'a AtomicU32,
-    pub(crate) waiters: &'a AtomicU32,
-    /// 0: unbounded.
-    pub(crate) bound: u32,
-}
-
-impl Counter<'_> {
-    pub(crate) fn try_take(self) -> bool {
-        let mut c = self.count.load(Relaxed);
-        while c > 0 {
-            match self.count.compare_exchange_weak(c, c - 1, SeqCst, Relaxed) {
-                Ok(_) => return true,
-                Err(now) => c = now,
-            }
-        }
-        false
-    }
-
-    /// Takes one unit, waiting until `deadline` (`None`: forever); whether it got one.
-    pub(crate) fn take(self, deadline: Option<Instant>) -> bool {
-        if self.try_take() {
-            return true;
-        }
-        self.waiters.fetch_add(1, SeqCst);
-        let got = loop {
-            if self.try_take() {
-                break true;
-            }
-            let left = futex::left(deadline);
-            if left == Some(Duration::ZERO) {
-                break false;
-            }
-            // The release side increments the count (SeqCst) before it reads the waiter count.
-            if let Woke::TimedOut = futex::wait(self.count, 0, left) {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break self.try_take();
-                }
-            }
-        };
-        self.waiters.fetch_sub(1, SeqCst);
-        got
-    }
-
-    pub(crate) fn give(self) -> Result<(), Error> {
-        let mut c = self.count.load(Relaxed);
-        loop {
-            if (self.bound != 0 && c >= self.bound) || c >= i32::MAX as u32 {
-                return Err(Error::TooManyReleases);
-            }
-            match self.count.compare_exchange_weak(c, c + 1, SeqCst, Relaxed) {
-                Ok(_) => break,
-                Err(now) => c = now,
-            }
-        }
-        if self.waiters.load(SeqCst) > 0 {
-            futex::wake(self.count, 1);
-        }
-        Ok(())
-    }
-}
-
-fn counter(s: &[AtomicU32; 4]) -> Counter<'_> {
-    Counter {
-        count: &s[COUNT],
-        waiters: &s[WAITERS],
-        bound: s[BOUND].load(Relaxed),
-    }
-}
-
 fn try_take(s: &[AtomicU32; 4]) -> bool {
-    counter(s).try_take()
+    let mut c = s[COUNT].load(Relaxed);
+    while c > 0 {
+        match s[COUNT].compare_exchange_weak(c, c - 1, SeqCst, Relaxed) {
+            Ok(_) => return true,
+            Err(now) => c = now,
+        }
+    }
+    false
 }
 
+/// Takes one unit, waiting until `deadline` (`None`: forever); whether it got one.
 fn take(s: &[AtomicU32; 4], deadline: Option<Instant>) -> bool {
-    counter(s).take(deadline)
+    if try_take(s) {
+        return true;
+    }
+    s[WAITERS].fetch_add(1, SeqCst);
+    let got = loop {
+        if try_take(s) {
+            break true;
+        }
+        let left = futex::left(deadline);
+        if left == Some(Duration::ZERO) {
+            break false;
+        }
+        // The release side increments the count (SeqCst) before it reads the waiter count.
+        if let Woke::TimedOut = futex::wait(&s[COUNT], 0, left) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break try_take(s);
+            }
+        }
+    };
+    s[WAITERS].fetch_sub(1, SeqCst);
+    got
 }
 
+/// Gives one unit back; [`Error::TooManyReleases`] above a bounded semaphore's bound.
 fn give(s: &[AtomicU32; 4]) -> Result<(), Error> {
-    counter(s).give()
+    let bound = s[BOUND].load(Relaxed);
+    let mut c = s[COUNT].load(Relaxed);
+    loop {
+        if (bound != 0 && c >= bound) || c >= i32::MAX as u32 {
+            return Err(Error::TooManyReleases);
+        }
+        match s[COUNT].compare_exchange_weak(c, c + 1, SeqCst, Relaxed) {
+            Ok(_) => break,
+            Err(now) => c = now,
+        }
+    }
+    if s[WAITERS].load(SeqCst) > 0 {
+        futex::wake(&s[COUNT], 1);
+    }
+    Ok(())
 }
 
 macro_rules! semaphore_api {
