@@ -31,8 +31,24 @@ impl ExeId {
     }
 }
 
+impl ExeId {
+    /// An identity no executable has, for tests of the refusal.
+    #[cfg(test)]
+    pub(crate) fn other_for_tests() -> ExeId {
+        ExeId {
+            dev: u64::MAX,
+            ino: 1,
+            size: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+        }
+    }
+}
+
 struct Image {
     range: Range<usize>,
+    /// The executable mappings of the image (where a function can start).
+    code: Vec<Range<usize>>,
     id: ExeId,
 }
 
@@ -46,6 +62,12 @@ pub(crate) fn image_range() -> Result<Range<usize>, String> {
     image().map(|i| i.range.clone())
 }
 
+/// Whether `addr` lies in an executable mapping of the main image: where a function of this
+/// program can be (a checked function reference must point there).
+pub(crate) fn is_code(addr: usize) -> Result<bool, String> {
+    image().map(|i| i.code.iter().any(|r| r.contains(&addr)))
+}
+
 /// The identity of the parent's executable, to send to a spawned child.
 pub(crate) fn parent_exe_id() -> Result<ExeId, String> {
     image().map(|i| i.id)
@@ -56,7 +78,7 @@ pub(crate) fn parent_exe_id() -> Result<ExeId, String> {
 /// loader (`ld-linux.so ./app`), inside another program (a cdylib loaded by Python), or under an
 /// emulator: re-executing `/proc/self/exe` would then run something else.
 fn find_image() -> Result<Image, String> {
-    let anchor = crate::sys::fnptr::anchor_addr();
+    let anchor = crate::sys::fnptr::anchor();
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map_err(|e| format!("cannot read /proc/self/maps: {e}"))?;
     let parsed: Vec<Mapping<'_>> = maps.lines().filter_map(parse_line).collect();
@@ -79,8 +101,15 @@ fn find_image() -> Result<Image, String> {
                     start methods cannot re-execute it; use the fork start method"
             .into());
     }
+    let code = parsed
+        .iter()
+        .filter(same_file)
+        .filter(|m| m.perms.contains('x'))
+        .map(|m| m.range.clone())
+        .collect();
     Ok(Image {
         range: start.unwrap_or(0)..end.unwrap_or(0),
+        code,
         id,
     })
 }
@@ -88,6 +117,7 @@ fn find_image() -> Result<Image, String> {
 /// One line of `/proc/self/maps`.
 struct Mapping<'a> {
     range: Range<usize>,
+    perms: &'a str,
     dev: &'a str,
     ino: u64,
     path: &'a str,
@@ -98,13 +128,14 @@ fn parse_line(line: &str) -> Option<Mapping<'_>> {
     let mut fields = line.splitn(6, ' ');
     let (start, end) = fields.next()?.split_once('-')?;
     let range = usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?;
-    let _perms = fields.next()?;
+    let perms = fields.next()?;
     let _offset = fields.next()?;
     let dev = fields.next()?;
     let ino = fields.next()?.parse().ok()?;
     let path = fields.next().unwrap_or("").trim_start();
     Some(Mapping {
         range,
+        perms,
         dev,
         ino,
         path,
@@ -120,5 +151,8 @@ mod tests {
         let r = image_range().unwrap();
         assert!(r.contains(&(image_holds_this_code as fn() as usize)));
         assert_eq!(parent_exe_id().unwrap(), ExeId::current().unwrap());
+        assert!(is_code(image_holds_this_code as fn() as usize).unwrap());
+        let data: &'static u8 = &7;
+        assert!(!is_code(data as *const u8 as usize).unwrap());
     }
 }

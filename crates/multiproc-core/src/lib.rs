@@ -30,32 +30,60 @@
 //! ```
 //!
 //! How the start methods work, and what a child inherits: `docs/start-methods.md`.
+//!
+//! ## Where the code is
+//!
+//! The modules read bottom-up: `sys` (system calls, nothing else of the crate), plain data
+//! (`boot`: what a parent tells a child; [`fnref`]; [`reduction`]; [`heap`]), `launch` (spawn,
+//! the forkserver client, fork, the table of children), `runtime` (a child from its first
+//! instruction to `_exit`: the pre-`main` hook, the bootstrap, the forkserver's loop, the
+//! after-fork hooks), and [`Process`] on top. `docs/ARCHITECTURE.md` has the map.
+//!
+//! ## Running your own constructors first
+//!
+//! A spawned child is dispatched by a pre-`main` (`.init_array`) hook of this crate, before
+//! the program's own constructors may have run. A program whose constructors must run first
+//! enables the cargo feature `manual-dispatch`: the hook then only records that it ran, and
+//! [`init()`] (which such a program must call first thing in `main`) dispatches the child.
 #![deny(unsafe_code)]
 
-mod child;
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+compile_error!(
+    "multiproc-core supports Linux with glibc only: it relies on fork/posix_spawn semantics, pidfds, \
+     futexes, memfd and glibc's convention of passing (argc, argv, envp) to .init_array functions"
+);
+
+mod atfork;
+mod boot;
 mod error;
 mod exe;
 mod fdpass;
-mod forkserver;
+#[allow(unsafe_code)] // Fn pointers from checked offsets; see docs/unsafe.md.
+pub mod fnref;
 #[allow(unsafe_code)] // Turning a shared mapping into `&T`; see the module docs.
 pub mod heap;
+mod launch;
 mod method;
 mod process;
 pub mod reduction;
-mod spawn;
+mod runtime;
 mod state;
 #[allow(unsafe_code)]
-// All the unsafe_code of this crate lives in sys/ (docs/ARCHITECTURE.md lists it).
+// The system-call layer (docs/unsafe.md lists every unsafe module of the crate).
 mod sys;
 mod wait;
 
+pub use crate::atfork::register_after_fork;
 pub use crate::error::{Error, Result};
-pub use crate::forkserver::forkserver_pid;
+pub use crate::fnref::{CallError, FnRef, FnRefError, Panicked};
+pub use crate::launch::children::{ProcessHandle, active_children};
+pub use crate::launch::forkserver::{LOST_STATUS, forkserver_pid};
+pub use crate::launch::launcher::spawn_fork_safe_thread;
 pub use crate::method::{
-    Context, DEFAULT_START_METHOD, StartMethod, force_start_method, get_all_start_methods,
-    get_context, get_start_method, set_start_method, start_method_if_set,
+    DEFAULT_START_METHOD, StartMethod, force_start_method, get_all_start_methods, get_start_method,
+    set_start_method, start_method_if_set,
 };
-pub use crate::process::{Process, ProcessHandle, active_children, spawn_helper};
+pub use crate::process::{Context, Process, get_context, spawn_helper};
 pub use crate::state::{CurrentProcess, ParentProcess, current_process, parent_process};
 pub use crate::sys::{allow_fork_with_threads, current_pid};
 
@@ -70,9 +98,9 @@ pub fn init() {
     let args: Vec<_> = std::env::args_os().take(4).collect();
     if args.len() == 3 && args[1].as_bytes() == sys::CHILD_MARKER.to_bytes() {
         let fd = args[2].to_str().and_then(|s| s.parse().ok());
-        child::run_spawned(fd);
+        runtime::bootstrap::run_spawned(fd);
     }
-    spawn::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
+    launch::spawn::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The number of CPUs this process may run on.

@@ -1,15 +1,13 @@
 //! Start methods and contexts: Python's `set_start_method`, `get_start_method`,
-//! `get_all_start_methods` and `get_context`.
+//! `get_all_start_methods` (contexts are in `process.rs`).
 
 use std::fmt;
 use std::str::FromStr;
 
 use parking_lot::Mutex;
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::process::Process;
 
 /// How a child process is created.
 ///
@@ -77,6 +75,7 @@ static METHOD: Mutex<Option<StartMethod>> = Mutex::new(None);
 ///
 /// Python: `multiprocessing.set_start_method(method)`.
 pub fn set_start_method(method: StartMethod) -> Result<()> {
+    let _fork = crate::atfork::hold();
     let mut m = METHOD.lock();
     if m.is_some() {
         return Err(Error::StartMethodAlreadySet);
@@ -89,6 +88,7 @@ pub fn set_start_method(method: StartMethod) -> Result<()> {
 ///
 /// Python: `multiprocessing.set_start_method(method, force=True)`.
 pub fn force_start_method(method: Option<StartMethod>) {
+    let _fork = crate::atfork::hold();
     *METHOD.lock() = method;
 }
 
@@ -96,6 +96,7 @@ pub fn force_start_method(method: Option<StartMethod>) {
 ///
 /// Python: `multiprocessing.get_start_method()`.
 pub fn get_start_method() -> StartMethod {
+    let _fork = crate::atfork::hold();
     *METHOD.lock().get_or_insert(DEFAULT_START_METHOD)
 }
 
@@ -103,6 +104,7 @@ pub fn get_start_method() -> StartMethod {
 ///
 /// Python: `multiprocessing.get_start_method(allow_none=True)`.
 pub fn start_method_if_set() -> Option<StartMethod> {
+    let _fork = crate::atfork::hold();
     *METHOD.lock()
 }
 
@@ -115,42 +117,4 @@ pub fn get_all_start_methods() -> Vec<StartMethod> {
         StartMethod::Spawn,
         StartMethod::Fork,
     ]
-}
-
-/// Creates processes (and, in later layers, every other object) with one start method.
-///
-/// Python: `multiprocessing.get_context(method)`.
-///
-/// ```
-/// use multiproc_core::{get_context, StartMethod};
-///
-/// let ctx = get_context(StartMethod::Spawn);
-/// let mut p = ctx.process(|n: u32| assert_eq!(n, 7), 7);
-/// p.start().unwrap();
-/// assert_eq!(p.join().unwrap(), 0);
-/// assert_eq!(p.name(), "SpawnProcess-1");
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Context {
-    method: StartMethod,
-}
-
-/// The [`Context`] of a start method.
-pub fn get_context(method: StartMethod) -> Context {
-    Context { method }
-}
-
-impl Context {
-    /// The start method of this context.
-    pub fn start_method(&self) -> StartMethod {
-        self.method
-    }
-
-    /// A new, not yet started process that will run `target(args)` with this context's method.
-    pub fn process<A>(&self, target: fn(A), args: A) -> Process
-    where
-        A: Serialize + DeserializeOwned + Send + 'static,
-    {
-        Process::with_method(target, args, Some(self.method))
-    }
 }

@@ -1,32 +1,24 @@
-//! [`Process`]: Python's `multiprocessing.Process`, and the table of this process's children.
+//! [`Process`]: Python's `multiprocessing.Process`, and [`Context`]: `get_context(method)`.
 
 use std::fmt;
-use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Once};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::boot::ChildInfo;
+use crate::boot::Target;
 use crate::error::{Error, Result};
+use crate::fnref::{FnRef, FnRefError, RawFnRef};
+use crate::launch::children::{self, Child, ProcessHandle};
+use crate::launch::{fork, forkserver, launcher, spawn};
 use crate::method::{StartMethod, get_start_method};
 use crate::reduction::{self, ReductionError};
-use crate::state::{self, ChildInfo};
-use crate::sys::fnptr::Entry;
-use crate::{child, forkserver, spawn, sys};
-
-/// What a process runs: a `fn(A)` and its arguments.
-pub(crate) trait Target: Send {
-    /// Where the child jumps after exec, or `None` if the fn is not in the main image.
-    fn entry(&self) -> Option<Entry>;
-    /// The arguments, encoded with their fds.
-    fn encode_args(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ReductionError>;
-    /// Runs in a fork child, on the inherited memory.
-    fn run(self: Box<Self>);
-}
+use crate::runtime::bootstrap;
+use crate::state;
 
 struct FnTarget<A> {
     f: fn(A),
@@ -34,8 +26,8 @@ struct FnTarget<A> {
 }
 
 impl<A: Serialize + DeserializeOwned + Send + 'static> Target for FnTarget<A> {
-    fn entry(&self) -> Option<Entry> {
-        Entry::new(self.f)
+    fn entry(&self) -> Result<RawFnRef, FnRefError> {
+        FnRef::new(self.f).map(|r| r.raw())
     }
 
     fn encode_args(&self) -> Result<(Vec<u8>, Vec<OwnedFd>), ReductionError> {
@@ -165,22 +157,29 @@ impl Process {
             return Err(Error::DaemonCannotHaveChildren);
         }
         let method = self.method.unwrap_or_else(get_start_method);
-        reap_finished();
-        install_exit_handler();
-        let info = state::child_info(&self.name, &self.identity, self.daemon, method);
-        let child = match method {
-            StartMethod::Fork => fork_child(info, &mut self.target)?,
-            StartMethod::Spawn => {
-                spawn::start(info, self.target.as_deref().expect("checked above"))?
-            }
-            StartMethod::Forkserver => {
-                forkserver::start(info, self.target.as_deref().expect("checked above"))?
+        children::reap_finished();
+        children::install_exit_handler();
+        let info = state::child_info(&self.name, &self.identity, self.daemon, method, self.method);
+        let target = self.target.take().expect("checked above");
+        // A daemon's parent-death signal follows the creating thread: create daemons from a
+        // thread that lives as long as the process (the forkserver's children are the
+        // server's, whose only thread is that).
+        let started =
+            if self.daemon && method != StartMethod::Forkserver && !launcher::on_main_thread() {
+                launcher::run(move || start_child(method, info, target))
+                    .map_err(Error::os("starting a daemon on the launcher thread"))?
+            } else {
+                start_child(method, info, target)
+            };
+        let child = match started {
+            Ok(child) => child,
+            Err((e, target)) => {
+                self.target = Some(target);
+                return Err(e);
             }
         };
-        // Python drops its references to target and args once started.
-        self.target = None;
         let handle = ProcessHandle(Arc::new(child));
-        REGISTRY.lock().push(handle.clone());
+        children::register(handle.clone());
         self.child = Some(handle);
         Ok(())
     }
@@ -232,8 +231,10 @@ impl Process {
     }
 
     /// An fd that becomes readable when the child ends (Python's `sentinel`), to wait for it
-    /// together with other fds (`poll`). It is the child's pidfd under fork and spawn, and the
-    /// status socket on which the forkserver reports the exit code under forkserver.
+    /// together with other fds (`poll`, [`multiproc::wait`]). It is the child's pidfd under
+    /// every start method (under forkserver the server hands it over with the child's pid).
+    ///
+    /// [`multiproc::wait`]: ../multiproc/fn.wait.html
     pub fn sentinel(&self) -> Result<BorrowedFd<'_>> {
         Ok(self.started()?.0.sentinel())
     }
@@ -260,6 +261,27 @@ impl Process {
     }
 }
 
+/// Creates the child under `method`; on failure hands the target back (the `Process` can be
+/// started again). In a fork child this never returns.
+#[allow(clippy::type_complexity)]
+fn start_child(
+    method: StartMethod,
+    info: ChildInfo,
+    target: Box<dyn Target>,
+) -> std::result::Result<Child, (Error, Box<dyn Target>)> {
+    let made = match method {
+        StartMethod::Fork => match fork::fork() {
+            Ok(None) => bootstrap::run_forked(&info, target),
+            Ok(Some(pid)) => Child::own(pid, &info),
+            Err(e) => Err(e),
+        },
+        StartMethod::Spawn => spawn::start(info, &*target),
+        StartMethod::Forkserver => forkserver::start(info, &*target),
+    };
+    // Python drops its references to target and args once started.
+    made.map_err(|e| (e, target))
+}
+
 impl fmt::Debug for Process {
     /// Python's repr: `<Process name='Process-1' pid=12 parent=10 started daemon>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -279,197 +301,6 @@ impl fmt::Debug for Process {
     }
 }
 
-/// How to learn that a child ended and with which code.
-pub(crate) enum Waiter {
-    /// Our own OS child (fork, spawn): wait on its pidfd.
-    Own,
-    /// A child of the forkserver: the server writes the exit code on `status`.
-    Served { status: OwnedFd },
-}
-
-/// A started child, shared by its [`Process`], [`ProcessHandle`]s and the registry.
-pub(crate) struct Child {
-    pub(crate) pid: Pid,
-    pub(crate) name: String,
-    pub(crate) daemon: bool,
-    pub(crate) pidfd: OwnedFd,
-    pub(crate) waiter: Waiter,
-    pub(crate) exitcode: Mutex<Option<i32>>,
-}
-
-impl Child {
-    pub(crate) fn new(pid: Pid, pidfd: OwnedFd, waiter: Waiter, info: &ChildInfo) -> Child {
-        Child {
-            pid,
-            name: info.name.clone(),
-            daemon: info.daemon,
-            pidfd,
-            waiter,
-            exitcode: Mutex::new(None),
-        }
-    }
-
-    /// Our own OS child: opens its pidfd.
-    pub(crate) fn own(pid: Pid, info: &ChildInfo) -> Result<Child> {
-        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty())
-            .map_err(Error::errno("pidfd_open"))?;
-        Ok(Child::new(pid, pidfd, Waiter::Own, info))
-    }
-
-    /// Readable once the child has ended (whatever the start method: we hold its pidfd).
-    fn sentinel(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
-    }
-
-    /// The exit code if the child has ended (reaping it), without blocking.
-    fn try_wait(&self) -> Result<Option<i32>> {
-        let mut code = self.exitcode.lock();
-        if code.is_some() {
-            return Ok(*code);
-        }
-        *code = match &self.waiter {
-            Waiter::Own => {
-                let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
-                match retry(|| rustix::process::waitid(WaitId::PidFd(self.pidfd.as_fd()), options))
-                {
-                    Ok(Some(status)) => {
-                        Some(match (status.exit_status(), status.terminating_signal()) {
-                            (Some(c), _) => c,
-                            (None, Some(sig)) => -sig,
-                            (None, None) => return Ok(None),
-                        })
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        return Err(Error::Os {
-                            op: "waitid",
-                            source: e.into(),
-                        });
-                    }
-                }
-            }
-            Waiter::Served { status } => {
-                if !crate::wait::readable(self.pidfd.as_fd(), Some(Duration::ZERO))
-                    .map_err(Error::os("poll"))?
-                {
-                    return Ok(None);
-                }
-                Some(forkserver::exit_code(status, self.pid)?)
-            }
-        };
-        Ok(*code)
-    }
-
-    /// Waits up to `timeout` (forever with `None`).
-    fn wait(&self, timeout: Option<Duration>) -> Result<Option<i32>> {
-        if let Some(code) = *self.exitcode.lock() {
-            return Ok(Some(code));
-        }
-        if !crate::wait::readable(self.sentinel(), timeout).map_err(Error::os("poll"))? {
-            return Ok(None);
-        }
-        let code = self.try_wait()?;
-        if code.is_some() {
-            forget_child(self);
-        }
-        Ok(code)
-    }
-
-    fn signal(&self, sig: Signal) -> Result<()> {
-        if self.exitcode.lock().is_some() {
-            return Ok(());
-        }
-        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
-            Err(e) => Err(Error::Os {
-                op: "pidfd_send_signal",
-                source: e.into(),
-            }),
-        }
-    }
-}
-
-fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
-    loop {
-        match f() {
-            Err(rustix::io::Errno::INTR) => continue,
-            other => return other,
-        }
-    }
-}
-
-/// A cloneable handle on a started child: what [`active_children`] returns, and what
-/// [`Process::handle`] gives to other threads.
-#[derive(Clone)]
-pub struct ProcessHandle(Arc<Child>);
-
-impl ProcessHandle {
-    /// The child's pid.
-    pub fn pid(&self) -> u32 {
-        self.0.pid.as_raw_nonzero().get() as u32
-    }
-
-    /// The child's name.
-    pub fn name(&self) -> &str {
-        &self.0.name
-    }
-
-    /// Whether the child is a daemon.
-    pub fn daemon(&self) -> bool {
-        self.0.daemon
-    }
-
-    /// Whether the child is still running (reaps it if not).
-    pub fn is_alive(&self) -> bool {
-        matches!(self.exitcode_result(), Ok(None))
-    }
-
-    /// The exit code, if the child has ended (reaps it).
-    pub fn exitcode(&self) -> Option<i32> {
-        self.exitcode_result().ok().flatten()
-    }
-
-    fn exitcode_result(&self) -> Result<Option<i32>> {
-        let code = self.0.try_wait()?;
-        if code.is_some() {
-            forget_child(&self.0);
-        }
-        Ok(code)
-    }
-
-    /// Waits for the child to end; returns its exit code.
-    pub fn join(&self) -> Result<i32> {
-        Ok(self
-            .0
-            .wait(None)?
-            .expect("waiting without a deadline ends with an exit code"))
-    }
-
-    /// Waits at most `timeout`; `Ok(None)` if still running.
-    pub fn join_timeout(&self, timeout: Duration) -> Result<Option<i32>> {
-        self.0.wait(Some(timeout))
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) -> Result<()> {
-        self.0.signal(Signal::TERM)
-    }
-
-    /// Sends SIGKILL.
-    pub fn kill(&self) -> Result<()> {
-        self.0.signal(Signal::KILL)
-    }
-}
-
-impl fmt::Debug for ProcessHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessHandle")
-            .field("name", &self.0.name)
-            .field("pid", &self.pid())
-            .finish()
-    }
-}
-
 /// Starts `target(args)` in a re-executed (spawn) child that is a helper of this process, not
 /// one of its children in Python's sense: `active_children` does not list it, the exit handler
 /// neither terminates nor joins it, and it does not die with this process. Meant for services
@@ -483,90 +314,49 @@ where
     static HELPERS: Mutex<Vec<Child>> = Mutex::new(Vec::new());
     // Not numbered like processes (Python's resource tracker is not a Process either): the
     // names of the program's own children stay Process-1, Process-2, …
-    let info = state::child_info("Helper", &[], false, StartMethod::Spawn);
+    let info = state::child_info("Helper", &[], false, StartMethod::Spawn, None);
     let child = spawn::start(info, &FnTarget { f: target, args })?;
     let pid = child.pid.as_raw_nonzero().get() as u32;
     // Kept (not reaped here) so that its pidfd stays open; it is reaped by whoever inherits it.
+    let _fork = crate::atfork::hold();
     HELPERS.lock().push(child);
     Ok(pid)
 }
 
-/// Children started by this process and not yet known to have ended.
-static REGISTRY: Mutex<Vec<ProcessHandle>> = Mutex::new(Vec::new());
-
-fn forget_child(child: &Child) {
-    REGISTRY
-        .lock()
-        .retain(|h| !std::ptr::eq(Arc::as_ptr(&h.0), child));
-}
-
-/// Reaps children that have ended (Python's `process._cleanup()`).
-fn reap_finished() {
-    let children = REGISTRY.lock().clone();
-    for child in children {
-        let _ = child.exitcode_result();
-    }
-}
-
-/// The children of this process that are still running; reaps those that have ended.
+/// Creates processes (and, in later layers, every other object) with one start method.
 ///
-/// Python: `multiprocessing.active_children()`.
-pub fn active_children() -> Vec<ProcessHandle> {
-    reap_finished();
-    REGISTRY.lock().clone()
+/// Python: `multiprocessing.get_context(method)`.
+///
+/// ```
+/// use multiproc_core::{get_context, StartMethod};
+///
+/// let ctx = get_context(StartMethod::Spawn);
+/// let mut p = ctx.process(|n: u32| assert_eq!(n, 7), 7);
+/// p.start().unwrap();
+/// assert_eq!(p.join().unwrap(), 0);
+/// assert_eq!(p.name(), "SpawnProcess-1");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    method: StartMethod,
 }
 
-/// In a new child: it has no children yet (a fork child inherited its parent's table).
-pub(crate) fn reset_registry() {
-    REGISTRY.lock().clear();
+/// The [`Context`] of a start method.
+pub fn get_context(method: StartMethod) -> Context {
+    Context { method }
 }
 
-/// Python's `util._exit_function`: terminate daemon children, then join every child.
-/// A daemon that ignores SIGTERM for 5 s is killed.
-pub(crate) fn exit_cleanup() {
-    let children = std::mem::take(&mut *REGISTRY.lock());
-    for child in children.iter().filter(|c| c.daemon()) {
-        let _ = child.terminate();
+impl Context {
+    /// The start method of this context.
+    pub fn start_method(&self) -> StartMethod {
+        self.method
     }
-    for child in &children {
-        if child.daemon() && matches!(child.join_timeout(Duration::from_secs(5)), Ok(None)) {
-            let _ = child.kill();
-        }
-        let _ = child.join();
-    }
-}
 
-extern "C" fn exit_handler() {
-    let _ = std::panic::catch_unwind(exit_cleanup);
-}
-
-fn install_exit_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = sys::register_atexit(exit_handler);
-    });
-}
-
-/// Threads of this process. procfs gives `/proc/self/task` a link count of 2 plus the number
-/// of threads: one `stat`, no allocation (listing the directory cost ~10x more per start).
-fn thread_count() -> usize {
-    match rustix::fs::stat("/proc/self/task") {
-        Ok(st) if st.st_nlink >= 3 => st.st_nlink as usize - 2,
-        _ => std::fs::read_dir("/proc/self/task").map_or(1, Iterator::count),
-    }
-}
-
-fn fork_child(info: ChildInfo, target: &mut Option<Box<dyn Target>>) -> Result<Child> {
-    if !sys::fork_with_threads_allowed() {
-        let threads = thread_count();
-        if threads > 1 {
-            return Err(Error::ForkWithThreads { threads });
-        }
-    }
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
-    match sys::fork().map_err(Error::os("fork"))? {
-        None => child::run_forked(&info, target.take().expect("start checked the target")),
-        Some(pid) => Child::own(pid, &info),
+    /// A new, not yet started process that will run `target(args)` with this context's method.
+    pub fn process<A>(&self, target: fn(A), args: A) -> Process
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        Process::with_method(target, args, Some(self.method))
     }
 }

@@ -5,25 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
 
+use crate::boot::ChildInfo;
 use crate::method::StartMethod;
-
-/// What a child learns about itself from its parent.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct ChildInfo {
-    pub(crate) name: String,
-    pub(crate) identity: Vec<u32>,
-    pub(crate) daemon: bool,
-    pub(crate) authkey: [u8; 32],
-    pub(crate) parent_pid: i32,
-    pub(crate) parent_name: String,
-    pub(crate) method: StartMethod,
-    /// The parent's `set_start_method` choice, inherited as in Python.
-    pub(crate) global_method: Option<StartMethod>,
-    /// The parent's working directory, for forkserver children (the server's may differ).
-    pub(crate) cwd: Option<std::path::PathBuf>,
-}
 
 struct State {
     name: String,
@@ -54,13 +38,16 @@ fn main_state() -> State {
 }
 
 fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    let _fork = crate::atfork::hold();
     let mut guard = STATE.write();
     f(guard.get_or_insert_with(main_state))
 }
 
 /// Installs the identity a child received from its parent.
 pub(crate) fn become_child(info: &ChildInfo) {
-    crate::method::force_start_method(info.global_method);
+    // As CPython's `_bootstrap`: a Process made by a context forces that context's method.
+    crate::method::force_start_method(info.context_method.or(info.global_method));
+    crate::fnref::set_tree_key(info.fn_key);
     if let Some(cwd) = &info.cwd {
         // As Python's spawn preparation does; a directory that vanished is not fatal.
         let _ = std::env::set_current_dir(cwd);
@@ -69,6 +56,7 @@ pub(crate) fn become_child(info: &ChildInfo) {
     let pidfd = parent_pid
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
         .map(Arc::new);
+    let _fork = crate::atfork::hold();
     *STATE.write() = Some(State {
         name: info.name.clone(),
         identity: info.identity.clone(),
@@ -100,22 +88,26 @@ pub(crate) fn child_info(
     identity: &[u32],
     daemon: bool,
     method: StartMethod,
+    context_method: Option<StartMethod>,
 ) -> ChildInfo {
+    let fn_key = crate::fnref::tree_key();
     with(|s| ChildInfo {
         name: name.to_string(),
         identity: identity.to_vec(),
         daemon,
         authkey: s.authkey,
+        fn_key,
         parent_pid: rustix::process::getpid().as_raw_nonzero().get(),
         parent_name: s.name.clone(),
         method,
+        context_method,
         global_method: crate::method::start_method_if_set(),
         cwd: None,
     })
 }
 
 /// The calling process, as Python's `multiprocessing.current_process()` describes it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct CurrentProcess {
     /// `"MainProcess"` in the main process, the child's name in a child.
@@ -132,6 +124,20 @@ pub struct CurrentProcess {
     pub authkey: [u8; 32],
     /// How this process was started (`None` in the main process).
     pub start_method: Option<StartMethod>,
+}
+
+impl std::fmt::Debug for CurrentProcess {
+    /// Every field but the authkey, which is a secret (printed as `<hidden>`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CurrentProcess")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .field("daemon", &self.daemon)
+            .field("identity", &self.identity)
+            .field("authkey", &"<hidden>")
+            .field("start_method", &self.start_method)
+            .finish()
+    }
 }
 
 /// The calling process: name, pid, daemon flag, identity and authkey.

@@ -717,23 +717,39 @@ fn forkserver_death_is_an_error_then_restarts() -> Result<(), Failed> {
         rustix::process::Pid::from_raw(server as i32).unwrap(),
         rustix::process::Signal::KILL,
     )?;
-    // The daemon was killed with the server and nobody is left to say how: an error, no hang.
-    let r = daemon.join_timeout(LONG);
+    // The daemon was killed with the server and nobody is left to say how: the code CPython
+    // records (255), no hang, and the child leaves the table of children.
+    let r = daemon.join_timeout(LONG)?;
     check!(
-        matches!(r, Err(Error::Forkserver(_))),
+        r == Some(multiproc_core::LOST_STATUS),
         "join of the daemon after the server died: {r:?}"
     );
+    check!(
+        daemon.exitcode() == Some(255) && !daemon.is_alive(),
+        "daemon's exitcode {:?}",
+        daemon.exitcode()
+    );
     // The non-daemon still runs (join waits for it, not for the dead server); once it ends,
-    // nobody is left to report its exit code: an error again, not a hang.
+    // nobody is left to report its exit code: 255 again, not a hang.
     check!(
         survivor.join_timeout(Duration::from_millis(100))?.is_none(),
         "survivor ended early"
     );
+    check!(survivor.is_alive(), "survivor not alive while it runs");
     w.send("go");
-    let r = survivor.join_timeout(LONG);
+    let r = survivor.join_timeout(LONG)?;
+    check!(r == Some(255), "join of the survivor: {r:?}");
     check!(
-        matches!(r, Err(Error::Forkserver(_))),
-        "join of the survivor: {r:?}"
+        survivor.exitcode() == Some(255),
+        "survivor's exitcode {:?}",
+        survivor.exitcode()
+    );
+    let pids = [daemon.pid(), survivor.pid()];
+    check!(
+        !multiproc_core::active_children()
+            .iter()
+            .any(|c| pids.contains(&Some(c.pid()))),
+        "a child of the dead server is still listed"
     );
     let q = start(StartMethod::Forkserver, |_: ()| {}, ())?;
     check!(join(&q)? == 0, "a new server did not take over");
@@ -850,9 +866,10 @@ fn child_inherits_start_method_and_cwd(m: StartMethod) -> Result<(), Failed> {
     let p = result?;
     let lines = r.lines(2)?;
     check!(join(&p)? == 0, "child failed");
+    // As CPython's `_bootstrap`: a process made by a context reports the context's method.
     check!(
-        lines[0] == "Some(Spawn)",
-        "child's start method {}",
+        lines[0] == format!("Some({m:?})"),
+        "child's start method {} (context {m})",
         lines[0]
     );
     check!(
@@ -860,6 +877,20 @@ fn child_inherits_start_method_and_cwd(m: StartMethod) -> Result<(), Failed> {
         "child's cwd {} vs {}",
         lines[1],
         dir.display()
+    );
+    // A plain `Process::new` child inherits the parent's `set_start_method` choice.
+    multiproc_core::force_start_method(Some(m));
+    let (r, w) = End::pair();
+    let mut q = Process::new(report_method_and_cwd, w);
+    let started = q.start();
+    multiproc_core::force_start_method(previous_method);
+    started?;
+    let lines = r.lines(2)?;
+    check!(join(&q)? == 0, "child failed");
+    check!(
+        lines[0] == format!("Some({m:?})"),
+        "Process::new child's start method {} (global {m})",
+        lines[0]
     );
     Ok(())
 }

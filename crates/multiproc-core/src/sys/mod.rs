@@ -1,11 +1,11 @@
-//! Every `unsafe` operation of multiproc-core: fork, `_exit`, `posix_spawn`, the pre-`main`
-//! hook, signal dispositions, `atexit`, and turning anchor offsets back into fn pointers.
+//! The system-call layer of multiproc-core: fork, `_exit`, `posix_spawn`, signal dispositions,
+//! `atexit`, the inherited bootstrap fd, and turning checked addresses into fn pointers.
 //!
-//! Each block carries a `// SAFETY:` comment; the rest of the crate is `deny(unsafe_code)`.
-//! See `docs/unsafe.md` for the invariants these rely on.
+//! Nothing here imports from the rest of the crate, so this layer can be audited alone. Each
+//! `unsafe` block carries a `// SAFETY:` comment; see `docs/unsafe.md` for the invariants these
+//! rely on (the other opted-in modules are listed there too).
 
 pub(crate) mod fnptr;
-pub(crate) mod hook;
 
 use std::ffi::{CStr, CString, OsString};
 use std::io;
@@ -81,17 +81,21 @@ pub(crate) fn register_atexit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
-/// Takes ownership of an fd number inherited through `exec` (the bootstrap socket).
-pub(crate) fn owned_fd_from_inherited(fd: RawFd) -> Option<OwnedFd> {
+/// Takes ownership of an fd number inherited through `exec` (the bootstrap socket); `None` if
+/// the number is not open.
+///
+/// # Safety
+///
+/// `fd` must have been handed to this process for it alone to own (the bootstrap socket that
+/// [`spawn_self`] installs as fd 3), no other `OwnedFd` or `File` of this process may refer to
+/// it, and this may be called at most once per inherited fd.
+pub(crate) unsafe fn owned_fd_from_inherited(fd: RawFd) -> Option<OwnedFd> {
     // fcntl(F_GETFD) tells whether the number is open at all.
     // SAFETY: F_GETFD only reads the descriptor flags; any int is an acceptable argument.
     if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
         return None;
     }
-    // SAFETY: the fd is open and was handed to this process by `spawn_self` for it alone:
-    // the process was started as a multiproc child (argv says so), nothing of ours refers to
-    // fd 3, and user code cannot have opened a file there while it was occupied. This runs
-    // once, from the pre-`main` hook or from `init()` (which never returns in a child).
+    // SAFETY: the fd is open (checked above) and the caller guarantees it is ours alone to own.
     Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

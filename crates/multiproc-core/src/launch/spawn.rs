@@ -5,18 +5,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::process::{Pid, PidfdFlags};
 
-use crate::child::{Boot, BootKind, Job};
+use crate::boot::{Boot, BootKind, ChildInfo, Job, Target};
 use crate::error::{Error, Result};
-use crate::process::{Child, Target};
-use crate::state::ChildInfo;
+use crate::fnref::FnRefError;
+use crate::launch::children::Child;
 use crate::{exe, fdpass, sys};
 
 /// Set by [`init`](crate::init).
 pub(crate) static INIT_CALLED: AtomicBool = AtomicBool::new(false);
 
+/// Set by the pre-`main` hook in every process that links this crate; `start()` checks it (or
+/// that [`init`](crate::init) was called) so a missing hook is a clear error, not a child that
+/// runs the parent's `main`.
+pub(crate) static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+
 /// Checks that a re-executed child will be dispatched before `main` and runs our code.
 pub(crate) fn check_reexecutable() -> Result<()> {
-    if !sys::hook::HOOK_RAN.load(Ordering::Relaxed) && !INIT_CALLED.load(Ordering::Relaxed) {
+    let dispatched_by_hook = HOOK_RAN.load(Ordering::Relaxed) && !cfg!(feature = "manual-dispatch");
+    if !dispatched_by_hook && !INIT_CALLED.load(Ordering::Relaxed) {
         return Err(Error::HookNotRun);
     }
     exe::image_range().map(drop).map_err(Error::NotReexecutable)
@@ -25,7 +31,10 @@ pub(crate) fn check_reexecutable() -> Result<()> {
 /// Encodes a target into a job record and its fds.
 pub(crate) fn job(info: ChildInfo, target: &dyn Target) -> Result<(Vec<u8>, Vec<OwnedFd>)> {
     check_reexecutable()?;
-    let entry = target.entry().ok_or(Error::TargetOutsideExecutable)?;
+    let entry = target.entry().map_err(|e| match e {
+        FnRefError::NotReexecutable(msg) => Error::NotReexecutable(msg),
+        _ => Error::TargetOutsideExecutable,
+    })?;
     let (args, fds) = target.encode_args()?;
     // One slot is kept for the forkserver's status socket.
     if fds.len() >= fdpass::MAX_FDS {
@@ -33,7 +42,7 @@ pub(crate) fn job(info: ChildInfo, target: &dyn Target) -> Result<(Vec<u8>, Vec<
     }
     let boot = Boot {
         exe: exe::parent_exe_id().map_err(Error::NotReexecutable)?,
-        kind: BootKind::Run(Job { info, entry, args }),
+        kind: BootKind::Run(Box::new(Job { info, entry, args })),
     };
     let bytes = postcard::to_allocvec(&boot)
         .map_err(|e| Error::Reduction(crate::reduction::ReductionError::Encode(e.to_string())))?;
@@ -72,10 +81,10 @@ mod tests {
 
     #[test]
     fn missing_hook_and_init_is_a_clear_error() {
-        let hook = sys::hook::HOOK_RAN.swap(false, Ordering::Relaxed);
+        let hook = HOOK_RAN.swap(false, Ordering::Relaxed);
         let init = INIT_CALLED.swap(false, Ordering::Relaxed);
         let result = check_reexecutable();
-        sys::hook::HOOK_RAN.store(hook, Ordering::Relaxed);
+        HOOK_RAN.store(hook, Ordering::Relaxed);
         INIT_CALLED.store(init, Ordering::Relaxed);
         assert!(hook, "the pre-main hook ran in this test binary");
         let err = result.unwrap_err();

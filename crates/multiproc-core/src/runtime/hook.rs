@@ -5,14 +5,10 @@
 //! can be started (a crate that is a dependency but never named is not linked at all).
 
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use super::CHILD_MARKER;
-
-/// Set by the hook in every process that links this crate; `start()` checks it (or that
-/// [`init`](crate::init) was called) so a missing hook is a clear error, not a child that runs
-/// the parent's `main`.
-pub(crate) static HOOK_RAN: AtomicBool = AtomicBool::new(false);
+use crate::launch::spawn::HOOK_RAN;
+use crate::sys::CHILD_MARKER;
 
 type InitFn = extern "C" fn(libc::c_int, *const *const libc::c_char, *const *const libc::c_char);
 
@@ -28,7 +24,9 @@ extern "C" fn pre_main(
     _envp: *const *const libc::c_char,
 ) {
     HOOK_RAN.store(true, Ordering::Relaxed);
-    if argc != 3 || argv.is_null() {
+    // With `manual-dispatch`, `init()` dispatches the child once the program's own
+    // constructors have run; `start()` then requires `init()` (see `launch::spawn`).
+    if cfg!(feature = "manual-dispatch") || argc != 3 || argv.is_null() {
         return;
     }
     // SAFETY: glibc passes the process's own argc/argv to `.init_array` functions: `argv` holds
@@ -40,5 +38,5 @@ extern "C" fn pre_main(
     // SAFETY: as above, index 2 < argc.
     let fd = unsafe { CStr::from_ptr(*argv.add(2)) };
     let fd = fd.to_str().ok().and_then(|s| s.parse().ok());
-    crate::child::run_spawned(fd);
+    crate::runtime::bootstrap::run_spawned(fd);
 }

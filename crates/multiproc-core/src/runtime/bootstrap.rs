@@ -1,51 +1,26 @@
-//! The child's side: the bootstrap record, and running a target until `_exit`.
+//! The child's side: from the bootstrap record (or the fork) to `_exit`.
 
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::panic::AssertUnwindSafe;
 
-use serde::{Deserialize, Serialize};
-
+use crate::boot::{Boot, BootKind, ChildInfo, Job, MAX_BOOT_RECORD, Target};
 use crate::exe::ExeId;
-use crate::process::{self, Target};
-use crate::state::{self, ChildInfo};
-use crate::sys::fnptr::Entry;
-use crate::{fdpass, forkserver, sys};
-
-/// Largest bootstrap record a child accepts (arguments included).
-pub(crate) const MAX_BOOT_RECORD: usize = u32::MAX as usize;
-
-/// What a re-executed child (or a forkserver child) is asked to do.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Boot {
-    /// The parent's executable; the child refuses to run if its own differs.
-    pub(crate) exe: ExeId,
-    pub(crate) kind: BootKind,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) enum BootKind {
-    /// Run a target.
-    Run(Job),
-    /// Become the forkserver.
-    Forkserver,
-}
-
-/// A target to run: who the child is, where to jump, and its encoded arguments (the fds travel
-/// beside the record).
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Job {
-    pub(crate) info: ChildInfo,
-    pub(crate) entry: Entry,
-    pub(crate) args: Vec<u8>,
-}
+use crate::launch::{children, forkserver};
+use crate::{atfork, fdpass, state, sys};
 
 /// Entry of a spawned child, from the pre-`main` hook or `init()`. Never returns.
+#[allow(unsafe_code)] // Taking ownership of the inherited bootstrap fd (one block, below).
 pub(crate) fn run_spawned(fd: Option<RawFd>) -> ! {
     sys::ignore_sigpipe();
     let outcome = std::panic::catch_unwind(|| -> Result<(), String> {
+        // SAFETY: argv says this process was started by `spawn_self` as a multiproc child, which
+        // installs the bootstrap socket as fd 3 for this process alone; nothing of ours refers
+        // to that number, and user code cannot have opened a file there while it was occupied.
+        // This runs once: from the pre-`main` hook, or from `init()`, neither of which returns
+        // in a child.
         let sock = fd
-            .and_then(sys::owned_fd_from_inherited)
+            .and_then(|fd| unsafe { sys::owned_fd_from_inherited(fd) })
             .ok_or("started as a multiproc child without its bootstrap socket")?;
         let (bytes, fds) = fdpass::recv_msg(sock.as_fd(), MAX_BOOT_RECORD)
             .map_err(|e| format!("cannot read the bootstrap record: {e}"))?
@@ -61,9 +36,9 @@ pub(crate) fn run_spawned(fd: Option<RawFd>) -> ! {
             BootKind::Run(job) => {
                 drop(sock);
                 let parent = job.info.parent_pid;
-                run_job(job, fds, Launch::Spawned { parent })
+                run_job(*job, fds, Launch::Spawned { parent })
             }
-            BootKind::Forkserver => forkserver::serve(sock),
+            BootKind::Forkserver => crate::runtime::serve::serve(sock),
         }
     });
     let msg = match outcome {
@@ -95,8 +70,10 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
     begin(&job.info, os_parent, !served);
     let Job { entry, args, .. } = job;
     let code = run_catching(&job.info.name, move || {
+        // The reference is checked (executable, tag, image range) before anything is called.
         entry
-            .call(&args, fds)
+            .call(&args, fds, false)
+            .map(drop)
             .map_err(|e| format!("cannot start the target: {e}"))
     });
     finish(code)
@@ -112,11 +89,15 @@ pub(crate) fn run_forked(info: &ChildInfo, target: Box<dyn Target>) -> ! {
     finish(code)
 }
 
-/// Identity, children table, forkserver client, daemon death signal, stdin and panic hook.
+/// Identity, children table, forkserver client, after-fork hooks, daemon death signal, stdin
+/// and panic hook.
 fn begin(info: &ChildInfo, os_parent: i32, reopen_stdin: bool) {
     state::become_child(info);
-    process::reset_registry();
+    children::reset_registry();
     forkserver::forget_inherited();
+    crate::launch::fork::forget_library_threads();
+    crate::launch::launcher::forget_in_fork_child();
+    atfork::run_after_fork_hooks();
     if info.daemon {
         // A daemon dies with its parent. If the parent is already gone, so are we.
         let _ =
@@ -131,7 +112,10 @@ fn begin(info: &ChildInfo, os_parent: i32, reopen_stdin: bool) {
     let name = info.name.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |panic| {
-        let _ = writeln!(std::io::stderr(), "Process {name}:");
+        // A panic inside a capturing FnRef call (a pool task) is returned, not printed.
+        if !crate::fnref::capturing() {
+            let _ = writeln!(std::io::stderr(), "Process {name}:");
+        }
         previous(panic);
     }));
 }
@@ -161,7 +145,7 @@ fn run_catching(name: &str, f: impl FnOnce() -> Result<(), String>) -> i32 {
 
 /// Joins the child's own children, flushes stdio and leaves with `_exit`.
 fn finish(code: i32) -> ! {
-    let _ = std::panic::catch_unwind(process::exit_cleanup);
+    let _ = std::panic::catch_unwind(children::exit_cleanup);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     sys::exit_child(code)

@@ -1,0 +1,75 @@
+//! After-fork hooks and the fork lock (Python's `util.register_after_fork`, std's env-lock
+//! protocol).
+//!
+//! Linux has no close-on-fork: a fork child inherits every fd and every byte of its parent's
+//! state, including what it must not keep (the resource tracker's pipe, a connection to the
+//! parent's forkserver, a queue's feeder state, a pool's channels). Each layer registers a
+//! hook with [`register_after_fork`]; every child that multiproc forks runs the hooks, in
+//! registration order, before its target. Spawn and forkserver children start from a fresh
+//! image and run them too (a hook must be harmless there; most find nothing to drop).
+//!
+//! The fork lock: every section of multiproc-core that holds one of its internal locks holds
+//! [`hold`] (a shared, re-entrant read lock), and `fork()` is called under [`exclusive`]. So
+//! even when a program forks with other threads running (after the `unsafe`
+//! [`allow_fork_with_threads`](crate::allow_fork_with_threads) opt-in), no internal lock of
+//! core is held at the moment of the fork, and the child never blocks on one.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//!
+//! static IN_FORK_CHILD: AtomicBool = AtomicBool::new(false);
+//! fn mark() {
+//!     IN_FORK_CHILD.store(true, Ordering::Relaxed);
+//! }
+//!
+//! multiproc_core::register_after_fork(mark);
+//! assert!(!IN_FORK_CHILD.load(Ordering::Relaxed)); // runs only in children
+//! ```
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+static FORK_LOCK: RwLock<()> = RwLock::new(());
+static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Held (shared) by every section of core that holds an internal lock.
+///
+/// Re-entrant: it never waits for a queued `fork`, so nesting it cannot deadlock.
+pub(crate) fn hold() -> RwLockReadGuard<'static, ()> {
+    FORK_LOCK.read_recursive()
+}
+
+/// Held (exclusively) across `fork()`: no other thread is inside core's locked sections.
+///
+/// The child drops its copy of the guard like any other value (a parking_lot `RwLock` does not
+/// record which thread holds it), which leaves the lock free in the child.
+pub(crate) fn exclusive() -> RwLockWriteGuard<'static, ()> {
+    FORK_LOCK.write()
+}
+
+/// Registers `hook` to run in every child multiproc forks, before its target; each function
+/// is registered once (a second registration of the same `fn` is ignored).
+///
+/// Python: `multiprocessing.util.register_after_fork(obj, func)`. Hooks run in registration
+/// order, on the child's only thread, after the child's identity (`current_process()`) is set.
+/// A hook must not panic (a panic is caught and printed, and the next hook still runs).
+pub fn register_after_fork(hook: fn()) {
+    let _fork = hold();
+    let mut hooks = HOOKS.lock();
+    if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
+        hooks.push(hook);
+    }
+}
+
+/// Runs the registered hooks (in a new child).
+pub(crate) fn run_after_fork_hooks() {
+    let hooks = {
+        let _fork = hold();
+        HOOKS.lock().clone()
+    };
+    for hook in hooks {
+        if std::panic::catch_unwind(hook).is_err() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "multiproc: an after-fork hook panicked");
+        }
+    }
+}
