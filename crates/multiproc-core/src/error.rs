@@ -36,7 +36,8 @@ pub enum Error {
     #[error(
         "refusing to fork: this process has {threads} threads, and a forked child could deadlock on a lock \
          another thread holds; use the spawn or forkserver start method, or opt in by calling \
-         multiproc::allow_fork_with_threads"
+         multiproc::allow_fork_with_threads. Under `cargo test` every #[test] runs on a thread of its \
+         own: test fork-based code in a `harness = false` test binary (see the README)"
     )]
     ForkWithThreads {
         /// Threads counted in the parent.

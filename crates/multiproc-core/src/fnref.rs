@@ -312,9 +312,10 @@ impl<A, R> Serialize for FnRef<A, R> {
 impl<'de, A, R> Deserialize<'de> for FnRef<A, R> {
     /// Decodes and checks a reference: a refused one is a decode error naming the reason.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        RawFnRef::deserialize(deserializer)?
-            .typed()
-            .map_err(D::Error::custom)
+        RawFnRef::deserialize(deserializer)?.typed().map_err(|e| {
+            reduction::note_refusal(e.clone());
+            D::Error::custom(e)
+        })
     }
 }
 
@@ -481,8 +482,11 @@ mod tests {
     fn wrong_types_are_refused() {
         let f = FnRef::new(double).unwrap();
         let bytes = postcard::to_allocvec(&f).unwrap();
-        let err = postcard::from_bytes::<FnRef<u32, u64>>(&bytes).unwrap_err();
-        assert!(err.to_string().contains("Serde Deserialization") || !err.to_string().is_empty());
+        let err = reduction::decode::<FnRef<u32, u64>>(&bytes, Vec::new()).unwrap_err();
+        assert!(
+            matches!(err, ReductionError::FnRef(FnRefError::TypeMismatch { .. })),
+            "{err}"
+        );
         let raw: RawFnRef = postcard::from_bytes(&bytes).unwrap();
         assert!(matches!(
             raw.typed::<u32, u64>(),

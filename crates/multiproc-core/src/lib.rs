@@ -76,7 +76,7 @@ mod wait;
 pub use crate::atfork::register_after_fork;
 pub use crate::error::{Error, Result};
 pub use crate::fnref::{CallError, FnRef, FnRefError, Panicked};
-pub use crate::launch::children::{ProcessHandle, active_children};
+pub use crate::launch::children::{ProcessHandle, active_children, set_exit_join_timeout};
 pub use crate::launch::forkserver::{LOST_STATUS, forkserver_pid};
 pub use crate::launch::launcher::spawn_fork_safe_thread;
 pub use crate::method::{

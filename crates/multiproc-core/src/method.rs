@@ -70,7 +70,7 @@ pub const DEFAULT_START_METHOD: StartMethod = StartMethod::Forkserver;
 
 static METHOD: Mutex<Option<StartMethod>> = Mutex::new(None);
 
-/// Fixes the start method used by [`Process::new`]; a second call is an error
+/// Fixes the start method used by [`Process::new`](crate::Process::new); a second call is an error
 /// ([`Error::StartMethodAlreadySet`]) unless it goes through [`force_start_method`].
 ///
 /// Python: `multiprocessing.set_start_method(method)`.

@@ -48,6 +48,51 @@ pub enum ReductionError {
     /// Duplicating a file descriptor failed.
     #[error("cannot duplicate a file descriptor for the child: {0}")]
     Dup(#[source] std::io::Error),
+    /// A function reference in the value was refused (another executable, wrong types, not made
+    /// by this process tree).
+    #[error("cannot decode a function reference: {0}")]
+    FnRef(#[from] crate::fnref::FnRefError),
+}
+
+thread_local! {
+    /// The reason behind the last custom serde error raised while encoding or decoding here
+    /// (postcard keeps only "Serde Serialization Error"); taken by `encode`/`decode`.
+    static REASON: RefCell<Option<Reason>> = const { RefCell::new(None) };
+}
+
+enum Reason {
+    Message(String),
+    FnRef(crate::fnref::FnRefError),
+}
+
+/// Records why a handle could not be encoded or decoded, for the error `encode`/`decode` return.
+pub(crate) fn note_reason(msg: impl Into<String>) {
+    REASON.with(|r| *r.borrow_mut() = Some(Reason::Message(msg.into())));
+}
+
+/// Records a refused function reference, for the error `decode` returns.
+pub(crate) fn note_refusal(e: crate::fnref::FnRefError) {
+    REASON.with(|r| *r.borrow_mut() = Some(Reason::FnRef(e)));
+}
+
+fn take_reason() -> Option<Reason> {
+    REASON.with(|r| r.borrow_mut().take())
+}
+
+fn encode_error(e: postcard::Error) -> ReductionError {
+    match take_reason() {
+        Some(Reason::Message(m)) => ReductionError::Encode(m),
+        Some(Reason::FnRef(f)) => ReductionError::FnRef(f),
+        None => ReductionError::Encode(e.to_string()),
+    }
+}
+
+fn decode_error(e: postcard::Error) -> ReductionError {
+    match take_reason() {
+        Some(Reason::Message(m)) => ReductionError::Decode(m),
+        Some(Reason::FnRef(f)) => ReductionError::FnRef(f),
+        None => ReductionError::Decode(e.to_string()),
+    }
 }
 
 thread_local! {
@@ -72,7 +117,8 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>
     let _restore = TableGuard(|| {
         let _ = ENCODE_TABLE.with(|t| std::mem::replace(&mut *t.borrow_mut(), previous.take()));
     });
-    let bytes = postcard::to_allocvec(value).map_err(|e| ReductionError::Encode(e.to_string()))?;
+    take_reason();
+    let bytes = postcard::to_allocvec(value).map_err(encode_error)?;
     let fds = ENCODE_TABLE
         .with(|t| t.borrow_mut().take())
         .unwrap_or_default();
@@ -88,7 +134,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
     let _restore = TableGuard(|| {
         let _ = DECODE_TABLE.with(|t| std::mem::replace(&mut *t.borrow_mut(), previous.take()));
     });
-    postcard::from_bytes(bytes).map_err(|e| ReductionError::Decode(e.to_string()))
+    take_reason();
+    postcard::from_bytes(bytes).map_err(decode_error)
 }
 
 /// Writes `fd` into the active encode table; used by handles' `Serialize` impls.
@@ -107,7 +154,10 @@ pub fn serialize_fd<S: Serializer>(fd: BorrowedFd<'_>, serializer: S) -> Result<
     });
     match index {
         Ok(i) => i.serialize(serializer),
-        Err(msg) => Err(S::Error::custom(msg)),
+        Err(msg) => {
+            note_reason(msg.clone());
+            Err(S::Error::custom(msg))
+        }
     }
 }
 
@@ -118,14 +168,15 @@ pub fn deserialize_fd<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Owne
     DECODE_TABLE.with(|t| {
         let mut table = t.borrow_mut();
         let table = table.as_mut().ok_or_else(|| {
-            D::Error::custom(
-                "a handle owning a file descriptor can only be decoded in a child process",
-            )
+            let msg = "a handle owning a file descriptor can only be decoded where its fds \
+                       arrived (in a child, or from a connection that carries fds)";
+            note_reason(msg);
+            D::Error::custom(msg)
         })?;
         table.get_mut(index).and_then(Option::take).ok_or_else(|| {
-            D::Error::custom(format!(
-                "fd table has no entry {index} (or it was taken twice)"
-            ))
+            let msg = format!("fd table has no entry {index} (or it was taken twice)");
+            note_reason(msg.clone());
+            D::Error::custom(msg)
         })
     })
 }

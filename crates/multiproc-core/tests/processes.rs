@@ -7,12 +7,25 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use multiproc_core::{Error, Process, StartMethod, get_context, reduction};
+use multiproc_core::{CallError, Error, FnRef, Process, StartMethod, get_context, reduction};
 use multiproc_testkit::{Failed, LONG, METHODS, TestFn, Trial, check, join, start};
 use serde::{Deserialize, Serialize};
 
 fn main() {
+    // A copy of this binary, or an unrelated run of it, asked to decode a function reference.
+    if let Ok(hex) = std::env::var("MULTIPROC_TEST_DECODE_FNREF") {
+        decode_fnref_and_exit(&hex);
+    }
     let tests: &[(&str, TestFn)] = &[
+        ("fnref_round_trip_in_child", fnref_round_trip_in_child),
+        (
+            "after_fork_hooks_run_in_fork_children",
+            after_fork_hooks_run_in_fork_children,
+        ),
+        (
+            "daemon_outlives_the_thread_that_started_it",
+            daemon_outlives_the_thread_that_started_it,
+        ),
         ("exit_code_return_is_0", exit_code_return_is_0),
         ("exit_code_exit_3", exit_code_exit_3),
         (
@@ -99,6 +112,14 @@ fn main() {
     trials.push(Trial::test(
         "helpers_are_not_children",
         helpers_are_not_children,
+    ));
+    trials.push(Trial::test(
+        "fnref_from_another_executable_or_tree_is_refused",
+        fnref_from_another_executable_or_tree_is_refused,
+    ));
+    trials.push(Trial::test(
+        "fork_children_never_block_on_core_locks",
+        fork_children_never_block_on_core_locks,
     ));
     multiproc_testkit::run(trials);
 }
@@ -1036,5 +1057,244 @@ fn helpers_are_not_children() -> Result<(), Failed> {
     );
     drop(w); // the helper sees end-of-file and finishes by itself
     check!(done_r.lines(1)? == ["helper done"], "helper did not finish");
+    Ok(())
+}
+
+// ---- FnRef ----
+
+fn halve(n: u32) -> Result<u32, String> {
+    if n % 2 == 0 {
+        Ok(n / 2)
+    } else {
+        Err(format!("{n} is odd"))
+    }
+}
+
+fn explode(what: String) -> u8 {
+    panic!("exploded: {what}")
+}
+
+fn triple(n: u64) -> u64 {
+    n * 3
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+type Refs = (FnRef<u32, Result<u32, String>>, FnRef<String, u8>, End);
+
+/// Calls the references it received and sends back one of its own.
+fn call_refs((halve, explode, w): Refs) {
+    w.send(&format!("{:?}", halve.call(10)));
+    w.send(&format!("{:?}", halve.call(7)));
+    match explode.call("in the child".into()) {
+        Err(CallError::Panicked(p)) => w.send(&format!(
+            "panicked {} at {}",
+            p.message(),
+            p.location().unwrap_or("?")
+        )),
+        other => w.send(&format!("no panic: {other:?}")),
+    }
+    let mine = FnRef::new(triple).unwrap();
+    w.send(&hex(&postcard::to_allocvec(&mine).unwrap()));
+}
+
+fn fnref_round_trip_in_child(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let refs: Refs = (FnRef::new(halve)?, FnRef::new(explode)?, w);
+    let p = start(m, call_refs, refs)?;
+    let lines = r.lines(4)?;
+    check!(join(&p)? == 0, "child exit {:?}", p.exitcode());
+    check!(lines.len() == 4, "lines {lines:?}");
+    check!(lines[0] == "Ok(Ok(5))", "result {}", lines[0]);
+    check!(
+        lines[1] == "Ok(Err(\"7 is odd\"))",
+        "Err value {}",
+        lines[1]
+    );
+    check!(
+        lines[2].starts_with("panicked exploded: in the child at ")
+            && lines[2].contains("processes.rs"),
+        "panic {}",
+        lines[2]
+    );
+    // A reference made in the child works in the parent (same executable, same tree).
+    let back: FnRef<u64, u64> = reduction::decode(&unhex(&lines[3]), Vec::new())?;
+    check!(back.call(14)? == 42, "call of the child's reference");
+    Ok(())
+}
+
+fn decode_fnref_and_exit(hex_bytes: &str) -> ! {
+    match reduction::decode::<FnRef<u64, u64>>(&unhex(hex_bytes), Vec::new()) {
+        Ok(f) => println!("accepted {:?}", f.call(1)),
+        Err(reduction::ReductionError::FnRef(e)) => println!("refused {e:?}"),
+        Err(e) => println!("other error {e}"),
+    }
+    std::process::exit(0)
+}
+
+/// Runs `exe` as an unrelated process asked to decode `bytes`; returns what it printed.
+fn decode_elsewhere(exe: &std::path::Path, bytes: &[u8]) -> Result<String, Failed> {
+    let out = std::process::Command::new(exe)
+        .env("MULTIPROC_TEST_DECODE_FNREF", hex(bytes))
+        .output()?;
+    check!(out.status.success(), "decoder failed: {out:?}");
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn fnref_from_another_executable_or_tree_is_refused() -> Result<(), Failed> {
+    let bytes = postcard::to_allocvec(&FnRef::new(triple)?)?;
+    // A copy of this very binary: the same code at the same offsets, another executable.
+    let dir = std::env::temp_dir().join(format!("multiproc-fnref-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("copy");
+    std::fs::copy("/proc/self/exe", &copy)?;
+    let other = decode_elsewhere(&copy, &bytes);
+    let _ = std::fs::remove_dir_all(&dir);
+    let other = other?;
+    check!(other == "refused OtherExecutable", "copy said {other}");
+    // The same executable run by someone else: not this process tree's tag.
+    let foreign = decode_elsewhere(std::path::Path::new("/proc/self/exe"), &bytes)?;
+    check!(foreign == "refused Foreign", "unrelated run said {foreign}");
+    Ok(())
+}
+
+// ---- after fork ----
+
+static HOOK_SAW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn after_fork_hook() {
+    HOOK_SAW.store(
+        multiproc_core::current_pid(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+fn report_hook(w: End) {
+    let saw = HOOK_SAW.load(std::sync::atomic::Ordering::Relaxed);
+    w.send(&(saw == multiproc_core::current_pid()).to_string());
+}
+
+fn after_fork_hooks_run_in_fork_children(m: StartMethod) -> Result<(), Failed> {
+    multiproc_core::register_after_fork(after_fork_hook);
+    multiproc_core::register_after_fork(after_fork_hook); // once only
+    let (r, w) = End::pair();
+    let p = start(m, report_hook, w)?;
+    let lines = r.lines(1)?;
+    check!(join(&p)? == 0, "child exit");
+    // A fork child inherits the registry and runs it; spawn and forkserver children start from a
+    // fresh image in which nothing was registered.
+    let expected = m == StartMethod::Fork;
+    check!(
+        lines == [expected.to_string()],
+        "hook ran in the child: {lines:?} under {m}"
+    );
+    check!(
+        HOOK_SAW.load(std::sync::atomic::Ordering::Relaxed) == 0,
+        "the hook ran in the parent"
+    );
+    Ok(())
+}
+
+fn use_core_state(w: End) {
+    let me = multiproc_core::current_process();
+    let _ = multiproc_core::active_children();
+    multiproc_core::register_after_fork(after_fork_hook);
+    let _ = multiproc_core::get_start_method();
+    w.send(&me.name);
+}
+
+/// With the fork opt-in, another thread hammers core's locked state while the main thread
+/// forks: a child that inherited one of those locks held would block forever.
+fn fork_children_never_block_on_core_locks() -> Result<(), Failed> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static STOP: AtomicBool = AtomicBool::new(false);
+    STOP.store(false, Ordering::Relaxed);
+    // SAFETY: the other thread only uses multiproc-core's own state (under the fork lock) and
+    // allocates; it never prints or holds a user lock.
+    unsafe { multiproc_core::allow_fork_with_threads(true) };
+    let hammer = std::thread::spawn(|| {
+        while !STOP.load(Ordering::Relaxed) {
+            let _ = multiproc_core::current_process();
+            let _ = multiproc_core::active_children();
+            multiproc_core::register_after_fork(after_fork_hook);
+            let _ = multiproc_core::get_start_method();
+        }
+    });
+    let result = (|| -> Result<(), Failed> {
+        for _ in 0..100 {
+            let (r, w) = End::pair();
+            let p = start(StartMethod::Fork, use_core_state, w)?;
+            let lines = r.lines(1)?;
+            check!(join(&p)? == 0, "child exit {:?}", p.exitcode());
+            check!(lines.len() == 1, "child said {lines:?}");
+        }
+        Ok(())
+    })();
+    STOP.store(true, Ordering::Relaxed);
+    let _ = hammer.join();
+    // SAFETY: back to the default (refusing fork with threads) once the thread has ended.
+    unsafe { multiproc_core::allow_fork_with_threads(false) };
+    result
+}
+
+// ---- daemons and threads ----
+
+/// Says "ready" (its death signal is armed by then), waits for "go" on `r`, then answers
+/// "alive" on `w`.
+fn answer_when_asked((ready, r, w): (End, End, End)) {
+    ready.send("ready");
+    drop(ready);
+    let _ = r.lines(1);
+    w.send("alive");
+}
+
+fn daemon_outlives_the_thread_that_started_it(m: StartMethod) -> Result<(), Failed> {
+    let (to_child_r, to_child_w) = End::pair();
+    let (from_child_r, from_child_w) = End::pair();
+    if m == StartMethod::Fork {
+        // SAFETY: the starting thread does nothing but start the child; no lock is held.
+        unsafe { multiproc_core::allow_fork_with_threads(true) };
+    }
+    let thread = std::thread::spawn(move || {
+        let (ready_r, ready_w) = End::pair();
+        let mut p = get_context(m).process(answer_when_asked, (ready_w, to_child_r, from_child_w));
+        p.set_daemon(true).unwrap();
+        let started = p.start().map_err(|e| e.to_string());
+        // The thread ends only once the child is running its target (death signal armed).
+        if started.is_ok() {
+            let _ = ready_r.lines(1);
+        }
+        (started.map(|()| p), rustix::thread::gettid())
+    });
+    let joined = thread.join();
+    if m == StartMethod::Fork {
+        // SAFETY: back to the default now that the other thread has ended.
+        unsafe { multiproc_core::allow_fork_with_threads(false) };
+    }
+    let (p, tid) = joined.map_err(|_| "the starting thread panicked")?;
+    let p = p?;
+    // The thread is gone for the kernel too (the parent-death signal would have been sent).
+    let task = format!("/proc/self/task/{}", tid.as_raw_nonzero());
+    let deadline = Instant::now() + LONG;
+    while std::path::Path::new(&task).exists() {
+        check!(Instant::now() < deadline, "thread {task} did not end");
+        std::thread::yield_now();
+    }
+    to_child_w.send("go");
+    let lines = from_child_r.lines(1)?;
+    check!(
+        lines == ["alive"],
+        "daemon after its starting thread ended: {lines:?}, exit {:?}",
+        p.exitcode()
+    );
+    check!(join(&p)? == 0, "daemon exit {:?}", p.exitcode());
     Ok(())
 }

@@ -50,8 +50,12 @@ pub fn trials(tests: &[(&str, TestFn)]) -> Vec<Trial> {
 }
 
 /// Dispatches a spawned child (first), then runs the trials on the main thread and exits.
+///
+/// The exit handler's wait for children is bounded by [`LONG`] (then they are killed), so a
+/// child left blocked by a failed check is reported, never a hung run.
 pub fn run(trials: Vec<Trial>) -> ! {
     multiproc_core::init();
+    multiproc_core::set_exit_join_timeout(Some(LONG));
     let mut args = libtest_mimic::Arguments::from_args();
     args.test_threads = Some(1);
     libtest_mimic::run(&args, trials).exit()

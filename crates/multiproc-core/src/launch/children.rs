@@ -70,7 +70,7 @@ impl Child {
         {
             // Reaped by the kernel before we could open it: the pidfd names a stranger or
             // nothing. Never signal it.
-            *child.exitcode.lock() = Some(255);
+            *child.exitcode.lock() = Some(crate::LOST_STATUS);
         }
         Ok(child)
     }
@@ -99,6 +99,8 @@ impl Child {
                         })
                     }
                     Ok(None) => None,
+                    // Reaped by the kernel (the program ignores SIGCHLD): the status is lost.
+                    Err(rustix::io::Errno::CHILD) => Some(crate::LOST_STATUS),
                     Err(e) => {
                         return Err(Error::Os {
                             op: "waitid",
@@ -159,7 +161,7 @@ fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<
 }
 
 /// A cloneable handle on a started child: what [`active_children`] returns, and what
-/// [`Process::handle`] gives to other threads.
+/// [`Process::handle`](crate::Process::handle) gives to other threads.
 #[derive(Clone)]
 pub struct ProcessHandle(pub(crate) Arc<Child>);
 
@@ -272,8 +274,23 @@ pub(crate) fn reset_registry() {
     REGISTRY.lock().clear();
 }
 
+/// How long the exit handler waits for each non-daemon child (`None`: as long as it takes).
+static EXIT_JOIN_TIMEOUT: Mutex<Option<Duration>> = Mutex::new(None);
+
+/// Bounds how long the exit handler waits for each non-daemon child still running when the
+/// program exits; a child still running after that is killed (SIGKILL), with a line on stderr.
+///
+/// By default (`None`) the handler waits as long as it takes, as Python's does. Test
+/// harnesses set a bound so that a child left blocked by a failed check is reported instead of
+/// hanging the run (multiproc's own test harness sets 60 s).
+pub fn set_exit_join_timeout(timeout: Option<Duration>) {
+    let _fork = atfork::hold();
+    *EXIT_JOIN_TIMEOUT.lock() = timeout;
+}
+
 /// Python's `util._exit_function`: terminate daemon children, then join every child.
-/// A daemon that ignores SIGTERM for 5 s is killed.
+/// A daemon that ignores SIGTERM for 5 s is killed; a non-daemon is waited for as long as
+/// [`set_exit_join_timeout`] allows.
 pub(crate) fn exit_cleanup() {
     let children = {
         let _fork = atfork::hold();
@@ -282,9 +299,25 @@ pub(crate) fn exit_cleanup() {
     for child in children.iter().filter(|c| c.daemon()) {
         let _ = child.terminate();
     }
+    let bound = {
+        let _fork = atfork::hold();
+        *EXIT_JOIN_TIMEOUT.lock()
+    };
     for child in &children {
         if child.daemon() && matches!(child.join_timeout(Duration::from_secs(5)), Ok(None)) {
             let _ = child.kill();
+        }
+        if let Some(bound) = bound.filter(|_| !child.daemon()) {
+            if matches!(child.join_timeout(bound), Ok(None)) {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "multiproc: {} (pid {}) still running {bound:?} after the program's end; killed",
+                    child.name(),
+                    child.pid()
+                );
+                let _ = child.kill();
+            }
         }
         let _ = child.join();
     }
