@@ -57,10 +57,10 @@ pub use multiproc_shm as shm;
 pub use multiproc_sync as sync;
 
 pub use multiproc_core::{
-    Context, CurrentProcess, DEFAULT_START_METHOD, ParentProcess, Process, ProcessHandle,
-    StartMethod, active_children, allow_fork_with_threads, cpu_count, current_process,
-    force_start_method, get_all_start_methods, get_context, get_start_method, init, parent_process,
-    set_start_method, start_method_if_set,
+    CallError, Context, CurrentProcess, DEFAULT_START_METHOD, FnRef, ParentProcess, Process,
+    ProcessHandle, StartMethod, active_children, allow_fork_with_threads, cpu_count,
+    current_process, force_start_method, get_all_start_methods, get_context, get_start_method,
+    init, parent_process, register_after_fork, set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{Connection, pipe};
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
