@@ -127,10 +127,26 @@ impl Child {
         if let Some(code) = *self.exitcode.lock() {
             return Ok(Some(code));
         }
-        if !crate::wait::readable(self.sentinel(), timeout).map_err(Error::os("poll"))? {
+        let start = std::time::Instant::now();
+        // A forkserver child: the status socket becomes readable once the server has reaped
+        // the child and written its code, one wake-up instead of two (the pidfd, then the
+        // code). It is also readable (end-of-file) if the server died: then the child's pidfd
+        // says when the child itself ends.
+        let first = match &self.waiter {
+            Waiter::Own => self.sentinel(),
+            Waiter::Served { status } => status.as_fd(),
+        };
+        if !crate::wait::readable(first, timeout).map_err(Error::os("poll"))? {
             return Ok(None);
         }
-        let code = self.try_wait()?;
+        let mut code = self.try_wait()?;
+        if code.is_none() {
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            if !crate::wait::readable(self.sentinel(), left).map_err(Error::os("poll"))? {
+                return Ok(None);
+            }
+            code = self.try_wait()?;
+        }
         if code.is_some() {
             forget_child(self);
         }

@@ -94,6 +94,9 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     // Once for all children (Python gives every child a /dev/null stdin).
     bootstrap::stdin_to_dev_null();
+    // Parse the executable image once here, so that every forked child inherits it for the
+    // check of its job's function reference instead of reading /proc/self/maps again.
+    let _ = crate::exe::image_range();
     let mut children: Vec<Served> = Vec::new();
     let mut spare: Option<Spare> = None;
     loop {
