@@ -26,6 +26,11 @@ fn main() {
             "daemon_outlives_the_thread_that_started_it",
             daemon_outlives_the_thread_that_started_it,
         ),
+        ("process_handle_methods", process_handle_methods),
+        (
+            "grandchild_sees_its_parent_die",
+            grandchild_sees_its_parent_die,
+        ),
         ("exit_code_return_is_0", exit_code_return_is_0),
         ("exit_code_exit_3", exit_code_exit_3),
         (
@@ -73,10 +78,6 @@ fn main() {
         ("child_inherits_only_its_fds", child_inherits_only_its_fds),
         ("shared_heap_is_shared", shared_heap_is_shared),
         (
-            "child_allocations_do_not_alias_the_parents",
-            child_allocations_do_not_alias_the_parents,
-        ),
-        (
             "child_inherits_start_method_and_cwd",
             child_inherits_start_method_and_cwd,
         ),
@@ -116,6 +117,20 @@ fn main() {
     trials.push(Trial::test(
         "fnref_from_another_executable_or_tree_is_refused",
         fnref_from_another_executable_or_tree_is_refused,
+    ));
+    // Only a fork child inherits the parent's arena; under spawn and forkserver there is no
+    // copy that could alias.
+    trials.push(Trial::test(
+        "child_allocations_do_not_alias_the_parents::fork",
+        || child_allocations_do_not_alias_the_parents(StartMethod::Fork),
+    ));
+    trials.push(Trial::test(
+        "children_of_a_program_that_ignores_sigchld",
+        children_of_a_program_that_ignores_sigchld,
+    ));
+    trials.push(Trial::test(
+        "daemon_ignoring_sigterm_is_killed_at_exit",
+        daemon_ignoring_sigterm_is_killed_at_exit,
     ));
     trials.push(Trial::test(
         "fork_children_never_block_on_core_locks",
@@ -391,7 +406,10 @@ fn start_twice_and_join_before_start_are_errors(m: StartMethod) -> Result<(), Fa
         matches!(p.terminate(), Err(Error::NotStarted)),
         "terminate before start"
     );
-    check!(p.sentinel().is_err(), "sentinel before start");
+    check!(
+        matches!(p.sentinel(), Err(Error::NotStarted)),
+        "sentinel before start"
+    );
     check!(
         !p.is_alive() && p.exitcode().is_none() && p.pid().is_none(),
         "state before start"
@@ -660,7 +678,24 @@ fn start_method_settings() -> Result<(), Failed> {
         "default first"
     );
     check!(get_all_start_methods().len() == 3, "three methods");
-    check!("bogus".parse::<StartMethod>().is_err(), "bogus parsed");
+    check!(
+        matches!("bogus".parse::<StartMethod>(), Err(Error::UnknownStartMethod(ref s)) if s == "bogus"),
+        "bogus parsed"
+    );
+    for m in METHODS {
+        check!(
+            get_context(m).start_method() == m,
+            "Context::start_method of {m}"
+        );
+        check!(
+            get_context(m).process(|_: ()| {}, ()).start_method() == Some(m),
+            "Process::start_method of a {m} context"
+        );
+    }
+    check!(
+        Process::new(|_: ()| {}, ()).start_method().is_none(),
+        "Process::new has no fixed method"
+    );
     check!(
         "spawn".parse::<StartMethod>()? == StartMethod::Spawn,
         "spawn parse"
@@ -828,40 +863,53 @@ fn parent_stdout_flushed_before_start(m: StartMethod) -> Result<(), Failed> {
     Ok(())
 }
 
-fn finish_late((w, delay_ms): (End, u64)) {
-    std::thread::sleep(Duration::from_millis(delay_ms));
+/// Waits for "go", then reports.
+fn finish_when_told((go, w): (End, End)) {
+    let _ = go.lines(1);
     w.send("non-daemon finished");
 }
 
-/// Starts a daemon and a slow non-daemon, reports the daemon's pid, then calls
-/// `std::process::exit(0)`: the atexit handler must join the non-daemon and stop the daemon.
-fn exit_with_children((m, w): (StartMethod, End)) {
+/// Starts a daemon and a non-daemon that waits to be told, reports the daemon's pid, says
+/// "exiting" and calls `std::process::exit(0)`: the atexit handler must join the non-daemon
+/// and stop the daemon.
+fn exit_with_children((m, go, w): (StartMethod, End, End)) {
     let mut d = get_context(m).process(sleep_forever, ());
     d.set_daemon(true).unwrap();
     d.start().unwrap();
-    let mut n = get_context(m).process(finish_late, (End(w.0.try_clone().unwrap()), 300));
+    let mut n = get_context(m).process(finish_when_told, (go, End(w.0.try_clone().unwrap())));
     n.start().unwrap();
     w.send(&d.pid().unwrap().to_string());
+    w.send("exiting");
     drop(w);
     std::process::exit(0);
 }
 
 fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Failed> {
     let (r, w) = End::pair();
-    let p = start(m, exit_with_children, (m, w))?;
-    check!(join(&p)? == 0, "parent exit code {:?}", p.exitcode());
-    // Had the parent not waited for its non-daemon child, that child would still be sleeping
-    // now and its line not yet written.
-    // (The daemon's pid line is there already, so this read does not block.)
-    let mut buf = [0u8; 4096];
-    let n = rustix::io::read(&r.0, &mut buf)?;
-    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    let (go_r, go_w) = End::pair();
+    let p = start(m, exit_with_children, (m, go_r, w))?;
+    let mut r = std::io::BufReader::new(std::fs::File::from(r.0));
+    let mut line = |what: &str| -> Result<String, Failed> {
+        let mut s = String::new();
+        std::io::BufRead::read_line(&mut r, &mut s)?;
+        check!(!s.is_empty(), "no {what} line");
+        Ok(s.trim().to_string())
+    };
+    let pid: i32 = line("pid")?.parse()?;
+    check!(line("exiting")? == "exiting", "no exiting line");
+    // The middle process is in its exit handler now, which must wait for the non-daemon child,
+    // itself waiting for our "go": the middle process cannot have ended.
     check!(
-        text.contains("non-daemon finished"),
-        "the parent exited before its non-daemon child: {text:?}"
+        p.join_timeout(Duration::from_millis(200))?.is_none(),
+        "the parent exited before its non-daemon child ({:?})",
+        p.exitcode()
     );
-    let lines: Vec<&str> = text.lines().collect();
-    let pid: i32 = lines[0].parse()?;
+    go_w.send("go");
+    check!(join(&p)? == 0, "parent exit code {:?}", p.exitcode());
+    check!(
+        line("non-daemon")? == "non-daemon finished",
+        "non-daemon line missing"
+    );
     let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
     if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
         wait_pidfd(&fd, "daemon alive after its parent exited")?;
@@ -940,7 +988,13 @@ fn child_inherits_only_its_fds(m: StartMethod) -> Result<(), Failed> {
     let p = start(m, list_fds, w)?;
     let line = r.lines(1)?.remove(0);
     check!(join(&p)? == 0, "child failed");
+    let pipes = line.matches("pipe:").count();
     if m == StartMethod::Fork {
+        // As in Python, a fork child has every fd of its parent: both ends of both pipes.
+        check!(
+            pipes >= 4,
+            "fork child's fds lack the parent's pipes: {line}"
+        );
         return Ok(());
     }
     // Above stdio (which may be anything the test runner chose).
@@ -1297,4 +1351,167 @@ fn daemon_outlives_the_thread_that_started_it(m: StartMethod) -> Result<(), Fail
     );
     check!(join(&p)? == 0, "daemon exit {:?}", p.exitcode());
     Ok(())
+}
+
+// ---- handles, grandchildren, stubborn daemons ----
+
+fn process_handle_methods(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let mut p = get_context(m).process(answer_when_asked_plain, (r, End::pair().1));
+    p.set_daemon(true)?;
+    p.start()?;
+    let h = p.handle().ok_or("no handle after start")?;
+    check!(Some(h.pid()) == p.pid(), "pid {} vs {:?}", h.pid(), p.pid());
+    check!(h.name() == p.name(), "name {}", h.name());
+    check!(h.daemon(), "daemon flag");
+    check!(
+        h.is_alive() && h.exitcode().is_none(),
+        "alive while blocked"
+    );
+    check!(
+        h.join_timeout(Duration::from_millis(50))?.is_none(),
+        "join_timeout while running"
+    );
+    check!(
+        multiproc_core::active_children()
+            .iter()
+            .any(|c| c.pid() == h.pid()),
+        "handle's child not listed"
+    );
+    h.terminate()?;
+    check!(h.join()? == -15, "terminated code {:?}", h.exitcode());
+    check!(
+        !h.is_alive() && h.exitcode() == Some(-15) && p.exitcode() == Some(-15),
+        "after terminate: {:?} / {:?}",
+        h.exitcode(),
+        p.exitcode()
+    );
+    // Signals after the end are no-ops, as Python's.
+    h.kill()?;
+    h.terminate()?;
+    drop(w);
+    // kill through a handle on another child
+    let q = started_then_ready(m)?;
+    let hq = q.handle().ok_or("no handle")?;
+    hq.kill()?;
+    check!(hq.join()? == -9, "killed code {:?}", hq.exitcode());
+    Ok(())
+}
+
+/// Waits for a line (or EOF) on `r`; `w` is unused (kept open).
+fn answer_when_asked_plain((r, _w): (End, End)) {
+    let _ = r.lines(1);
+}
+
+/// Starts a grandchild that reports when its parent (this process) has died, says "ready"
+/// with the grandchild's pid, then sleeps until killed.
+fn parent_of_watcher((m, w): (StartMethod, End)) {
+    let mut g = get_context(m).process(watch_parent, End(w.0.try_clone().unwrap()));
+    g.start().unwrap();
+    w.send(&format!("ready {}", g.pid().unwrap()));
+    sleep_forever(());
+}
+
+fn watch_parent(w: End) {
+    let parent = multiproc_core::parent_process().unwrap();
+    w.send(&format!("watching, alive {}", parent.is_alive()));
+    let gone = parent.join_timeout(LONG);
+    w.send(&format!(
+        "parent {} gone {gone}, alive now {}",
+        parent.pid(),
+        parent.is_alive()
+    ));
+}
+
+fn grandchild_sees_its_parent_die(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let p = start(m, parent_of_watcher, (m, w))?;
+    let mut r = std::io::BufReader::new(std::fs::File::from(r.0));
+    let mut first = Vec::new();
+    for _ in 0..2 {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut r, &mut line)?;
+        first.push(line.trim().to_string());
+    }
+    first.sort();
+    check!(
+        first[0].starts_with("ready ") && first[1] == "watching, alive true",
+        "first lines {first:?}"
+    );
+    p.kill()?;
+    check!(join(&p)? == -9, "parent's code {:?}", p.exitcode());
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut r, &mut second)?;
+    let want = format!("parent {} gone true, alive now false", p.pid().unwrap());
+    check!(second.trim() == want, "grandchild said {second:?}");
+    Ok(())
+}
+
+/// Starts a daemon that ignores SIGTERM, reports its pid, then exits normally.
+fn exit_with_stubborn_daemon((m, w): (StartMethod, End)) {
+    let (ready_r, ready_w) = End::pair();
+    let mut d = get_context(m).process(ignore_sigterm_forever, ready_w);
+    d.set_daemon(true).unwrap();
+    d.start().unwrap();
+    // Exit only once the daemon ignores SIGTERM.
+    let said = ready_r.lines(1).unwrap_or_default();
+    w.send(&said.join(" "));
+    w.send(&format!("daemon {}", d.pid().unwrap()));
+}
+
+fn ignore_sigterm_forever(ready: End) {
+    // SAFETY: installing SIG_IGN has no preconditions; no handler code runs.
+    unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+    ready.send("ignoring");
+    drop(ready);
+    sleep_forever(());
+}
+
+fn daemon_ignoring_sigterm_is_killed_at_exit() -> Result<(), Failed> {
+    let m = StartMethod::Spawn;
+    let (r, w) = End::pair();
+    let t0 = Instant::now();
+    let p = start(m, exit_with_stubborn_daemon, (m, w))?;
+    let code = join(&p)?;
+    let took = t0.elapsed();
+    let lines = r.lines(2)?;
+    check!(code == 0, "middle process exit {code}");
+    // SIGTERM was ignored, so the exit handler waited its 5 s before SIGKILL.
+    check!(took >= Duration::from_secs(5), "exit took only {took:?}");
+    let pid_line = lines
+        .iter()
+        .find(|l| l.starts_with("daemon "))
+        .ok_or(format!("no daemon line in {lines:?}"))?;
+    check!(lines.iter().any(|l| l == "ignoring"), "lines {lines:?}");
+    let pid: i32 = pid_line["daemon ".len()..].parse()?;
+    let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
+    if let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        wait_pidfd(&fd, "stubborn daemon alive after its parent exited")?;
+    }
+    Ok(())
+}
+
+/// With SIGCHLD ignored the kernel reaps children itself: their status is lost, but start,
+/// join and the table of children must still work, never hang, and never signal a stranger.
+fn children_of_a_program_that_ignores_sigchld() -> Result<(), Failed> {
+    // SAFETY: changing a signal disposition has no preconditions; restored below.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    let result = (|| -> Result<(), Failed> {
+        for m in [StartMethod::Fork, StartMethod::Spawn] {
+            for _ in 0..20 {
+                let p = start(m, |_: ()| {}, ())?;
+                let code = join(&p)?;
+                check!(
+                    code == 0 || code == multiproc_core::LOST_STATUS,
+                    "{m}: exit code {code}"
+                );
+                check!(!p.is_alive(), "{m}: alive after join");
+                p.kill()?; // a no-op on an ended child, whoever has its pid now
+            }
+        }
+        Ok(())
+    })();
+    // SAFETY: as above.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    result
 }
