@@ -106,6 +106,8 @@ const LARGE_DATA: usize = 4096;
 const LARGE_CLASS: u64 = 255;
 /// Freed large segments kept for reuse by their carver, at most this many bytes in all.
 const LARGE_CACHE: usize = 64 << 20;
+/// And at most this many segments.
+const LARGE_CACHED: usize = 16;
 
 /// The size class of an object of `len` bytes below [`LARGE`]: multiples of 64 bytes up to
 /// 1 KiB, then four classes per power of two. Returns the class and its block size.
@@ -311,8 +313,8 @@ struct Segment {
     map: SharedMapping,
     /// A segment of one large object (else an arena of small ones).
     large: bool,
-    /// The process that created the segment and alone carves and reuses it (0: received).
-    carver: u32,
+    /// The [`incarnation`] that created the segment and alone carves and reuses it (0: received).
+    carver: u64,
     /// The carver's index of the arena in its [`Carver::arenas`].
     slot: usize,
 }
@@ -335,7 +337,7 @@ impl Segment {
             fd,
             map,
             large,
-            carver: crate::current_pid(),
+            carver: incarnation(),
             slot,
         });
         remember(&mut SEGMENTS.lock(), seg.id, &seg);
@@ -462,33 +464,68 @@ struct Entry {
     seg: Arc<Segment>,
     /// The header's offset in the segment.
     header: usize,
-    /// The process whose reference it is: a fork child inherits its parent's entries, covered
-    /// by the parent's fork token.
-    owner: u32,
+    /// The [`incarnation`] whose reference it is: a fork child inherits its parent's entries,
+    /// covered by the parent's fork token.
+    owner: u64,
 }
+
+/// References held by a [`Token`]: a segment and the offset of the object's header.
+type Refs = Vec<(Arc<Segment>, usize)>;
 
 /// References taken for a fork child, released when the child and everything forked from it
 /// are gone: the read end of a pipe whose write end only those processes hold.
 struct Token {
     eof: OwnedFd,
-    refs: Vec<(Arc<Segment>, usize)>,
+    refs: Refs,
 }
 
 /// The heap's process-local state, under one lock (also held across `fork()`).
 #[derive(Default)]
 struct State {
-    /// The process this state belongs to (a fork child resets what is its parent's).
-    pid: u32,
+    /// The [`incarnation`] this state belongs to (a fork child resets what is its parent's).
+    me: u64,
     carver: Carver,
     /// Every reference held in this process, for the fork handler.
     registry: Vec<Option<Entry>>,
     vacant: Vec<usize>,
     tokens: Vec<Token>,
     /// A fork in progress: the token's pipe (read end, write end) and references.
-    forking: Option<(Option<(OwnedFd, OwnedFd)>, Vec<(Arc<Segment>, usize)>)>,
+    forking: Option<(Option<(OwnedFd, OwnedFd)>, Refs)>,
 }
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// This process's identity in the heap: random, renewed in every fork child (a pid would not
+/// do: a grandchild may get the pid of a dead grandparent whose references it inherited).
+static INCARNATION: AtomicU64 = AtomicU64::new(0);
+
+/// A random non-zero 64-bit id.
+fn random_id() -> u64 {
+    let mut id = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Mixed with the pid and the time, should getrandom fail.
+    (u64::from_le_bytes(id)
+        ^ nanos
+        ^ u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32))
+        | 1
+}
+
+/// This process's [`INCARNATION`].
+fn incarnation() -> u64 {
+    match INCARNATION.load(SeqCst) {
+        0 => {
+            let id = random_id();
+            match INCARNATION.compare_exchange(0, id, SeqCst, SeqCst) {
+                Ok(_) => id,
+                Err(other) => other,
+            }
+        }
+        id => id,
+    }
+}
 static ATFORK: Once = Once::new();
 
 /// Runs `f` on the heap's state, creating it (and registering the fork handlers) first.
@@ -503,10 +540,10 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     });
     let mut guard = STATE.lock();
     let st = guard.get_or_insert_with(State::default);
-    let me = crate::current_pid();
-    if st.pid != me {
+    let me = incarnation();
+    if st.me != me {
         // Forked without our handlers (or the first use): nothing carved belongs to us.
-        st.pid = me;
+        st.me = me;
         st.carver = Carver::default();
         st.tokens.clear();
     }
@@ -517,7 +554,7 @@ extern "C" fn fork_prepare() {
     let _ = std::panic::catch_unwind(|| {
         let mut guard = STATE.lock();
         if let Some(st) = guard.as_mut() {
-            let me = crate::current_pid();
+            let me = incarnation();
             st.reap_tokens();
             let mut refs = Vec::new();
             for e in st.registry.iter().flatten() {
@@ -554,6 +591,7 @@ extern "C" fn fork_parent() {
 
 extern "C" fn fork_child() {
     let _ = std::panic::catch_unwind(|| {
+        INCARNATION.store(random_id(), SeqCst);
         // SAFETY: `fork_prepare` on the thread that forked, the one thread of this child,
         // locked the mutex and forgot its guard.
         unsafe { STATE.force_unlock() };
@@ -570,7 +608,7 @@ extern "C" fn fork_child() {
             // registry stays: its entries are the parent's references, covered by its token.
             st.tokens.clear();
             st.carver = Carver::default();
-            st.pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+            st.me = incarnation();
         }
     });
 }
@@ -581,7 +619,7 @@ impl State {
         let e = Entry {
             seg: seg.clone(),
             header,
-            owner: self.pid,
+            owner: self.me,
         };
         match self.vacant.pop() {
             Some(i) => {
@@ -811,7 +849,7 @@ impl State {
                 let Some(seg) = seg else { return };
                 self.carver.large_free.push(seg);
                 let mut total: usize = self.carver.large_free.iter().map(|s| s.map.len()).sum();
-                while total > LARGE_CACHE {
+                while total > LARGE_CACHE || self.carver.large_free.len() > LARGE_CACHED {
                     let s = self.carver.large_free.remove(0);
                     total -= s.map.len();
                 }
@@ -861,7 +899,7 @@ struct Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        let me = crate::current_pid();
+        let me = incarnation();
         let mut guard = STATE.lock();
         let Some(st) = guard.as_mut() else { return };
         let Some(entry) = st.registry.get_mut(self.slot).and_then(Option::take) else {
@@ -873,7 +911,7 @@ impl Drop for Block {
             return;
         }
         let left = self.seg.header(self.header).release();
-        if self.seg.carver == me && st.pid == me {
+        if self.seg.carver == me && st.me == me {
             let key = if self.seg.large {
                 Key::Large(self.seg.id)
             } else {
@@ -1274,7 +1312,7 @@ mod tests {
 
     #[test]
     fn large_segments_are_reused_zeroed() {
-        let len = 3 << 20 | 4096 * 5;
+        let len = (3 << 20) + 4096 * 5;
         let a = Region::new(len, 8).unwrap();
         let id = a.block.seg.id;
         // SAFETY: the region is ours alone and `len` bytes long.
