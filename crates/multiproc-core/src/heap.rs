@@ -449,14 +449,25 @@ struct Arena {
 struct Carver {
     arenas: Vec<Option<Arena>>,
     current: Option<usize>,
-    /// Free small blocks by (size class, log2 of the alignment they were carved with).
-    free: HashMap<(u8, u8), Vec<(usize, usize)>>,
+    /// Free small blocks (arena slot, offset) by size class and alignment: see [`Carver::list`].
+    free: Vec<Vec<(usize, usize)>>,
     /// Blocks this process dropped while others held them; freed when found at count zero.
     pending: HashMap<Key, Option<Arc<Segment>>>,
     /// Pending size at which the next allocation scans it.
     scan_at: usize,
     /// Free large segments, at most [`LARGE_CACHE`] bytes.
     large_free: Vec<Arc<Segment>>,
+}
+
+impl Carver {
+    /// The free list of size class `class` and alignment `2^align_log` (6..=12).
+    fn list(&mut self, class: u8, align_log: u8) -> &mut Vec<(usize, usize)> {
+        const ALIGNS: usize = 7;
+        if self.free.is_empty() {
+            self.free.resize_with(48 * ALIGNS, Vec::new);
+        }
+        &mut self.free[usize::from(class) * ALIGNS + usize::from(align_log - 6)]
+    }
 }
 
 /// A reference this process holds on an object (see [`Block`]).
@@ -695,9 +706,7 @@ impl State {
         for attempt in 0..2 {
             // A block on the list of a larger alignment serves a smaller one too.
             for a in want..=12 {
-                while let Some((slot, offset)) =
-                    self.carver.free.get_mut(&(class, a)).and_then(Vec::pop)
-                {
+                while let Some((slot, offset)) = self.carver.list(class, a).pop() {
                     let Some(arena) = self.carver.arenas.get_mut(slot).and_then(Option::as_mut)
                     else {
                         continue;
@@ -727,12 +736,7 @@ impl State {
         }
         if !self.carver.pending.is_empty() {
             self.scan();
-            if (want..=12).any(|a| {
-                self.carver
-                    .free
-                    .get(&(class, a))
-                    .is_some_and(|v| !v.is_empty())
-            }) {
+            if (want..=12).any(|a| !self.carver.list(class, a).is_empty()) {
                 return self.allocate_small(len, align);
             }
         }
@@ -819,7 +823,9 @@ impl State {
             let keep = matches!(key, Key::Large(_)).then(|| seg.clone());
             self.carver.pending.insert(key, keep);
         } else {
-            self.carver.pending.remove(&key);
+            if !self.carver.pending.is_empty() {
+                self.carver.pending.remove(&key);
+            }
             self.free_block(key, Some(seg.clone()));
         }
     }
@@ -837,12 +843,8 @@ impl State {
                 // their offset allows; serve that alignment again.
                 let align = ((offset - TABLE) | 4096).trailing_zeros().min(12) as u8;
                 let align = align.max(ALIGN.trailing_zeros() as u8);
-                self.carver
-                    .free
-                    .entry((class, align))
-                    .or_default()
-                    .push((slot, offset));
                 arena.live -= 1;
+                self.carver.list(class, align).push((slot, offset));
                 self.retire_if_empty(slot);
             }
             Key::Large(_) => {
@@ -870,7 +872,7 @@ impl State {
             return;
         }
         self.carver.arenas[slot] = None;
-        for v in self.carver.free.values_mut() {
+        for v in &mut self.carver.free {
             v.retain(|&(s, _)| s != slot);
         }
     }
