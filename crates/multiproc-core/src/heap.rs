@@ -21,7 +21,7 @@
 //! reference.
 //!
 //! A handle implements serde: handed to a spawn or forkserver child, its segment's fd travels in
-//! the fd table of [`reduction`](crate::reduction) and the child maps it (once per segment,
+//! the fd table of [`reduction`] and the child maps it (once per segment,
 //! however many handles point into it); the encoded handle carries a reference, which the
 //! receiver takes over. A fork child inherits the mappings at the same addresses, and the heap
 //! takes a reference for it on every object the parent holds at the fork (a `pthread_atfork`
@@ -537,6 +537,7 @@ fn incarnation() -> u64 {
         id => id,
     }
 }
+
 static ATFORK: Once = Once::new();
 
 /// Runs `f` on the heap's state, creating it (and registering the fork handlers) first.
@@ -553,7 +554,7 @@ fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
     let st = guard.get_or_insert_with(State::default);
     let me = incarnation();
     if st.me != me {
-        // Forked without our handlers (or the first use): nothing carved belongs to us.
+        // The first use (the fork child handler renews both): nothing carved belongs to us.
         st.me = me;
         st.carver = Carver::default();
         st.tokens.clear();
