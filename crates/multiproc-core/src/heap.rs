@@ -2,16 +2,32 @@
 //! locks and for shared values (Python's `multiprocessing.heap`).
 //!
 //! Objects live in anonymous shared segments (`memfd_create` + `mmap(MAP_SHARED)`): no file
-//! system name, nothing left behind once every process that maps a segment has exited. Small
-//! objects share 1 MiB arenas (bump allocation, cache-line aligned); large ones get a segment
-//! of their own. A [`Shared<T>`] is a handle on one object: cloning it shares the object,
-//! dropping the last handle of a segment in a process unmaps it there.
+//! system name, nothing left behind once every process that maps a segment has exited. Every
+//! segment is sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`)
+//! as soon as it is sized, and a segment received from another process is mapped only if it
+//! carries the shrink seal, so no process can truncate memory under another's mapping.
+//!
+//! Small objects (below 256 KiB) share 1 MiB arenas: size classes, cache-line aligned, carved
+//! from the arena's end and kept on a free list per class when freed. Large objects get a
+//! segment of their own, kept in a small cache when freed and handed to the next large object
+//! that fits. Every object has a header in shared memory (a side table at the start of an
+//! arena, the first page of a large segment) with a generation and a reference count across
+//! processes, so memory is reused only when no process can reach it any more, and is zeroed
+//! before it is handed out again. How the counts work, and which process reuses what:
+//! `docs/decisions.md` ("Heap (issue 6)").
+//!
+//! A [`Shared<T>`] is a handle on one object: cloning it shares the object within the process
+//! (no shared-memory traffic), dropping the last handle of a process releases that process's
+//! reference.
 //!
 //! A handle implements serde: handed to a spawn or forkserver child, its segment's fd travels in
-//! the fd table of [`reduction`](crate::reduction) and the child maps it (once per segment,
-//! however many handles point into it). A fork child inherits the mappings at the same
-//! addresses. Segments may map at different addresses in different processes, so objects in
-//! the heap never hold pointers, only values.
+//! the fd table of [`reduction`] and the child maps it (once per segment,
+//! however many handles point into it); the encoded handle carries a reference, which the
+//! receiver takes over. A fork child inherits the mappings at the same addresses, and the heap
+//! takes a reference for it on every object the parent holds at the fork (a `pthread_atfork`
+//! handler), released when the child and every process forked from it have exited. Segments
+//! may map at different addresses in different processes, so objects in the heap never hold
+//! pointers, only values.
 //!
 //! Only [`ShmSafe`] types live there: valid for every bit pattern (another process may write
 //! any), meaningful when all-zero (new memory is zeroed), and changed only through atomics, so
@@ -31,12 +47,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, IntoRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{
-    AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
+    AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering::SeqCst,
 };
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Once, Weak};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -72,12 +88,148 @@ shm_safe!(
 // SAFETY: an array of `ShmSafe` elements has each property element-wise.
 unsafe impl<T: ShmSafe, const N: usize> ShmSafe for [T; N] {}
 
-/// Size of the arenas small objects share.
+/// Size of the data area of the arenas small objects share.
 const ARENA: usize = 1 << 20;
+/// Objects start on their own cache line, so two locks never share one; the arena's unit.
+const ALIGN: usize = 64;
+/// Bytes of one object header (generation word, reference word).
+const HEADER: usize = 16;
+/// The side table of headers at the start of an arena: one header per 64-byte unit of data.
+const TABLE: usize = ARENA / ALIGN * HEADER;
+/// Length of an arena segment: the side table, then the data.
+const ARENA_SEG: usize = TABLE + ARENA;
 /// Objects at least this large get a segment of their own.
 const LARGE: usize = ARENA / 4;
-/// Objects start on their own cache line, so two locks never share one.
-const ALIGN: usize = 64;
+/// Where the object starts in a large segment (its header is at offset 0).
+const LARGE_DATA: usize = 4096;
+/// The size-class tag of a large segment in its header's generation word.
+const LARGE_CLASS: u64 = 255;
+/// Freed large segments kept for reuse by their carver, at most this many bytes in all.
+const LARGE_CACHE: usize = 64 << 20;
+/// And at most this many segments.
+const LARGE_CACHED: usize = 16;
+
+/// The size class of an object of `len` bytes below [`LARGE`]: multiples of 64 bytes up to
+/// 1 KiB, then four classes per power of two. Returns the class and its block size.
+fn class_of(len: usize) -> (u8, usize) {
+    let size = len.max(1).next_multiple_of(ALIGN);
+    if size <= 1024 {
+        let class = size / ALIGN - 1;
+        return (class as u8, size);
+    }
+    let p = (usize::BITS - 1 - (size - 1).leading_zeros()) as usize;
+    let step = 1usize << (p - 2);
+    let rounded = size.next_multiple_of(step);
+    let class = 16 + (p - 10) * 4 + (rounded - (1 << p)) / step - 1;
+    (class as u8, rounded)
+}
+
+/// The block size of size class `class` (the inverse of [`class_of`]).
+fn class_size(class: u8) -> Option<usize> {
+    let class = class as usize;
+    match class {
+        0..16 => Some((class + 1) * ALIGN),
+        16..48 => {
+            let k = class - 16;
+            let p = 10 + k / 4;
+            Some((1 << p) + (k % 4 + 1) * (1 << (p - 2)))
+        }
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------- headers ----
+
+/// The header of one object, in shared memory.
+///
+/// `generation` is the object's size class (top 8 bits) and its generation (low 56 bits), bumped each
+/// time the block is reused, so a handle of a previous object can never be taken for the new
+/// one. `refs` holds the count of references (low 32 bits: processes holding the object plus
+/// encoded handles not yet decoded) and the number of those that are encoded handles in
+/// flight (high 32 bits). The block is free when the count is zero; nothing but its carver
+/// touches a free block's header.
+#[repr(C)]
+struct Header {
+    generation: AtomicU64,
+    refs: AtomicU64,
+}
+
+/// One reference in the low half of `refs`.
+const REF: u64 = 1;
+/// One encoded handle in flight: a reference and an in-flight mark.
+const TICKET: u64 = (1 << 32) | 1;
+/// Counts stop well before they would overflow into each other.
+const REF_LIMIT: u64 = u32::MAX as u64 / 2;
+
+/// Why a received handle cannot be taken.
+#[derive(Debug)]
+enum Redeem {
+    /// The object was freed (and perhaps reused) since the handle was encoded.
+    Expired,
+    /// The reference count is at its limit.
+    Overflow,
+}
+
+impl Header {
+    /// Takes a reference for an encoded handle; the caller holds a reference.
+    fn ticket(&self) -> Result<(), &'static str> {
+        self.refs
+            .fetch_update(SeqCst, SeqCst, |r| {
+                ((r & 0xffff_ffff) < REF_LIMIT && (r >> 32) < REF_LIMIT).then_some(r + TICKET)
+            })
+            .map(|_| ())
+            .map_err(|_| "too many references to one shared heap object")
+    }
+
+    /// Takes over the reference of an encoded handle of generation `generation`: one in flight if
+    /// there is one, else a new reference if the object is still alive.
+    fn redeem(&self, generation: u64) -> Result<(), Redeem> {
+        if self.generation.load(SeqCst) != generation {
+            return Err(Redeem::Expired);
+        }
+        let mut adopted = false;
+        let r = self.refs.fetch_update(SeqCst, SeqCst, |r| {
+            let (inflight, count) = (r >> 32, r & 0xffff_ffff);
+            if inflight > 0 {
+                adopted = true;
+                Some(r - (1 << 32))
+            } else if count > 0 && count < REF_LIMIT {
+                adopted = false;
+                Some(r + REF)
+            } else {
+                None
+            }
+        });
+        if let Err(r) = r {
+            return Err(if r & 0xffff_ffff == 0 {
+                Redeem::Expired
+            } else {
+                Redeem::Overflow
+            });
+        }
+        // The generation only grows; unchanged after the update means the update was made on
+        // this generation's counts.
+        if self.generation.load(SeqCst) != generation {
+            if adopted {
+                self.refs.fetch_add(1 << 32, SeqCst);
+            } else {
+                self.refs.fetch_sub(REF, SeqCst);
+            }
+            return Err(Redeem::Expired);
+        }
+        Ok(())
+    }
+
+    /// Drops one reference; returns the references left.
+    fn release(&self) -> u64 {
+        (self.refs.fetch_sub(REF, SeqCst) - REF) & 0xffff_ffff
+    }
+
+    /// Whether no process holds the object and no handle of it is in flight.
+    fn is_free(&self) -> bool {
+        self.refs.load(SeqCst) == 0
+    }
+}
 
 /// A shared, read-write mapping of a whole fd (a memfd here, a POSIX shared memory object in
 /// `multiproc-shm`), unmapped when dropped. It only gives out the address: every access through
@@ -152,29 +304,106 @@ impl fmt::Debug for SharedMapping {
     }
 }
 
+// ---------------------------------------------------------------------------- segments ----
+
 /// One memfd mapping in this process.
 struct Segment {
     id: u64,
     fd: OwnedFd,
     map: SharedMapping,
+    /// A segment of one large object (else an arena of small ones).
+    large: bool,
+    /// The [`incarnation`] that created the segment and alone carves and reuses it (0: received).
+    carver: u64,
+    /// The carver's index of the arena in its [`Carver::arenas`].
+    slot: usize,
 }
 
 impl Segment {
-    /// A new zero-filled segment of `len` bytes.
-    fn create(len: usize) -> std::io::Result<Arc<Segment>> {
-        let fd = rustix::fs::memfd_create("multiproc-heap", rustix::fs::MemfdFlags::CLOEXEC)?;
+    /// A new zero-filled segment of `len` bytes, sealed against resizing, carved by this process.
+    fn create(len: usize, large: bool, slot: usize) -> std::io::Result<Arc<Segment>> {
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            "multiproc-heap",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
         rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
         let mut id = [0u8; 8];
         rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty())?;
-        let seg = Segment::map(u64::from_le_bytes(id), fd, len)?;
+        let map = SharedMapping::new(&fd, len)?;
+        let seg = Arc::new(Segment {
+            id: u64::from_le_bytes(id),
+            fd,
+            map,
+            large,
+            carver: incarnation(),
+            slot,
+        });
         remember(&mut SEGMENTS.lock(), seg.id, &seg);
         Ok(seg)
     }
 
-    /// Maps `len` bytes of the memfd `fd`.
-    fn map(id: u64, fd: OwnedFd, len: usize) -> std::io::Result<Arc<Segment>> {
-        let map = SharedMapping::new(&fd, len)?;
-        Ok(Arc::new(Segment { id, fd, map }))
+    /// Maps `len` bytes of the memfd `fd` received from another process, if it is sealed
+    /// against shrinking (else another process could truncate it under our mapping).
+    fn receive(id: u64, fd: OwnedFd, len: usize, large: bool) -> Result<Arc<Segment>, String> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)
+            .map_err(|e| format!("shared heap segment without seals: {e}"))?;
+        if !seals.contains(rustix::fs::SealFlags::SHRINK) {
+            return Err("shared heap segment is not sealed against shrinking".into());
+        }
+        let map =
+            SharedMapping::new(&fd, len).map_err(|e| format!("cannot map shared heap: {e}"))?;
+        Ok(Arc::new(Segment {
+            id,
+            fd,
+            map,
+            large,
+            carver: 0,
+            slot: usize::MAX,
+        }))
+    }
+
+    /// The header at byte `at` of the segment.
+    fn header(&self, at: usize) -> &Header {
+        assert!(at % HEADER == 0 && at + HEADER <= self.map.len());
+        // SAFETY: `at` is a 16-byte-aligned offset inside the mapping (checked; the mapping is
+        // page-aligned), which lives as long as `self`. A header is two atomics, valid for
+        // every bit pattern, changed only atomically, in every process.
+        unsafe { &*self.map.as_ptr().add(at).cast::<Header>() }
+    }
+
+    /// The offset of the header of the object at `offset`.
+    fn header_off(&self, offset: usize) -> usize {
+        if self.large {
+            0
+        } else {
+            (offset - TABLE) / ALIGN * HEADER
+        }
+    }
+
+    /// The header of the object at `offset`.
+    fn header_of(&self, offset: usize) -> &Header {
+        self.header(self.header_off(offset))
+    }
+
+    /// Hands out the free block at `offset` as a new object of `len` zeroed bytes; false if
+    /// the block is not free after all.
+    fn reuse(&self, offset: usize, len: usize) -> bool {
+        let h = self.header_of(offset);
+        if !h.is_free() {
+            return false;
+        }
+        assert!(offset + len <= self.map.len());
+        // SAFETY: the range lies in the mapping (checked). No process holds a reference to the
+        // block and no encoded handle of it is in flight (its count is zero), and only this
+        // process, its carver, hands it out again, so no safe code anywhere can read or write
+        // these bytes while they are zeroed. Handles of the previous object that are decoded
+        // later fail on the generation bumped below.
+        unsafe { std::ptr::write_bytes(self.map.as_ptr().add(offset), 0, len) };
+        h.generation.fetch_add(1, SeqCst);
+        h.refs.store(REF, SeqCst);
+        true
     }
 }
 
@@ -195,40 +424,519 @@ fn find(map: &SegmentMap, id: u64) -> Option<Arc<Segment>> {
     map.as_ref()?.get(&id)?.upgrade()
 }
 
-/// The arena small objects are carved from, with the next free offset and the pid of the
-/// process that carves it (a fork child must not hand out its parent's next offsets).
-static ARENA_NOW: Mutex<Option<(Arc<Segment>, usize, u32)>> = Mutex::new(None);
+// ------------------------------------------------------------------- process-local state ----
 
-/// Reserves `size` bytes aligned to `align` (both at most a page for arena objects).
-fn allocate(size: usize, align: usize) -> std::io::Result<(Arc<Segment>, usize)> {
-    let align = align.max(ALIGN);
-    if size >= LARGE {
-        let len = size.div_ceil(4096) * 4096;
-        return Ok((Segment::create(len)?, 0));
+/// A block the carver can find again: an arena block (arena slot, data offset) or a large
+/// segment (by id).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Key {
+    Small(usize, usize),
+    Large(u64),
+}
+
+/// One arena carved by this process.
+struct Arena {
+    seg: Arc<Segment>,
+    /// The next offset never handed out.
+    next: usize,
+    /// Blocks carved and not on a free list (held here or elsewhere, or pending).
+    live: usize,
+}
+
+/// What a process knows of the blocks it carves: free lists, the arenas, blocks it dropped
+/// that other processes still hold.
+#[derive(Default)]
+struct Carver {
+    arenas: Vec<Option<Arena>>,
+    current: Option<usize>,
+    /// Free small blocks (arena slot, offset) by size class and alignment: see [`Carver::list`].
+    free: Vec<Vec<(usize, usize)>>,
+    /// Blocks this process dropped while others held them; freed when found at count zero.
+    pending: HashMap<Key, Option<Arc<Segment>>>,
+    /// Pending size at which the next allocation scans it.
+    scan_at: usize,
+    /// Free large segments, at most [`LARGE_CACHE`] bytes.
+    large_free: Vec<Arc<Segment>>,
+}
+
+impl Carver {
+    /// The free list of size class `class` and alignment `2^align_log` (6..=12).
+    fn list(&mut self, class: u8, align_log: u8) -> &mut Vec<(usize, usize)> {
+        const ALIGNS: usize = 7;
+        if self.free.is_empty() {
+            self.free.resize_with(48 * ALIGNS, Vec::new);
+        }
+        &mut self.free[usize::from(class) * ALIGNS + usize::from(align_log - 6)]
     }
-    let me = crate::sys::current_pid();
-    let mut arena = ARENA_NOW.lock();
-    if let Some((seg, next, owner)) = arena.as_mut() {
-        let offset = next.div_ceil(align) * align;
-        if *owner == me && offset + size <= seg.map.len() {
-            *next = offset + size;
-            return Ok((seg.clone(), offset));
+}
+
+/// A reference this process holds on an object (see [`Block`]).
+struct Entry {
+    seg: Arc<Segment>,
+    /// The header's offset in the segment.
+    header: usize,
+    /// The [`incarnation`] whose reference it is: a fork child inherits its parent's entries,
+    /// covered by the parent's fork token.
+    owner: u64,
+}
+
+/// References held by a [`Token`]: a segment and the offset of the object's header.
+type Refs = Vec<(Arc<Segment>, usize)>;
+
+/// References taken for a fork child, released when the child and everything forked from it
+/// are gone: the read end of a pipe whose write end only those processes hold.
+struct Token {
+    eof: OwnedFd,
+    refs: Refs,
+}
+
+/// The heap's process-local state, under one lock (also held across `fork()`).
+#[derive(Default)]
+struct State {
+    /// The [`incarnation`] this state belongs to (a fork child resets what is its parent's).
+    me: u64,
+    carver: Carver,
+    /// Every reference held in this process, for the fork handler.
+    registry: Vec<Option<Entry>>,
+    vacant: Vec<usize>,
+    tokens: Vec<Token>,
+    /// A fork in progress: the token's pipe (read end, write end) and references.
+    forking: Option<(Option<(OwnedFd, OwnedFd)>, Refs)>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+/// This process's identity in the heap: random, renewed in every fork child (a pid would not
+/// do: a grandchild may get the pid of a dead grandparent whose references it inherited).
+static INCARNATION: AtomicU64 = AtomicU64::new(0);
+
+/// A random non-zero 64-bit id.
+fn random_id() -> u64 {
+    let mut id = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    // Mixed with the pid and the time, should getrandom fail.
+    (u64::from_le_bytes(id)
+        ^ nanos
+        ^ u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32))
+        | 1
+}
+
+/// This process's [`INCARNATION`].
+fn incarnation() -> u64 {
+    match INCARNATION.load(SeqCst) {
+        0 => {
+            let id = random_id();
+            match INCARNATION.compare_exchange(0, id, SeqCst, SeqCst) {
+                Ok(_) => id,
+                Err(other) => other,
+            }
+        }
+        id => id,
+    }
+}
+
+static ATFORK: Once = Once::new();
+
+/// Runs `f` on the heap's state, creating it (and registering the fork handlers) first.
+fn with_state<R>(f: impl FnOnce(&mut State) -> R) -> R {
+    ATFORK.call_once(|| {
+        // SAFETY: the three handlers are `extern "C" fn()`s that catch every panic; `prepare`
+        // takes the state lock and leaves it held, `parent` and `child` release it, as
+        // `pthread_atfork` runs them in pairs around every `fork()`.
+        unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        }
+    });
+    let mut guard = STATE.lock();
+    let st = guard.get_or_insert_with(State::default);
+    let me = incarnation();
+    if st.me != me {
+        // The first use (the fork child handler renews both): nothing carved belongs to us.
+        st.me = me;
+        st.carver = Carver::default();
+        st.tokens.clear();
+    }
+    f(st)
+}
+
+extern "C" fn fork_prepare() {
+    let _ = std::panic::catch_unwind(|| {
+        let mut guard = STATE.lock();
+        if let Some(st) = guard.as_mut() {
+            let me = incarnation();
+            st.reap_tokens();
+            let mut refs = Vec::new();
+            for e in st.registry.iter().flatten() {
+                if e.owner == me {
+                    e.seg.header(e.header).refs.fetch_add(REF, SeqCst);
+                    refs.push((e.seg.clone(), e.header));
+                }
+            }
+            if !refs.is_empty() {
+                // Without a pipe the child's references are never released: a leak, not a
+                // reuse under a live child.
+                let pipe = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok();
+                st.forking = Some((pipe, refs));
+            }
+        }
+        std::mem::forget(guard);
+    });
+}
+
+extern "C" fn fork_parent() {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `fork_prepare` on this thread locked the mutex and forgot its guard.
+        unsafe { STATE.force_unlock() };
+        let mut guard = STATE.lock();
+        if let Some(st) = guard.as_mut()
+            && let Some((pipe, refs)) = st.forking.take()
+            && let Some((eof, write)) = pipe
+        {
+            drop(write);
+            st.tokens.push(Token { eof, refs });
+        }
+    });
+}
+
+extern "C" fn fork_child() {
+    let _ = std::panic::catch_unwind(|| {
+        INCARNATION.store(random_id(), SeqCst);
+        // SAFETY: `fork_prepare` on the thread that forked, the one thread of this child,
+        // locked the mutex and forgot its guard.
+        unsafe { STATE.force_unlock() };
+        let mut guard = STATE.lock();
+        if let Some(st) = guard.as_mut() {
+            if let Some((pipe, _refs)) = st.forking.take()
+                && let Some((eof, write)) = pipe
+            {
+                drop(eof);
+                // Held until this process and all it forks have exited (or exec'd).
+                let _ = write.into_raw_fd();
+            }
+            // The parent's tokens and everything it carves are the parent's business. The
+            // registry stays: its entries are the parent's references, covered by its token.
+            st.tokens.clear();
+            st.carver = Carver::default();
+            st.me = incarnation();
+        }
+    });
+}
+
+impl State {
+    /// Records a reference held by this process; returns its registry slot.
+    fn register(&mut self, seg: &Arc<Segment>, header: usize) -> usize {
+        let e = Entry {
+            seg: seg.clone(),
+            header,
+            owner: self.me,
+        };
+        match self.vacant.pop() {
+            Some(i) => {
+                self.registry[i] = Some(e);
+                i
+            }
+            None => {
+                self.registry.push(Some(e));
+                self.registry.len() - 1
+            }
         }
     }
-    let seg = Segment::create(ARENA)?;
-    *arena = Some((seg.clone(), size, me));
-    Ok((seg, 0))
+
+    /// Releases the references of fork children that are gone.
+    fn reap_tokens(&mut self) {
+        if self.tokens.is_empty() {
+            return;
+        }
+        use rustix::event::{PollFd, PollFlags};
+        let gone: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = self
+                .tokens
+                .iter()
+                .map(|t| PollFd::new(&t.eof, PollFlags::IN))
+                .collect();
+            if rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default())).is_err() {
+                return;
+            }
+            fds.iter().map(|p| !p.revents().is_empty()).collect()
+        };
+        let mut i = 0;
+        self.tokens.retain(|t| {
+            let keep = !gone[i];
+            i += 1;
+            if !keep {
+                for (seg, at) in &t.refs {
+                    seg.header(*at).release();
+                }
+            }
+            keep
+        });
+    }
 }
+
+// -------------------------------------------------------------------------- allocation ----
+
+impl State {
+    /// A new zeroed object of `len` bytes aligned to `align` (a power of two, at most 4096),
+    /// with one reference held by this process.
+    fn allocate(&mut self, len: usize, align: usize) -> std::io::Result<Block> {
+        let (seg, offset) = if len >= LARGE {
+            self.allocate_large(len)?
+        } else {
+            self.allocate_small(len, align.max(ALIGN))?
+        };
+        let header = seg.header_off(offset);
+        let slot = self.register(&seg, header);
+        Ok(Block {
+            seg,
+            offset,
+            header,
+            slot,
+        })
+    }
+
+    fn allocate_small(
+        &mut self,
+        len: usize,
+        align: usize,
+    ) -> std::io::Result<(Arc<Segment>, usize)> {
+        let (class, size) = class_of(len);
+        let want = align.trailing_zeros() as u8;
+        for attempt in 0..2 {
+            // A block on the list of a larger alignment serves a smaller one too.
+            for a in want..=12 {
+                while let Some((slot, offset)) = self.carver.list(class, a).pop() {
+                    let Some(arena) = self.carver.arenas.get_mut(slot).and_then(Option::as_mut)
+                    else {
+                        continue;
+                    };
+                    if arena.seg.reuse(offset, len) {
+                        arena.live += 1;
+                        return Ok((arena.seg.clone(), offset));
+                    }
+                }
+            }
+            if attempt == 0 && self.carver.pending.len() >= self.carver.scan_at.max(64) {
+                self.scan();
+            } else {
+                break;
+            }
+        }
+        // Carve from the current arena, or a new one.
+        if let Some(arena) = self
+            .carver
+            .current
+            .and_then(|i| self.carver.arenas[i].as_mut())
+        {
+            let offset = arena.next.next_multiple_of(align);
+            if offset + size <= ARENA_SEG {
+                return Ok(carve(arena, offset, size, class));
+            }
+        }
+        if !self.carver.pending.is_empty() {
+            self.scan();
+            if (want..=12).any(|a| !self.carver.list(class, a).is_empty()) {
+                return self.allocate_small(len, align);
+            }
+        }
+        let slot = match self.carver.arenas.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.carver.arenas.push(None);
+                self.carver.arenas.len() - 1
+            }
+        };
+        let seg = Segment::create(ARENA_SEG, false, slot)?;
+        let old = self.carver.current.replace(slot);
+        let arena = self.carver.arenas[slot].insert(Arena {
+            seg,
+            next: TABLE,
+            live: 0,
+        });
+        let block = carve(arena, TABLE, size, class);
+        if let Some(old) = old {
+            self.retire_if_empty(old);
+        }
+        Ok(block)
+    }
+
+    fn allocate_large(&mut self, len: usize) -> std::io::Result<(Arc<Segment>, usize)> {
+        let too_large = || std::io::Error::other("shared heap object too large");
+        let data = len.checked_next_multiple_of(4096).ok_or_else(too_large)?;
+        let seg_len = data.checked_add(LARGE_DATA).ok_or_else(too_large)?;
+        let fits = |s: &Arc<Segment>| {
+            let cap = s.map.len() - LARGE_DATA;
+            cap >= data && cap / 2 <= data
+        };
+        if !self.carver.large_free.iter().any(fits) && !self.carver.pending.is_empty() {
+            self.scan();
+        }
+        let mut best: Option<usize> = None;
+        for (i, s) in self.carver.large_free.iter().enumerate() {
+            if fits(s) && best.is_none_or(|b| s.map.len() < self.carver.large_free[b].map.len()) {
+                best = Some(i);
+            }
+        }
+        if let Some(i) = best {
+            let seg = self.carver.large_free.swap_remove(i);
+            if seg.reuse(LARGE_DATA, len) {
+                return Ok((seg, LARGE_DATA));
+            }
+        }
+        let seg = Segment::create(seg_len, true, usize::MAX)?;
+        seg.header(0).generation.store(LARGE_CLASS << 56, SeqCst);
+        seg.header(0).refs.store(REF, SeqCst);
+        Ok((seg, LARGE_DATA))
+    }
+
+    /// Moves pending blocks that nobody holds any more to the free lists (after releasing the
+    /// references of fork children that are gone).
+    fn scan(&mut self) {
+        self.reap_tokens();
+        let keys: Vec<Key> = self
+            .carver
+            .pending
+            .iter()
+            .filter(|(k, seg)| match (k, seg) {
+                (Key::Large(_), Some(seg)) => seg.header(0).is_free(),
+                (Key::Small(slot, offset), _) => self
+                    .carver
+                    .arenas
+                    .get(*slot)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|a| a.seg.header_of(*offset).is_free()),
+                _ => false,
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            let seg = self.carver.pending.remove(&k).flatten();
+            self.free_block(k, seg);
+        }
+        self.carver.scan_at = (2 * self.carver.pending.len()).max(64);
+    }
+
+    /// This process, the carver, dropped its reference to `key`; `left` references remain.
+    fn dropped(&mut self, key: Key, seg: &Arc<Segment>, left: u64) {
+        if left > 0 {
+            let keep = matches!(key, Key::Large(_)).then(|| seg.clone());
+            self.carver.pending.insert(key, keep);
+        } else {
+            if !self.carver.pending.is_empty() {
+                self.carver.pending.remove(&key);
+            }
+            self.free_block(key, Some(seg.clone()));
+        }
+    }
+
+    /// Puts a block whose count reached zero on its free list.
+    fn free_block(&mut self, key: Key, seg: Option<Arc<Segment>>) {
+        match key {
+            Key::Small(slot, offset) => {
+                let Some(arena) = self.carver.arenas.get_mut(slot).and_then(Option::as_mut) else {
+                    return;
+                };
+                let generation = arena.seg.header_of(offset).generation.load(SeqCst);
+                let class = (generation >> 56) as u8;
+                // Blocks are carved aligned to the largest power of two (up to 4096) that
+                // their offset allows; serve that alignment again.
+                let align = ((offset - TABLE) | 4096).trailing_zeros().min(12) as u8;
+                let align = align.max(ALIGN.trailing_zeros() as u8);
+                arena.live -= 1;
+                self.carver.list(class, align).push((slot, offset));
+                self.retire_if_empty(slot);
+            }
+            Key::Large(_) => {
+                let Some(seg) = seg else { return };
+                self.carver.large_free.push(seg);
+                let mut total: usize = self.carver.large_free.iter().map(|s| s.map.len()).sum();
+                while total > LARGE_CACHE || self.carver.large_free.len() > LARGE_CACHED {
+                    let s = self.carver.large_free.remove(0);
+                    total -= s.map.len();
+                }
+            }
+        }
+    }
+
+    /// Unmaps (here) an arena that is not being carved and has no block out.
+    fn retire_if_empty(&mut self, slot: usize) {
+        if self.carver.current == Some(slot)
+            || self
+                .carver
+                .arenas
+                .get(slot)
+                .and_then(Option::as_ref)
+                .is_none_or(|a| a.live > 0)
+        {
+            return;
+        }
+        self.carver.arenas[slot] = None;
+        for v in &mut self.carver.free {
+            v.retain(|&(s, _)| s != slot);
+        }
+    }
+}
+
+/// Carves a fresh block at `offset` of the arena (its memory is still zero from the kernel).
+fn carve(arena: &mut Arena, offset: usize, size: usize, class: u8) -> (Arc<Segment>, usize) {
+    arena.next = offset + size;
+    arena.live += 1;
+    let h = arena.seg.header_of(offset);
+    h.generation.store(u64::from(class) << 56, SeqCst);
+    h.refs.store(REF, SeqCst);
+    (arena.seg.clone(), offset)
+}
+
+/// One process's reference to one object; the last [`Region`] clone of it drops it.
+struct Block {
+    seg: Arc<Segment>,
+    /// The object's offset in the segment.
+    offset: usize,
+    /// Its header's offset in the segment.
+    header: usize,
+    /// Its entry in the registry.
+    slot: usize,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        let me = incarnation();
+        let mut guard = STATE.lock();
+        let Some(st) = guard.as_mut() else { return };
+        let Some(entry) = st.registry.get_mut(self.slot).and_then(Option::take) else {
+            return;
+        };
+        st.vacant.push(self.slot);
+        if entry.owner != me {
+            // Inherited through fork: the parent's fork token holds the reference.
+            return;
+        }
+        let left = self.seg.header(self.header).release();
+        if self.seg.carver == me && st.me == me {
+            let key = if self.seg.large {
+                Key::Large(self.seg.id)
+            } else {
+                Key::Small(self.seg.slot, self.offset)
+            };
+            st.dropped(key, &self.seg, left);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------- handles ----
 
 /// A region of raw bytes in the shared heap, for data that is not [`ShmSafe`]: plain values
 /// guarded by a lock, or read and written with atomic operations (`multiproc-shm`'s `Value` and
 /// `Array`). The heap gives its address and length; every access is the user's `unsafe`.
 ///
-/// Cloning shares the region; serde hands it to a child like a [`Shared`].
+/// Cloning shares the region; serde hands it to a child like a [`Shared`]. The bytes are
+/// zeroed when the region is created, and reused for another object only once no handle of
+/// this one exists in any process.
 #[derive(Clone)]
 pub struct Region {
-    seg: Arc<Segment>,
-    offset: usize,
+    block: Arc<Block>,
     len: usize,
 }
 
@@ -240,15 +948,19 @@ impl Region {
                 "region alignment must be a power of two up to 4096",
             ));
         }
-        let (seg, offset) = allocate(len.max(1), align)?;
-        Ok(Region { seg, offset, len })
+        let block = with_state(|st| st.allocate(len.max(1), align))?;
+        Ok(Region {
+            block: Arc::new(block),
+            len,
+        })
     }
 
     /// The first byte. Valid for [`len`](Region::len) bytes as long as this handle (or a clone)
     /// lives; other processes may read and write the same bytes at any time.
     pub fn as_ptr(&self) -> *mut u8 {
-        // In bounds: `offset + len <= seg.map.len()` was checked on allocation and deserialisation.
-        self.seg.map.as_ptr().wrapping_add(self.offset)
+        // In bounds: `offset + len` lies in the segment (checked on allocation and
+        // deserialisation).
+        self.block.seg.map.as_ptr().wrapping_add(self.block.offset)
     }
 
     /// The length in bytes.
@@ -263,30 +975,33 @@ impl Region {
 
     /// Whether two handles name the same bytes.
     pub fn ptr_eq(a: &Region, b: &Region) -> bool {
-        a.seg.id == b.seg.id && a.offset == b.offset
+        a.block.seg.id == b.block.seg.id && a.block.offset == b.block.offset
     }
 }
 
 impl fmt::Debug for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Region")
-            .field("segment", &format_args!("{:016x}", self.seg.id))
-            .field("offset", &self.offset)
+            .field("segment", &format_args!("{:016x}", self.block.seg.id))
+            .field("offset", &self.block.offset)
             .field("len", &self.len)
             .finish()
     }
 }
 
-/// The wire form of a [`Region`]: its segment's fd (through the fd table), the segment's id
-/// and length, the offset and length of the region.
+/// The wire form of a [`Region`]: its segment's fd (through the fd table), the segment's id,
+/// length and kind, the offset and length of the region, and the object's generation. An
+/// encoded region holds a reference to the object, which the decoder takes over.
 #[derive(Serialize, Deserialize)]
 struct Wire {
     #[serde(with = "reduction::fd")]
     fd: OwnedFd,
     id: u64,
     seg_len: u64,
+    large: bool,
     offset: u64,
     len: u64,
+    generation: u64,
 }
 
 impl Serialize for Region {
@@ -297,18 +1012,31 @@ impl Serialize for Region {
             fd: &'a OwnedFd,
             id: u64,
             seg_len: u64,
+            large: bool,
             offset: u64,
             len: u64,
+            #[serde(serialize_with = "ser_gen")]
+            generation: &'a Header,
         }
         fn ser_fd<S: Serializer>(fd: &&OwnedFd, s: S) -> Result<S::Ok, S::Error> {
             reduction::serialize_fd(fd.as_fd(), s)
         }
+        // Last, so that the reference is taken only once everything before it was encoded
+        // (a failure after it leaks the object: it is never reused, never used after reuse).
+        fn ser_gen<S: Serializer>(h: &&Header, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::Error as _;
+            h.ticket().map_err(S::Error::custom)?;
+            h.generation.load(SeqCst).serialize(s)
+        }
+        let seg = &self.block.seg;
         WireRef {
-            fd: &self.seg.fd,
-            id: self.seg.id,
-            seg_len: self.seg.map.len() as u64,
-            offset: self.offset as u64,
+            fd: &seg.fd,
+            id: seg.id,
+            seg_len: seg.map.len() as u64,
+            large: seg.large,
+            offset: self.block.offset as u64,
             len: self.len as u64,
+            generation: seg.header(self.block.header),
         }
         .serialize(serializer)
     }
@@ -318,24 +1046,64 @@ impl<'de> Deserialize<'de> for Region {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let w = Wire::deserialize(deserializer)?;
-        let (seg_len, offset, len) = (w.seg_len as usize, w.offset as usize, w.len as usize);
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| D::Error::custom("bad region"))?;
-        if end > seg_len {
-            return Err(D::Error::custom("shared heap region out of its segment"));
+        Region::receive(w).map_err(D::Error::custom)
+    }
+}
+
+impl Region {
+    /// Takes over the reference an encoded region carries.
+    fn receive(w: Wire) -> Result<Region, String> {
+        let bad = || "shared heap handle out of its segment".to_string();
+        let seg_len = usize::try_from(w.seg_len).map_err(|_| bad())?;
+        let offset = usize::try_from(w.offset).map_err(|_| bad())?;
+        let len = usize::try_from(w.len).map_err(|_| bad())?;
+        let class = w.generation >> 56;
+        // The block's capacity, from the layout of its segment and its size class.
+        let cap = if w.large {
+            if class != LARGE_CLASS || offset != LARGE_DATA || seg_len <= LARGE_DATA {
+                return Err(bad());
+            }
+            seg_len - LARGE_DATA
+        } else {
+            if seg_len != ARENA_SEG || offset < TABLE || (offset - TABLE) % ALIGN != 0 {
+                return Err(bad());
+            }
+            class_size(class as u8).ok_or_else(bad)?
+        };
+        if len > cap || offset.checked_add(cap).is_none_or(|end| end > seg_len) {
+            return Err(bad());
         }
-        let mut segments = SEGMENTS.lock();
-        let seg = match find(&segments, w.id) {
-            Some(seg) if seg.map.len() == seg_len => seg,
-            _ => {
-                let seg = Segment::map(w.id, w.fd, seg_len)
-                    .map_err(|e| D::Error::custom(format!("cannot map shared heap: {e}")))?;
-                remember(&mut segments, w.id, &seg);
-                seg
+        let seg = {
+            let mut segments = SEGMENTS.lock();
+            match find(&segments, w.id) {
+                Some(seg) if seg.map.len() == seg_len && seg.large == w.large => seg,
+                _ => {
+                    let seg = Segment::receive(w.id, w.fd, seg_len, w.large)?;
+                    remember(&mut segments, w.id, &seg);
+                    seg
+                }
             }
         };
-        Ok(Region { seg, offset, len })
+        let header = seg.header_off(offset);
+        seg.header(header)
+            .redeem(w.generation)
+            .map_err(|e| match e {
+                Redeem::Expired => {
+                    "shared heap object freed before its handle was received".to_string()
+                }
+                Redeem::Overflow => "too many references to one shared heap object".to_string(),
+            })?;
+        let slot = with_state(|st| st.register(&seg, header));
+        let block = Block {
+            seg,
+            offset,
+            header,
+            slot,
+        };
+        Ok(Region {
+            block: Arc::new(block),
+            len,
+        })
     }
 }
 
@@ -366,9 +1134,11 @@ impl<T: ShmSafe> Deref for Shared<T> {
 
     fn deref(&self) -> &T {
         // SAFETY: the region holds `size_of::<T>()` bytes inside the mapping, aligned for `T`
-        // (checked on allocation and on deserialisation), and lives as long as `self`;
-        // `T: ShmSafe` is valid for every bit pattern and only mutated through atomics, so a
-        // shared reference is sound even while other processes write it.
+        // (checked on allocation and on deserialisation), and lives as long as `self` (the
+        // segment is sealed against shrinking, so the bytes stay backed); its block is not
+        // reused while this handle exists. `T: ShmSafe` is valid for every bit pattern and only
+        // mutated through atomics, so a shared reference is sound even while other processes
+        // write it.
         unsafe { &*self.region.as_ptr().cast::<T>() }
     }
 }
@@ -443,5 +1213,138 @@ mod tests {
         let big: Shared<[AtomicU64; 65536]> = Shared::new().unwrap();
         big[65535].store(1, Ordering::Relaxed);
         assert_eq!(big[65535].load(Ordering::Relaxed), 1);
+        assert!(big.region.block.seg.large);
+    }
+
+    #[test]
+    fn size_classes_round_up_and_invert() {
+        let mut last = 0;
+        for len in 1..LARGE {
+            let (class, size) = class_of(len);
+            assert!(size >= len && size % ALIGN == 0, "{len}: {size}");
+            assert_eq!(class_size(class), Some(size), "{len}");
+            assert!(
+                size <= len.next_multiple_of(ALIGN) * 5 / 4 + ALIGN,
+                "{len}: {size}"
+            );
+            assert!(class >= last);
+            last = class;
+        }
+        assert!(class_size(last).unwrap() <= LARGE);
+    }
+
+    #[test]
+    fn arenas_are_sealed_against_resizing() {
+        let small: Shared<AtomicU64> = Shared::new().unwrap();
+        let big = Region::new(LARGE + 4096 * 3, 8).unwrap();
+        for fd in [&small.region.block.seg.fd, &big.block.seg.fd] {
+            let seals = rustix::fs::fcntl_get_seals(fd).unwrap();
+            assert!(seals.contains(
+                rustix::fs::SealFlags::SHRINK
+                    | rustix::fs::SealFlags::GROW
+                    | rustix::fs::SealFlags::SEAL
+            ));
+            assert_eq!(rustix::fs::ftruncate(fd, 0), Err(rustix::io::Errno::PERM));
+            assert_eq!(
+                rustix::fs::ftruncate(fd, 1 << 30),
+                Err(rustix::io::Errno::PERM)
+            );
+        }
+    }
+
+    /// A wire form naming `fd` as a fresh arena segment.
+    fn wire_for(fd: OwnedFd) -> Wire {
+        let mut id = [0u8; 8];
+        rustix::rand::getrandom(&mut id, rustix::rand::GetRandomFlags::empty()).unwrap();
+        Wire {
+            fd,
+            id: u64::from_le_bytes(id),
+            seg_len: ARENA_SEG as u64,
+            large: false,
+            offset: TABLE as u64,
+            len: 8,
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_received_segment_without_the_shrink_seal_is_refused() {
+        let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, ARENA_SEG as u64).unwrap();
+        let err = Region::receive(wire_for(fd)).unwrap_err();
+        assert!(err.contains("sealed"), "{err}");
+        // The same through the decoder: a typed decode error (postcard drops the message).
+        let fd = rustix::fs::memfd_create(
+            "sealable",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, ARENA_SEG as u64).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::GROW).unwrap();
+        let wire = wire_for(fd);
+        let (bytes, fds) = reduction::encode(&wire).unwrap();
+        let err = reduction::decode::<Region>(&bytes, fds).unwrap_err();
+        assert!(
+            matches!(&err, reduction::ReductionError::Decode(_)),
+            "{err}"
+        );
+        // Sealed, but shorter than announced.
+        let fd = rustix::fs::memfd_create(
+            "short",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        rustix::fs::fcntl_add_seals(&fd, rustix::fs::SealFlags::SHRINK).unwrap();
+        let err = Region::receive(wire_for(fd)).unwrap_err();
+        assert!(err.contains("smaller"), "{err}");
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_zeroed() {
+        // A size class no other test uses, so parallel tests do not take the block.
+        type T = [AtomicU64; 52];
+        let a: Shared<T> = Shared::new().unwrap();
+        a[51].store(5, Ordering::SeqCst);
+        let addr = a.region.as_ptr();
+        drop(a);
+        let b: Shared<T> = Shared::new().unwrap();
+        assert_eq!(b.region.as_ptr(), addr);
+        assert_eq!(b[51].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn large_segments_are_reused_zeroed() {
+        let len = (3 << 20) + 4096 * 5;
+        let a = Region::new(len, 8).unwrap();
+        let id = a.block.seg.id;
+        // SAFETY: the region is ours alone and `len` bytes long.
+        unsafe { a.as_ptr().add(len - 1).write(9) };
+        drop(a);
+        let b = Region::new(len - 4096, 8).unwrap();
+        assert_eq!(b.block.seg.id, id);
+        // SAFETY: as above.
+        assert_eq!(unsafe { b.as_ptr().add(len - 4097).read() }, 0);
+    }
+
+    #[test]
+    fn an_encoded_handle_keeps_its_object_and_expires_after_use() {
+        type T = [AtomicU64; 44];
+        let a: Shared<T> = Shared::new().unwrap();
+        a[0].store(3, Ordering::SeqCst);
+        let (bytes, fds) = reduction::encode(&a).unwrap();
+        let spare: Vec<OwnedFd> = fds.iter().map(|f| f.try_clone().unwrap()).collect();
+        drop(a);
+        // The encoded handle holds the object: new objects do not take its block.
+        let others: Vec<Shared<T>> = (0..4).map(|_| Shared::new().unwrap()).collect();
+        let b: Shared<T> = reduction::decode(&bytes, fds).unwrap();
+        assert_eq!(b[0].load(Ordering::SeqCst), 3);
+        assert!(others.iter().all(|o| !Shared::ptr_eq(o, &b)));
+        drop(b);
+        // Now the block is free (and reused); the same bytes decoded again are refused.
+        let c: Shared<T> = Shared::new().unwrap();
+        let err = reduction::decode::<Shared<T>>(&bytes, spare).unwrap_err();
+        assert!(matches!(err, reduction::ReductionError::Decode(_)), "{err}");
+        assert_eq!(c[0].load(Ordering::SeqCst), 0);
     }
 }
