@@ -36,7 +36,9 @@ mod shared_memory;
 mod value;
 
 pub use crate::shared_memory::SharedMemory;
-pub use crate::value::{AnyLock, AnyLockGuard, Array, Guard, RawArray, RawValue, Value, ValueGuard};
+pub use crate::value::{
+    AnyLock, AnyLockGuard, Array, Guard, RawArray, RawValue, Value, ValueGuard,
+};
 
 /// Why a shared value or array could not be made.
 #[derive(Debug, thiserror::Error)]

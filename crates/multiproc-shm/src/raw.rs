@@ -276,9 +276,7 @@ impl<T: Pod> RawArray<T> {
     pub unsafe fn as_slice(&self) -> &[T] {
         // SAFETY: the region holds `len` aligned elements alive as long as `self`; the absence
         // of writers is the caller's promise.
-        unsafe {
-            std::slice::from_raw_parts(self.elems.base(), self.elems.len)
-        }
+        unsafe { std::slice::from_raw_parts(self.elems.base(), self.elems.len) }
     }
 }
 
@@ -499,7 +497,10 @@ mod tests {
                         len,
                         Side::Src,
                     );
-                    assert_eq!(&out[private_at..private_at + len], &shared[shared_at..][..len]);
+                    assert_eq!(
+                        &out[private_at..private_at + len],
+                        &shared[shared_at..][..len]
+                    );
                     assert!(out[..private_at].iter().all(|&b| b == 0xff));
                     assert!(out[private_at + len..].iter().all(|&b| b == 0xff));
                     let mut back = vec![0xeeu8; 64];
@@ -509,7 +510,10 @@ mod tests {
                         len,
                         Side::Dst,
                     );
-                    assert_eq!(&back[shared_at..shared_at + len], &shared[shared_at..][..len]);
+                    assert_eq!(
+                        &back[shared_at..shared_at + len],
+                        &shared[shared_at..][..len]
+                    );
                     assert!(back[..shared_at].iter().all(|&b| b == 0xee));
                     assert!(back[shared_at + len..].iter().all(|&b| b == 0xee));
                 }

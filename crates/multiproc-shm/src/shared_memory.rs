@@ -162,11 +162,7 @@ impl SharedMemory {
     /// [`create`](Self::create).
     pub fn attach(name: &str) -> Result<SharedMemory, Error> {
         let bare = bare_name(name)?.to_string();
-        let fd = match shm::open(
-            posix_name(&bare).as_str(),
-            shm::OFlags::RDWR,
-            Mode::empty(),
-        ) {
+        let fd = match shm::open(posix_name(&bare).as_str(), shm::OFlags::RDWR, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Err(Error::NotFound(bare)),
             Err(e) => {

@@ -39,7 +39,7 @@ use crate::raw::{Elements, Locked, Wait, end_borrow};
 ///
 /// The release that Python's API allows is not reachable without `unsafe`:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0133
 /// let v = multiproc_shm::Value::new(0i32).unwrap();
 /// let mut g = v.lock();
 /// v.get_lock().release().unwrap(); // error: call to unsafe function
@@ -48,9 +48,12 @@ use crate::raw::{Elements, Locked, Wait, end_borrow};
 ///
 /// nor is the plain lock inside (whose `release` is safe):
 ///
-/// ```compile_fail
+/// ```compile_fail,E0599
 /// let v = multiproc_shm::Value::new(0i32).unwrap();
-/// let inner: &multiproc_sync::RLock = v.get_lock().as_ref(); // error: no such conversion
+/// if let multiproc_shm::AnyLock::RLock(l) = v.get_lock() {
+///     // error: `AnyLock` is opaque (it was an enum of the plain locks)
+///     l.release().unwrap();
+/// }
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -186,7 +189,7 @@ impl fmt::Debug for AnyLockGuard<'_> {
 /// would let in) is refused: [`Array::lock`] panics, [`Array::try_lock`] returns `None`.
 /// A guard cannot leave its thread (an `RLock` is released by the thread that took it).
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// let a = multiproc_shm::Array::from_slice(&[1i32]).unwrap();
 /// let g = a.lock();
 /// std::thread::spawn(move || drop(g)); // error: the guard is not `Send`

@@ -147,7 +147,10 @@ fn value_and_array_share_one_lock(m: StartMethod) -> Result<(), Failed> {
         check!(blocked, "B's lock was free while the child held A's");
         check!(join(&p)? == 0, "child failed");
         let g = b.try_lock();
-        check!(g.as_ref().is_some_and(|g| g.owner_died().is_none()), "B still locked");
+        check!(
+            g.as_ref().is_some_and(|g| g.owner_died().is_none()),
+            "B still locked"
+        );
         drop(g);
         check!(a.get() == 42, "A {}", a.get());
     }
@@ -175,12 +178,20 @@ fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
     p.kill()?;
     check!(p.join_timeout(LONG)? == Some(-9), "child not killed");
     let mut g = v.lock_timeout(LONG).ok_or("lock not taken over")?;
-    check!(g.owner_died() == Some(pid), "owner_died {:?} not {pid}", g.owner_died());
+    check!(
+        g.owner_died() == Some(pid),
+        "owner_died {:?} not {pid}",
+        g.owner_died()
+    );
     check!(*g == 41, "value {}", *g);
     *g += 1;
     drop(g);
     let g = v.lock();
-    check!(g.owner_died().is_none() && *g == 42, "after recovery: {:?}", g.owner_died());
+    check!(
+        g.owner_died().is_none() && *g == 42,
+        "after recovery: {:?}",
+        g.owner_died()
+    );
     Ok(())
 }
 
@@ -385,7 +396,11 @@ fn tracker_removes_a_segment_after_a_normal_exit(m: StartMethod) -> Result<(), F
     let name = unique("leaked", m);
     let path = format!("/dev/shm/{name}");
     let (made, go) = (Event::new()?, Event::new()?);
-    let p = start_daemon(m, create_and_return, (name.clone(), made.clone(), go.clone()))?;
+    let p = start_daemon(
+        m,
+        create_and_return,
+        (name.clone(), made.clone(), go.clone()),
+    )?;
     check!(made.wait_timeout(LONG), "the creator never created");
     let existed = Path::new(&path).exists();
     go.set();
@@ -412,7 +427,10 @@ fn issue_6_try_clone_hands_one_segment_to_several_children(m: StartMethod) -> Re
         .collect::<Result<_, _>>()?;
     join_all(&ps)?;
     let mut clone = shm.try_clone()?;
-    check!(clone.name() == shm.name() && clone.size() == shm.size(), "{clone:?}");
+    check!(
+        clone.name() == shm.name() && clone.size() == shm.size(),
+        "{clone:?}"
+    );
     clone.close();
     check!(
         matches!(clone.try_clone(), Err(Error::Closed)),
@@ -433,7 +451,11 @@ fn issue_6_try_clone_hands_one_segment_to_several_children(m: StartMethod) -> Re
 fn shared_memory_errors() -> Result<(), Failed> {
     let name = format!("mp_test_{}_errors", std::process::id());
     let shm = SharedMemory::create(Some(&format!("/{name}")), 10)?;
-    check!(shm.name() == name, "one leading / is left out: {}", shm.name());
+    check!(
+        shm.name() == name,
+        "one leading / is left out: {}",
+        shm.name()
+    );
     check!(
         matches!(SharedMemory::create(Some(&name), 10), Err(Error::Exists(n)) if n == name),
         "create existing"
@@ -450,7 +472,18 @@ fn shared_memory_errors() -> Result<(), Failed> {
         "attach missing"
     );
     // issue 6 §1b.8: "//x" named "/x", "." and ".." an OS error.
-    for bad in ["", "/", "//x", "a/b", ".", "..", "/.", "/..", "nul\0", &"x".repeat(251)] {
+    for bad in [
+        "",
+        "/",
+        "//x",
+        "a/b",
+        ".",
+        "..",
+        "/.",
+        "/..",
+        "nul\0",
+        &"x".repeat(251),
+    ] {
         check!(
             matches!(SharedMemory::create(Some(bad), 10), Err(Error::InvalidName(n)) if n == bad),
             "create {bad:?}"
@@ -460,13 +493,20 @@ fn shared_memory_errors() -> Result<(), Failed> {
             "attach {bad:?}"
         );
     }
-    let out_of_range = |r: Result<(), Error>, o: usize, l: usize| {
-        matches!(r, Err(Error::OutOfRange { offset, len, size: 10 }) if offset == o && len == l)
-    };
+    let out_of_range = |r: Result<(), Error>, o: usize, l: usize| matches!(r, Err(Error::OutOfRange { offset, len, size: 10 }) if offset == o && len == l);
     let mut buf = [0u8; 4];
-    check!(out_of_range(shm.write(8, &[0; 4]), 8, 4), "write past the end");
-    check!(out_of_range(shm.read(7, &mut buf), 7, 4), "read past the end");
-    check!(out_of_range(shm.read(11, &mut []), 11, 0), "empty read past the end");
+    check!(
+        out_of_range(shm.write(8, &[0; 4]), 8, 4),
+        "write past the end"
+    );
+    check!(
+        out_of_range(shm.read(7, &mut buf), 7, 4),
+        "read past the end"
+    );
+    check!(
+        out_of_range(shm.read(11, &mut []), 11, 0),
+        "empty read past the end"
+    );
     check!(
         out_of_range(shm.read(usize::MAX, &mut buf[..1]), usize::MAX, 1),
         "read at usize::MAX"
@@ -477,7 +517,10 @@ fn shared_memory_errors() -> Result<(), Failed> {
     );
     shm.write(6, &[1, 2, 3, 4])?;
     shm.read(6, &mut buf)?;
-    check!(buf == [1, 2, 3, 4] && shm.read(10, &mut []).is_ok(), "edges");
+    check!(
+        buf == [1, 2, 3, 4] && shm.read(10, &mut []).is_ok(),
+        "edges"
+    );
     let mut closed = shm.try_clone()?;
     closed.close();
     check!(
