@@ -377,6 +377,9 @@ fn atomic_copy(src: *const u8, dst: *mut u8, len: usize, shared: Side) {
     }
     let (src, dst) = (src.wrapping_add(head), dst.wrapping_add(head));
     match shared {
+        Side::Src if words * WORD >= STREAM_MIN && (dst as usize) % WORD == 0 => {
+            read_words_streaming(src, dst, words)
+        }
         Side::Src => {
             for k in 0..words {
                 let at = k * WORD;
@@ -399,6 +402,45 @@ fn atomic_copy(src: *const u8, dst: *mut u8, len: usize, shared: Side) {
                 unsafe { AtomicUsize::from_ptr(dst.wrapping_add(at).cast()) }.store(v, Relaxed);
             }
         }
+    }
+}
+
+/// From this many bytes on, a read out of the mapping writes the private side with
+/// non-temporal stores where the target has them, as glibc's `memcpy` does for large copies:
+/// the destination's cache lines are then not read first (measured on 256 MiB: 3.2 GB/s with
+/// plain stores into a buffer allocated just above the mapping, 10 GB/s streaming, memcpy 10-14).
+const STREAM_MIN: usize = 4 << 20;
+
+/// The middle words of a large read: relaxed atomic loads, non-temporal stores to the
+/// word-aligned private side, then a store fence so later stores (a release that publishes
+/// the buffer) are ordered after them.
+#[cfg(target_arch = "x86_64")]
+fn read_words_streaming(src: *const u8, dst: *mut u8, words: usize) {
+    use std::arch::x86_64::{_mm_sfence, _mm_stream_si64};
+    for k in 0..words {
+        let at = k * WORD;
+        // SAFETY: as in `atomic_copy`: a word-aligned address inside the mapping, accessed
+        // only atomically.
+        let v =
+            unsafe { AtomicUsize::from_ptr(src.wrapping_add(at).cast_mut().cast()) }.load(Relaxed);
+        // SAFETY: `dst + at .. + WORD` lies inside the caller's private slice and is 8-byte
+        // aligned (`dst` is, checked by the caller); SSE2 is part of x86_64.
+        unsafe { _mm_stream_si64(dst.wrapping_add(at).cast::<i64>(), v as i64) };
+    }
+    // SAFETY: a store fence has no precondition (SSE, part of x86_64).
+    unsafe { _mm_sfence() };
+}
+
+/// Elsewhere: plain stores.
+#[cfg(not(target_arch = "x86_64"))]
+fn read_words_streaming(src: *const u8, dst: *mut u8, words: usize) {
+    for k in 0..words {
+        let at = k * WORD;
+        // SAFETY: as in `atomic_copy`.
+        let v =
+            unsafe { AtomicUsize::from_ptr(src.wrapping_add(at).cast_mut().cast()) }.load(Relaxed);
+        // SAFETY: `dst + at .. + WORD` lies inside the caller's private slice.
+        unsafe { dst.wrapping_add(at).cast::<usize>().write_unaligned(v) };
     }
 }
 
@@ -503,7 +545,7 @@ mod tests {
                     );
                     assert!(out[..private_at].iter().all(|&b| b == 0xff));
                     assert!(out[private_at + len..].iter().all(|&b| b == 0xff));
-                    let mut back = vec![0xeeu8; 64];
+                    let mut back = [0xeeu8; 64];
                     atomic_copy(
                         out[private_at..].as_ptr(),
                         back[shared_at..].as_mut_ptr(),
@@ -518,6 +560,24 @@ mod tests {
                     assert!(back[shared_at + len..].iter().all(|&b| b == 0xee));
                 }
             }
+        }
+    }
+
+    #[test]
+    fn atomic_copy_streams_large_reads_exactly() {
+        let len = STREAM_MIN + 3 * WORD + 5;
+        let shared: Vec<u8> = (0..len + 8).map(|i| (i % 251) as u8).collect();
+        for (shared_at, private_at) in [(0, 0), (3, 3), (1, 2)] {
+            let mut out = vec![0u8; len + 8];
+            atomic_copy(
+                shared[shared_at..].as_ptr(),
+                out[private_at..].as_mut_ptr(),
+                len,
+                Side::Src,
+            );
+            assert!(out[private_at..private_at + len] == shared[shared_at..shared_at + len]);
+            assert!(out[..private_at].iter().all(|&b| b == 0));
+            assert!(out[private_at + len..].iter().all(|&b| b == 0));
         }
     }
 }
