@@ -22,8 +22,10 @@ const PREFIX: &str = "psm_";
 /// The name is the POSIX name without its leading `/`, as Python shows it: a segment created
 /// here can be attached by Python with `SharedMemory(name=...)` and the other way round.
 ///
-/// Access model: the bytes may be changed by any process at any time, so they are reached by
-/// copying ([`read`](Self::read), [`write`](Self::write)), never as a `&mut [u8]` in safe code;
+/// Access model: the bytes may be changed by any process or thread at any time, so they are
+/// reached by copying ([`read`](Self::read), [`write`](Self::write), with relaxed atomic
+/// accesses on the segment's side: safe from several threads at once), never as a `&mut [u8]`
+/// in safe code;
 /// the zero-copy [`as_slice`](Self::as_slice)/[`as_mut_slice`](Self::as_mut_slice) give
 /// views, for a caller who ensures exclusivity (with a lock, an event, or by joining
 /// the writers).
@@ -32,6 +34,9 @@ const PREFIX: &str = "psm_";
 /// process has closed it). A segment that its creator never unlinked is removed when the
 /// creator exits or dies, by a resource tracker (as Python's), unless it was created
 /// [untracked](SharedMemory::create_untracked) to outlive its creator.
+///
+/// [`try_clone`](Self::try_clone) gives a second handle (to hand one to each of several
+/// children while keeping one).
 ///
 /// ```
 /// use multiproc_shm::SharedMemory;
