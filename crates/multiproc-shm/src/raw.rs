@@ -5,9 +5,11 @@
 //! operations of their size (or byte by byte), so concurrent access from other processes is a
 //! race in value (like Python's) but never undefined behaviour. Synchronised ones (`Value`,
 //! `Array`) are viewed as `&mut [T]` only by the holder of their lock, and only by one guard at
-//! a time: a word in front of the elements (the *borrow word*) records the process whose guard
-//! lives, so a thread that re-enters the `RLock` while its own guard lives is refused (a panic
-//! for `lock()`, `None` for `try_lock()`), never handed a second `&mut`. `SharedMemory`'s
+//! a time: a word in front of the elements (the *borrow word*) is set while a guard lives, to
+//! a tag of the lock's epoch (which every takeover from a dead owner advances), so a thread
+//! that re-enters the `RLock` while its own guard lives is refused (a panic for `lock()`,
+//! `None` for `try_lock()`), never handed a second `&mut`, and a word left by a guard whose
+//! process died is recognised as stale. `SharedMemory`'s
 //! copies use relaxed atomic loads and stores (aligned words in the middle, bytes at the
 //! edges): two threads copying the same bytes race in value, never in Rust's memory model.
 
@@ -208,7 +210,9 @@ impl<T: Pod> Locked<T> {
         &self.lock
     }
 
-    /// The borrow word: 0, or the pid of the process whose guard of these elements lives.
+    /// The borrow word: 0, or the lock epoch's tag of the guard of these elements that lives
+    /// (or that died with its process).
+    #[inline]
     fn borrow_word(&self) -> &AtomicU32 {
         // SAFETY: the region starts with `header::<T>() >= 4` bytes in front of the elements,
         // at an address aligned to at least 8 (the heap aligns regions to 64); they are
@@ -224,28 +228,26 @@ impl<T: Pod> Locked<T> {
     ///
     /// With `Wait::Forever`, when a guard of these elements already lives on this thread (an
     /// `RLock` lets the thread in again; a second `&mut [T]` would alias the first).
+    #[inline]
     pub(crate) fn guard(&self, wait: Wait) -> Option<Guard<'_, T>> {
-        let (held, mut owner_died) = self.lock.hold(wait)?;
-        let me = multiproc_core::current_pid();
+        let (held, owner_died, tag) = self.lock.hold(wait)?;
         let word = self.borrow_word();
-        // The lock is held: no other thread or process holds it, so only this thread (a guard
-        // that lives) or a process that died holding the lock can have left the word set.
-        match word.load(Relaxed) {
-            0 => {}
-            pid if pid == me => {
-                drop(held);
-                if let Wait::Forever = wait {
-                    panic!(
-                        "already locked: a guard of this Value/Array lives on this thread \
-                         (drop it before locking again; its RLock lets the thread in, but a \
-                         second guard would alias the first)"
-                    );
-                }
-                return None;
+        // The lock is held, so the word is either clear, or was written by a guard that lives
+        // on this thread (an `RLock` let the thread in again) in this epoch, or is stale: left
+        // by a guard whose process died holding the lock, after which the takeover started a
+        // new epoch. (Safe code cannot release the lock under a live guard.)
+        if word.load(Relaxed) == tag {
+            drop(held);
+            if let Wait::Forever = wait {
+                panic!(
+                    "already locked: a guard of this Value/Array lives on this thread \
+                     (drop it before locking again; its RLock lets the thread in, but a \
+                     second guard would alias the first)"
+                );
             }
-            dead => owner_died = owner_died.or(Some(dead)),
+            return None;
         }
-        word.store(me, Relaxed);
+        word.store(tag, Relaxed);
         // SAFETY: the region holds `len` elements of `T` after the header, aligned (checked on
         // construction) and alive as long as `self`. `held` keeps the lock that every access
         // to them takes for the guard's whole lifetime, and the borrow word was clear (or left
@@ -262,6 +264,7 @@ impl<T: Pod> Locked<T> {
 }
 
 /// Clears the borrow word of a guard that ends (before its lock is released).
+#[inline]
 pub(crate) fn end_borrow(word: &AtomicU32) {
     word.store(0, Relaxed);
 }
@@ -476,7 +479,7 @@ impl AnyLock {
     /// [`AnyLockGuard`](crate::AnyLockGuard) nor a [`Guard`]/[`ValueGuard`](crate::ValueGuard) of a value that uses it, whose `&mut` access relies on
     /// the lock staying held until it is dropped.
     pub unsafe fn release(&self) -> Result<(), multiproc_sync::Error> {
-        match &self.0 {
+        match &self.kind {
             Kind::RLock(l) => l.release(),
             Kind::Lock(l) => l.release(),
         }

@@ -3,10 +3,11 @@
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytemuck::Pod;
-use multiproc_core::heap::Region;
+use multiproc_core::heap::{Region, Shared};
 use multiproc_sync::{Lock, LockGuard, RLock, RLockGuard, TryAcquireError, TryLockResult};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -55,9 +56,22 @@ use crate::raw::{Elements, Locked, Wait, end_borrow};
 ///     l.release().unwrap();
 /// }
 /// ```
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct AnyLock(pub(crate) Kind);
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AnyLock {
+    pub(crate) kind: Kind,
+    /// Bumped by every acquire that takes the lock over from a dead owner: a borrow word
+    /// written in an earlier epoch was left by a guard that died (see `raw.rs`).
+    epoch: Shared<AtomicU32>,
+}
+
+impl fmt::Debug for AnyLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::RLock(l) => f.debug_tuple("AnyLock").field(l).finish(),
+            Kind::Lock(l) => f.debug_tuple("AnyLock").field(l).finish(),
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Kind {
@@ -71,6 +85,7 @@ pub(crate) enum Held<'a> {
 }
 
 /// A guard or the dead owner's pid out of a sync-crate acquire result.
+#[inline]
 fn took<G>(r: TryLockResult<G>) -> Option<(G, Option<u32>)> {
     match r {
         Ok(g) => Some((g, None)),
@@ -86,32 +101,41 @@ impl AnyLock {
     /// A new re-entrant lock (Python's default `RLock`), to share between values with
     /// [`Value::with_lock`] and [`Array::from_slice_with_lock`].
     pub fn new_rlock() -> Result<AnyLock, Error> {
-        Ok(AnyLock(Kind::RLock(RLock::new()?)))
+        AnyLock::with_kind(Kind::RLock(RLock::new()?))
     }
 
     /// A new plain lock (Python's `Lock`): taking it twice on one thread blocks forever, as in
     /// Python, so a value's accessors cannot be used while `acquire`'s guard lives.
     pub fn new_lock() -> Result<AnyLock, Error> {
-        Ok(AnyLock(Kind::Lock(Lock::new()?)))
+        AnyLock::with_kind(Kind::Lock(Lock::new()?))
+    }
+
+    fn with_kind(kind: Kind) -> Result<AnyLock, Error> {
+        Ok(AnyLock {
+            kind,
+            epoch: Shared::new().map_err(Error::Heap)?,
+        })
     }
 
     /// Whether it is an `RLock` (the owning thread may take it again).
     pub fn is_reentrant(&self) -> bool {
-        matches!(self.0, Kind::RLock(_))
+        matches!(self.kind, Kind::RLock(_))
     }
 
     /// Takes the lock (`RLock`: or re-enters it on the owning thread), waiting as `wait` says;
-    /// the dead previous owner's pid when it was taken over. A dead owner is no error here:
-    /// the data is plain bytes, valid whatever they hold.
-    pub(crate) fn hold(&self, wait: Wait) -> Option<(Held<'_>, Option<u32>)> {
-        match &self.0 {
+    /// the dead previous owner's pid when it was taken over, and the borrow tag of this
+    /// epoch (nonzero). A dead owner is no error here: the data is plain bytes, valid
+    /// whatever they hold.
+    #[inline]
+    pub(crate) fn hold(&self, wait: Wait) -> Option<(Held<'_>, Option<u32>, u32)> {
+        let (held, died) = match &self.kind {
             Kind::RLock(l) => {
                 let r = match wait {
                     Wait::Forever => l.acquire().map_err(TryAcquireError::OwnerDied),
                     Wait::No => l.try_acquire(),
                     Wait::For(t) => l.acquire_timeout(t),
                 };
-                took(r).map(|(g, d)| (Held::R(g), d))
+                took(r).map(|(g, d)| (Held::R(g), d))?
             }
             Kind::Lock(l) => {
                 let r = match wait {
@@ -119,13 +143,20 @@ impl AnyLock {
                     Wait::No => l.try_acquire(),
                     Wait::For(t) => l.acquire_timeout(t),
                 };
-                took(r).map(|(g, d)| (Held::L(g), d))
+                took(r).map(|(g, d)| (Held::L(g), d))?
             }
+        };
+        // Only the holder changes the epoch, so a load and a store under the lock suffice.
+        let mut epoch = self.epoch.load(Relaxed);
+        if died.is_some() {
+            epoch = epoch.wrapping_add(1);
+            self.epoch.store(epoch, Relaxed);
         }
+        Some((held, died, (epoch << 1) | 1))
     }
 
     fn lock_guard(&self, wait: Wait) -> Option<AnyLockGuard<'_>> {
-        self.hold(wait).map(|(held, owner_died)| AnyLockGuard {
+        self.hold(wait).map(|(held, owner_died, _)| AnyLockGuard {
             _held: held,
             owner_died,
         })
@@ -151,7 +182,7 @@ impl AnyLock {
 
     /// Whether some thread or process holds the lock right now (a snapshot).
     pub fn is_locked(&self) -> bool {
-        match &self.0 {
+        match &self.kind {
             Kind::RLock(l) => l.depth() > 0,
             Kind::Lock(l) => l.is_locked(),
         }

@@ -166,10 +166,8 @@ fn lock_and_hang((v, held): (Value<u64>, Event)) {
     drop(g);
 }
 
-/// A child locks a `Value` and is killed; the parent's `lock()` takes the lock over and its
-/// guard reports the dead owner (Python's `Value` would hang).
-fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
-    let v = Value::new(0u64)?;
+/// Starts a child that writes 41 into `v` under its lock and is killed holding it; its pid.
+fn kill_while_locked(m: StartMethod, v: &Value<u64>) -> Result<u32, Failed> {
     let held = Event::new()?;
     let p = start_daemon(m, lock_and_hang, (v.clone(), held.clone()))?;
     check!(held.wait_timeout(LONG), "the child never took the lock");
@@ -177,6 +175,16 @@ fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
     check!(v.try_lock().is_none(), "not held by the child");
     p.kill()?;
     check!(p.join_timeout(LONG)? == Some(-9), "child not killed");
+    Ok(pid)
+}
+
+/// A child locks a `Value` and is killed; the parent's `lock()` takes the lock over and its
+/// guard reports the dead owner (Python's `Value` would hang). Then the same through the
+/// data-less `get_lock().acquire()`, inside which `get`/`set` work: the dead child's guard is
+/// recognised as gone, not as a guard of this thread.
+fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
+    let v = Value::new(0u64)?;
+    let pid = kill_while_locked(m, &v)?;
     let mut g = v.lock_timeout(LONG).ok_or("lock not taken over")?;
     check!(
         g.owner_died() == Some(pid),
@@ -191,6 +199,26 @@ fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
         g.owner_died().is_none() && *g == 42,
         "after recovery: {:?}",
         g.owner_died()
+    );
+    drop(g);
+
+    let w = Value::new(0u64)?;
+    let pid = kill_while_locked(m, &w)?;
+    let held = w
+        .get_lock()
+        .acquire_timeout(LONG)
+        .ok_or("lock not taken over")?;
+    check!(
+        held.owner_died() == Some(pid),
+        "acquire: owner_died {:?}",
+        held.owner_died()
+    );
+    w.set(w.get() + 1);
+    drop(held);
+    check!(
+        w.get() == 42 && !w.get_lock().is_locked(),
+        "value {}",
+        w.get()
     );
     Ok(())
 }
