@@ -242,6 +242,7 @@ impl<T: Pod> Guard<'_, T> {
 }
 
 impl<T: Pod> Drop for Guard<'_, T> {
+    #[inline]
     fn drop(&mut self) {
         // The borrow ends before `_held` (a field, dropped after this) releases the lock.
         end_borrow(self.word);
@@ -371,6 +372,7 @@ impl<T: Pod> Value<T> {
     /// # Panics
     ///
     /// If a guard of this value already lives on the calling thread.
+    #[inline]
     pub fn lock(&self) -> ValueGuard<'_, T> {
         ValueGuard(
             self.inner
@@ -479,6 +481,7 @@ impl<T: Pod> Array<T> {
     /// # Panics
     ///
     /// If a guard of this array already lives on the calling thread.
+    #[inline]
     pub fn lock(&self) -> Guard<'_, T> {
         self.inner
             .guard(Wait::Forever)
