@@ -250,9 +250,10 @@ impl<T: Pod> Locked<T> {
         word.store(tag, Relaxed);
         // SAFETY: the region holds `len` elements of `T` after the header, aligned (checked on
         // construction) and alive as long as `self`. `held` keeps the lock that every access
-        // to them takes for the guard's whole lifetime, and the borrow word was clear (or left
-        // by a dead process), so no other `&mut` to them lives in this process; the guard
-        // clears the word before its `held` releases the lock.
+        // to them takes for the guard's whole lifetime, and the borrow word did not hold this
+        // epoch's tag (it was clear, or left by a guard that died with its process), so no
+        // other `&mut` to them lives in this process; the guard clears the word before its
+        // `held` releases the lock.
         let slice = unsafe { std::slice::from_raw_parts_mut(self.elems.base(), self.elems.len) };
         Some(Guard {
             _held: held,
