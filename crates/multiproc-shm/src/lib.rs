@@ -3,15 +3,18 @@
 //!
 //! | Python | multiproc |
 //! |---|---|
-//! | `Value('i', 0)`, `v.value`, `with v.get_lock():` | [`Value::new(0i32)`](Value::new), [`Value::get`]/[`Value::set`], `*v.lock() += 1` |
+//! | `Value('i', 0)`, `v.value`, `with v.get_lock():` | [`Value::new(0i32)`](Value::new), [`Value::get`]/[`Value::set`], `*v.lock() += 1` or `let _g = v.get_lock().acquire();` |
 //! | `Array('i', [1, 2])`, `Array('d', 10)` | [`Array::from_slice(&[1i32, 2])`](Array::from_slice), [`Array::<f64>::zeroed(10)`](Array::zeroed) |
-//! | `Value(t, v, lock=lock)` | [`Value::with_lock`] (a `Lock` or an `RLock`) |
+//! | `Value(t, v, lock=lock)` | [`Value::with_lock`] (an [`AnyLock`]: `new_rlock()`, `new_lock()`, or another value's `get_lock().clone()`) |
 //! | `RawValue`, `RawArray` | [`RawValue`], [`RawArray`] (no lock; per-element atomic access) |
 //! | `shared_memory.SharedMemory(name, create, size)` | [`SharedMemory::create`], [`SharedMemory::attach`] |
 //!
 //! Element types are [`bytemuck::Pod`]: any bit pattern is a valid value, so memory another
 //! process writes can never make a value invalid. A [`Value`] or [`Array`] hands out `&mut`
-//! access only to the holder of its lock.
+//! access only to the holder of its lock, through one guard at a time: a thread that asks for
+//! a second guard of the same value while its first lives (which the default `RLock` would let
+//! in) panics with "already locked", like `RefCell`; and the lock has no safe `release`.
+//! A process that dies holding the lock is reported by the next guard's `owner_died()`.
 //!
 //! ```
 //! use multiproc_core::Process;
@@ -36,7 +39,9 @@ mod shared_memory;
 mod value;
 
 pub use crate::shared_memory::SharedMemory;
-pub use crate::value::{AnyLock, Array, Guard, RawArray, RawValue, Value, ValueGuard};
+pub use crate::value::{
+    AnyLock, AnyLockGuard, Array, Guard, RawArray, RawValue, Value, ValueGuard,
+};
 
 /// Why a shared value or array could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -22,8 +22,10 @@ const PREFIX: &str = "psm_";
 /// The name is the POSIX name without its leading `/`, as Python shows it: a segment created
 /// here can be attached by Python with `SharedMemory(name=...)` and the other way round.
 ///
-/// Access model: the bytes may be changed by any process at any time, so they are reached by
-/// copying ([`read`](Self::read), [`write`](Self::write)), never as a `&mut [u8]` in safe code;
+/// Access model: the bytes may be changed by any process or thread at any time, so they are
+/// reached by copying ([`read`](Self::read), [`write`](Self::write), with relaxed atomic
+/// accesses on the segment's side: safe from several threads at once), never as a `&mut [u8]`
+/// in safe code;
 /// the zero-copy [`as_slice`](Self::as_slice)/[`as_mut_slice`](Self::as_mut_slice) give
 /// views, for a caller who ensures exclusivity (with a lock, an event, or by joining
 /// the writers).
@@ -32,6 +34,9 @@ const PREFIX: &str = "psm_";
 /// process has closed it). A segment that its creator never unlinked is removed when the
 /// creator exits or dies, by a resource tracker (as Python's), unless it was created
 /// [untracked](SharedMemory::create_untracked) to outlive its creator.
+///
+/// [`try_clone`](Self::try_clone) gives a second handle (to hand one to each of several
+/// children while keeping one).
 ///
 /// ```
 /// use multiproc_shm::SharedMemory;
@@ -53,12 +58,25 @@ pub struct SharedMemory {
     tracked: bool,
 }
 
-fn posix_name(name: &str) -> Result<String, Error> {
+/// The name without its one optional leading `/`, if it is a valid POSIX shared memory name:
+/// not empty, not `.` or `..`, no further `/`, no NUL, at most 250 bytes.
+fn bare_name(name: &str) -> Result<&str, Error> {
     let bare = name.strip_prefix('/').unwrap_or(name);
-    if bare.is_empty() || bare.contains('/') || bare.contains('\0') || bare.len() > 250 {
+    if bare.is_empty()
+        || bare == "."
+        || bare == ".."
+        || bare.contains('/')
+        || bare.contains('\0')
+        || bare.len() > 250
+    {
         return Err(Error::InvalidName(name.to_string()));
     }
-    Ok(format!("/{bare}"))
+    Ok(bare)
+}
+
+/// The name `shm_open` takes for a bare name.
+fn posix_name(bare: &str) -> String {
+    format!("/{bare}")
 }
 
 fn random_name() -> String {
@@ -74,7 +92,12 @@ impl SharedMemory {
     /// Creates a new segment of `size` bytes (zeroed), named `name` or a generated `psm_…` name,
     /// tracked: removed when this process ends (normally or not) unless unlinked before.
     ///
-    /// Errors: [`Error::Exists`] if the name is taken, [`Error::InvalidSize`] for size 0.
+    /// A name may start with one `/` (Python's names do not; POSIX's do), which
+    /// [`name`](Self::name) leaves out.
+    ///
+    /// Errors: [`Error::Exists`] if the name is taken, [`Error::InvalidSize`] for size 0,
+    /// [`Error::InvalidName`] for a name that is empty, `.` or `..`, longer than 250 bytes, or
+    /// holds a `/` (after its optional first one) or a NUL.
     pub fn create(name: Option<&str>, size: usize) -> Result<SharedMemory, Error> {
         Self::create_with(name, size, true)
     }
@@ -92,11 +115,11 @@ impl SharedMemory {
         let flags = shm::OFlags::CREATE | shm::OFlags::EXCL | shm::OFlags::RDWR;
         let (bare, fd) = loop {
             let bare = match name {
-                Some(n) => n.strip_prefix('/').unwrap_or(n).to_string(),
+                Some(n) => bare_name(n)?.to_string(),
                 None => random_name(),
             };
             match shm::open(
-                posix_name(&bare)?.as_str(),
+                posix_name(&bare).as_str(),
                 flags,
                 Mode::from_raw_mode(0o600),
             ) {
@@ -119,7 +142,7 @@ impl SharedMemory {
         let map = match made {
             Ok(map) => map,
             Err(e) => {
-                let _ = shm::unlink(posix_name(&bare)?.as_str());
+                let _ = shm::unlink(posix_name(&bare).as_str());
                 return Err(Error::Os {
                     op: "creating shared memory",
                     source: e,
@@ -140,14 +163,11 @@ impl SharedMemory {
 
     /// Attaches to the existing segment `name` (Python's `SharedMemory(name=...)`).
     ///
-    /// Errors: [`Error::NotFound`] if there is none.
+    /// Errors: [`Error::NotFound`] if there is none, [`Error::InvalidName`] as for
+    /// [`create`](Self::create).
     pub fn attach(name: &str) -> Result<SharedMemory, Error> {
-        let bare = name.strip_prefix('/').unwrap_or(name).to_string();
-        let fd = match shm::open(
-            posix_name(&bare)?.as_str(),
-            shm::OFlags::RDWR,
-            Mode::empty(),
-        ) {
+        let bare = bare_name(name)?.to_string();
+        let fd = match shm::open(posix_name(&bare).as_str(), shm::OFlags::RDWR, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Err(Error::NotFound(bare)),
             Err(e) => {
@@ -183,6 +203,46 @@ impl SharedMemory {
         })
     }
 
+    /// Another handle on the same segment (Python has none: it would open the name again): a
+    /// duplicate of the fd and a mapping of its own, so it can be handed to a child while this
+    /// one stays, and closed independently. It unlinks like this one (a tracked segment stays
+    /// tracked by this process's tracker).
+    ///
+    /// Errors: [`Error::Closed`] once this handle is closed; [`Error::Os`] if the fd cannot be
+    /// duplicated or mapped.
+    ///
+    /// ```
+    /// use multiproc_shm::SharedMemory;
+    ///
+    /// let shm = SharedMemory::create(None, 4096)?;
+    /// let mut other = shm.try_clone()?;
+    /// other.write(0, b"hi")?;
+    /// other.close();
+    /// let mut two = [0u8; 2];
+    /// shm.read(0, &mut two)?;
+    /// assert_eq!(&two, b"hi");
+    /// shm.unlink()?;
+    /// # Ok::<(), multiproc_shm::Error>(())
+    /// ```
+    pub fn try_clone(&self) -> Result<SharedMemory, Error> {
+        self.mapping()?;
+        let fd = self.fd.try_clone().map_err(|e| Error::Os {
+            op: "dup",
+            source: e,
+        })?;
+        let map = Mapping::new(&fd, self.size).map_err(|e| Error::Os {
+            op: "mmap",
+            source: e,
+        })?;
+        Ok(SharedMemory {
+            name: self.name.clone(),
+            size: self.size,
+            fd,
+            map: Some(map),
+            tracked: self.tracked,
+        })
+    }
+
     /// The name, without the leading `/` (as Python's `name`).
     pub fn name(&self) -> &str {
         &self.name
@@ -198,13 +258,25 @@ impl SharedMemory {
     }
 
     /// Copies `out.len()` bytes starting at `offset` out of the segment.
+    ///
+    /// Safe from any number of threads at once: the segment's bytes are read with relaxed
+    /// atomic loads (words, and bytes at the edges), so a concurrent `write` (here or in
+    /// another process) races in value, never in Rust's memory model; order the two with a
+    /// lock or an event when the bytes must be consistent.
+    ///
+    /// Errors: [`Error::OutOfRange`] if the range does not fit, [`Error::Closed`] after
+    /// [`close`](Self::close).
     pub fn read(&self, offset: usize, out: &mut [u8]) -> Result<(), Error> {
         self.check(offset, out.len())?;
         self.mapping()?.read(offset, out);
         Ok(())
     }
 
-    /// Copies `data` into the segment at `offset`.
+    /// Copies `data` into the segment at `offset`, with relaxed atomic stores (see
+    /// [`read`](Self::read)).
+    ///
+    /// Errors: [`Error::OutOfRange`] if the range does not fit, [`Error::Closed`] after
+    /// [`close`](Self::close).
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<(), Error> {
         self.check(offset, data.len())?;
         self.mapping()?.write(offset, data);
@@ -236,7 +308,7 @@ impl SharedMemory {
     /// Removes the name (Python's `unlink()`): no process can attach any more; the memory goes
     /// when every process has closed it. Also stops tracking it.
     pub fn unlink(&self) -> Result<(), Error> {
-        match shm::unlink(posix_name(&self.name)?.as_str()) {
+        match shm::unlink(posix_name(&self.name).as_str()) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOENT) => return Err(Error::NotFound(self.name.clone())),
             Err(e) => {
@@ -317,15 +389,38 @@ mod tracker {
     /// This process's tracker: the write end of its pipe and the pid that started it.
     static TRACKER: Mutex<Option<(OwnedFd, u32)>> = Mutex::new(None);
 
+    /// Drops the tracker pipe that this process inherited from its parent by `fork`, if it
+    /// holds one: the parent's tracker must see end-of-file when the parent ends, not when
+    /// its last fork child does. One call, meant to become an after-fork hook once core
+    /// has a registry of them (issue 6 §1b.6); until then a fork child drops it on its first
+    /// tracker message.
+    #[expect(
+        dead_code,
+        reason = "to be registered as an after-fork hook when core's registry lands (issue 6 §1b.6)"
+    )]
+    pub(crate) fn forget_tracker_in_fork_child() {
+        let mut slot = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
+        forget_inherited(&mut slot);
+    }
+
+    /// Closes an inherited (another process's) tracker pipe in `slot`.
+    fn forget_inherited(slot: &mut Option<(OwnedFd, u32)>) {
+        let me = multiproc_core::current_pid();
+        if slot.as_ref().is_some_and(|(_, owner)| *owner != me) {
+            *slot = None;
+        }
+    }
+
     pub(super) struct Tracker;
 
     impl Tracker {
-        fn send(line: &str) {
-            let me = multiproc_core::current_pid();
+        /// Writes one line to this process's tracker, starting it first if `start_if_none`.
+        fn send(line: &str, start_if_none: bool) {
             let mut slot = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
-            if slot.as_ref().is_none_or(|(_, owner)| *owner != me) {
-                // A fork child does not write to its parent's tracker (it may outlive it).
-                *slot = start().map(|w| (w, me));
+            // A fork child does not write to its parent's tracker (it may outlive it).
+            forget_inherited(&mut slot);
+            if slot.is_none() && start_if_none {
+                *slot = start().map(|w| (w, multiproc_core::current_pid()));
             }
             if let Some((w, _)) = slot.as_ref() {
                 // One write of less than PIPE_BUF bytes: never interleaved with another.
@@ -334,11 +429,13 @@ mod tracker {
         }
 
         pub(super) fn register(name: &str) {
-            Self::send(&format!("R {name}\n"));
+            Self::send(&format!("R {name}\n"), true);
         }
 
+        /// Stops tracking `name`; nothing to do when this process has no tracker (a fork
+        /// child unlinking its parent's segment: the parent's tracker finds it gone).
         pub(super) fn unregister(name: &str) {
-            Self::send(&format!("U {name}\n"));
+            Self::send(&format!("U {name}\n"), false);
         }
     }
 

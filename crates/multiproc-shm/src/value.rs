@@ -2,35 +2,81 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use bytemuck::Pod;
-use multiproc_core::heap::Region;
-use multiproc_sync::{Lock, LockGuard, RLock, RLockGuard};
+use multiproc_core::heap::{Region, Shared};
+use multiproc_sync::{Lock, LockGuard, RLock, RLockGuard, TryAcquireError, TryLockResult};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::Error;
-use crate::raw::{Elements, Locked};
+use crate::raw::{Elements, Locked, Wait, end_borrow};
 
-/// The lock of a [`Value`] or [`Array`]: Python's default `RLock`, or a `Lock`.
+/// The lock of a [`Value`] or [`Array`] (Python's `get_lock()`): an `RLock` (the default, as
+/// in Python) or a `Lock`, shared by every copy and by every value built with it.
+///
+/// It locks like Python's lock, but cannot be released except by dropping its guard: a lock
+/// that hands out `&mut` access to shared data must not be released while that access lives.
+/// So there is no safe `release` (Python's bare `lock.release()` is the `unsafe`
+/// [`release`](AnyLock::release)), and no way to get the plain [`Lock`] or [`RLock`] out of it.
+///
+/// Python's `with v.get_lock(): v.value += 1` ports in one line: with the default `RLock`, the
+/// value's own accessors re-enter the lock that the thread holds.
+///
+/// ```
+/// use multiproc_shm::Value;
+///
+/// let v = Value::new(0i32)?;
+/// {
+///     let _held = v.get_lock().acquire(); // with v.get_lock():
+///     v.set(v.get() + 1); //                     v.value += 1
+/// }
+/// assert_eq!(v.get(), 1);
+/// # Ok::<(), multiproc_shm::Error>(())
+/// ```
+///
+/// The release that Python's API allows is not reachable without `unsafe`:
+///
+/// ```compile_fail,E0133
+/// let v = multiproc_shm::Value::new(0i32).unwrap();
+/// let mut g = v.lock();
+/// v.get_lock().release().unwrap(); // error: call to unsafe function
+/// *g += 1;
+/// ```
+///
+/// nor is the plain lock inside (whose `release` is safe):
+///
+/// ```compile_fail,E0599
+/// let v = multiproc_shm::Value::new(0i32).unwrap();
+/// if let multiproc_shm::AnyLock::RLock(l) = v.get_lock() {
+///     // error: `AnyLock` is opaque (it was an enum of the plain locks)
+///     l.release().unwrap();
+/// }
+/// ```
+#[derive(Clone, Serialize, Deserialize)]
+pub struct AnyLock {
+    pub(crate) kind: Kind,
+    /// Bumped by every acquire that takes the lock over from a dead owner: a borrow word
+    /// written in an earlier epoch was left by a guard that died (see `raw.rs`).
+    epoch: Shared<AtomicU32>,
+}
+
+impl fmt::Debug for AnyLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::RLock(l) => f.debug_tuple("AnyLock").field(l).finish(),
+            Kind::Lock(l) => f.debug_tuple("AnyLock").field(l).finish(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub enum AnyLock {
-    /// A re-entrant lock (the default, as in Python).
+pub(crate) enum Kind {
     RLock(RLock),
-    /// A plain lock.
     Lock(Lock),
-}
-
-impl From<Lock> for AnyLock {
-    fn from(l: Lock) -> AnyLock {
-        AnyLock::Lock(l)
-    }
-}
-
-impl From<RLock> for AnyLock {
-    fn from(l: RLock) -> AnyLock {
-        AnyLock::RLock(l)
-    }
 }
 
 pub(crate) enum Held<'a> {
@@ -38,21 +84,169 @@ pub(crate) enum Held<'a> {
     L(#[allow(dead_code)] LockGuard<'a>),
 }
 
+/// A guard or the dead owner's pid out of a sync-crate acquire result.
+#[inline]
+fn took<G>(r: TryLockResult<G>) -> Option<(G, Option<u32>)> {
+    match r {
+        Ok(g) => Some((g, None)),
+        Err(TryAcquireError::OwnerDied(e)) => {
+            let pid = e.dead_owner();
+            Some((e.into_guard(), Some(pid)))
+        }
+        Err(_) => None,
+    }
+}
+
 impl AnyLock {
-    /// Acquires it; a dead previous owner is not an error here (the data is plain bytes, valid
-    /// whatever it holds), as Python would not know either.
-    pub(crate) fn hold(&self) -> Held<'_> {
-        match self {
-            AnyLock::RLock(l) => Held::R(l.acquire().unwrap_or_else(|dead| dead.into_guard())),
-            AnyLock::Lock(l) => Held::L(l.acquire().unwrap_or_else(|dead| dead.into_guard())),
+    /// A new re-entrant lock (Python's default `RLock`), to share between values with
+    /// [`Value::with_lock`] and [`Array::from_slice_with_lock`].
+    pub fn new_rlock() -> Result<AnyLock, Error> {
+        AnyLock::with_kind(Kind::RLock(RLock::new()?))
+    }
+
+    /// A new plain lock (Python's `Lock`): taking it twice on one thread blocks forever, as in
+    /// Python, so a value's accessors cannot be used while `acquire`'s guard lives.
+    pub fn new_lock() -> Result<AnyLock, Error> {
+        AnyLock::with_kind(Kind::Lock(Lock::new()?))
+    }
+
+    fn with_kind(kind: Kind) -> Result<AnyLock, Error> {
+        Ok(AnyLock {
+            kind,
+            epoch: Shared::new().map_err(Error::Heap)?,
+        })
+    }
+
+    /// Whether it is an `RLock` (the owning thread may take it again).
+    pub fn is_reentrant(&self) -> bool {
+        matches!(self.kind, Kind::RLock(_))
+    }
+
+    /// Takes the lock (`RLock`: or re-enters it on the owning thread), waiting as `wait` says;
+    /// the dead previous owner's pid when it was taken over, and the borrow tag of this
+    /// epoch (nonzero). A dead owner is no error here: the data is plain bytes, valid
+    /// whatever they hold.
+    #[inline]
+    pub(crate) fn hold(&self, wait: Wait) -> Option<(Held<'_>, Option<u32>, u32)> {
+        let (held, died) = match &self.kind {
+            Kind::RLock(l) => {
+                let r = match wait {
+                    Wait::Forever => l.acquire().map_err(TryAcquireError::OwnerDied),
+                    Wait::No => l.try_acquire(),
+                    Wait::For(t) => l.acquire_timeout(t),
+                };
+                took(r).map(|(g, d)| (Held::R(g), d))?
+            }
+            Kind::Lock(l) => {
+                let r = match wait {
+                    Wait::Forever => l.acquire().map_err(TryAcquireError::OwnerDied),
+                    Wait::No => l.try_acquire(),
+                    Wait::For(t) => l.acquire_timeout(t),
+                };
+                took(r).map(|(g, d)| (Held::L(g), d))?
+            }
+        };
+        // Only the holder changes the epoch, so a load and a store under the lock suffice.
+        let mut epoch = self.epoch.load(Relaxed);
+        if died.is_some() {
+            epoch = epoch.wrapping_add(1);
+            self.epoch.store(epoch, Relaxed);
+        }
+        Some((held, died, (epoch << 1) | 1))
+    }
+
+    fn lock_guard(&self, wait: Wait) -> Option<AnyLockGuard<'_>> {
+        self.hold(wait).map(|(held, owner_died, _)| AnyLockGuard {
+            _held: held,
+            owner_died,
+        })
+    }
+
+    /// Waits for the lock (Python's `acquire()` / `with lock:`). The guard gives no access to
+    /// data; the values that share the lock are read and written with their own accessors
+    /// (which, with an `RLock`, re-enter it).
+    pub fn acquire(&self) -> AnyLockGuard<'_> {
+        self.lock_guard(Wait::Forever)
+            .expect("a lock without deadline is acquired")
+    }
+
+    /// Takes the lock if it is free (Python's `acquire(block=False)`).
+    pub fn try_acquire(&self) -> Option<AnyLockGuard<'_>> {
+        self.lock_guard(Wait::No)
+    }
+
+    /// Waits at most `timeout` for the lock (Python's `acquire(timeout=t)`).
+    pub fn acquire_timeout(&self, timeout: Duration) -> Option<AnyLockGuard<'_>> {
+        self.lock_guard(Wait::For(timeout))
+    }
+
+    /// Whether some thread or process holds the lock right now (a snapshot).
+    pub fn is_locked(&self) -> bool {
+        match &self.kind {
+            Kind::RLock(l) => l.depth() > 0,
+            Kind::Lock(l) => l.is_locked(),
         }
     }
 }
 
+/// Holds an [`AnyLock`] (from [`AnyLock::acquire`]); releases it when dropped. It gives no
+/// access to data.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct AnyLockGuard<'a> {
+    _held: Held<'a>,
+    owner_died: Option<u32>,
+}
+
+impl AnyLockGuard<'_> {
+    /// The pid of a process that died holding the lock, if this acquire took it over (the data
+    /// it guards may be half-updated; the lock works normally).
+    pub fn owner_died(&self) -> Option<u32> {
+        self.owner_died
+    }
+}
+
+impl fmt::Debug for AnyLockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyLockGuard")
+            .field("owner_died", &self.owner_died)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The elements of a [`Value`] or [`Array`] while its lock is held; derefs to `[T]`.
+///
+/// Only one guard of the same elements lives at a time: another thread or process waits for
+/// the lock, and the thread that holds a guard and asks for a second one (which its `RLock`
+/// would let in) is refused: [`Array::lock`] panics, [`Array::try_lock`] returns `None`.
+/// A guard cannot leave its thread (an `RLock` is released by the thread that took it).
+///
+/// ```compile_fail,E0277
+/// let a = multiproc_shm::Array::from_slice(&[1i32]).unwrap();
+/// let g = a.lock();
+/// std::thread::spawn(move || drop(g)); // error: the guard is not `Send`
+/// ```
 pub struct Guard<'a, T: Pod> {
     pub(crate) _held: Held<'a>,
+    pub(crate) word: &'a AtomicU32,
     pub(crate) slice: &'a mut [T],
+    pub(crate) owner_died: Option<u32>,
+}
+
+impl<T: Pod> Guard<'_, T> {
+    /// The pid of a process that died holding the lock, if this lock took it over from it:
+    /// the elements may be half-updated (Python cannot tell; [`Lock::acquire`] reports it as
+    /// `OwnerDied`). The lock works normally.
+    pub fn owner_died(&self) -> Option<u32> {
+        self.owner_died
+    }
+}
+
+impl<T: Pod> Drop for Guard<'_, T> {
+    #[inline]
+    fn drop(&mut self) {
+        // The borrow ends before `_held` (a field, dropped after this) releases the lock.
+        end_borrow(self.word);
+    }
 }
 
 impl<T: Pod> Deref for Guard<'_, T> {
@@ -74,8 +268,17 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Guard<'_, T> {
     }
 }
 
-/// The one element of a [`Value`] while its lock is held; derefs to `T`.
+/// The one element of a [`Value`] while its lock is held; derefs to `T`. The rules of
+/// [`Guard`] apply.
 pub struct ValueGuard<'a, T: Pod>(Guard<'a, T>);
+
+impl<T: Pod> ValueGuard<'_, T> {
+    /// The pid of a process that died holding the lock, if this lock took it over from it
+    /// (see [`Guard::owner_died`]).
+    pub fn owner_died(&self) -> Option<u32> {
+        self.0.owner_died()
+    }
+}
 
 impl<T: Pod> Deref for ValueGuard<'_, T> {
     type Target = T;
@@ -115,9 +318,8 @@ impl<T: Pod> Serialize for Locked<T> {
 impl<'de, T: Pod> Deserialize<'de> for Locked<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = LockedWire::deserialize(d)?;
-        let elems = Elements::from_region(w.region)
-            .ok_or_else(|| D::Error::custom("shared array of another element type"))?;
-        Ok(Locked::new(elems, w.lock))
+        Locked::from_region(w.region, w.lock)
+            .ok_or_else(|| D::Error::custom("shared array of another element type"))
     }
 }
 
@@ -125,7 +327,8 @@ impl<'de, T: Pod> Deserialize<'de> for Locked<T> {
 ///
 /// `T` is any [`bytemuck::Pod`] type (integers, floats, arrays of them, `#[repr(C)]` structs
 /// deriving `Pod`). [`get`](Value::get) and [`set`](Value::set) take the lock, as Python's
-/// `value.value` does; [`lock`](Value::lock) holds it for a read-modify-write.
+/// `value.value` does; [`lock`](Value::lock) holds it for a read-modify-write and hands out
+/// the only `&mut T`.
 ///
 /// ```
 /// use multiproc_shm::Value;
@@ -135,6 +338,14 @@ impl<'de, T: Pod> Deserialize<'de> for Locked<T> {
 /// assert_eq!(counter.get(), 1);
 /// # Ok::<(), multiproc_shm::Error>(())
 /// ```
+///
+/// One guard at a time: while a thread holds a guard, its own `get`, `set` or second `lock`
+/// panics (`already locked`, like `RefCell`'s "already borrowed") instead of aliasing the
+/// guard's `&mut`; `Debug` prints `<locked>`. Other threads and processes wait.
+///
+/// A process that dies holding the lock does not block the others: the next `lock()` takes it
+/// over and its guard tells [`owner_died`](ValueGuard::owner_died) (the value may be
+/// half-updated); `get`/`set` take it over silently.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Value<T: Pod> {
@@ -144,34 +355,62 @@ pub struct Value<T: Pod> {
 impl<T: Pod> Value<T> {
     /// A shared `v` with a new `RLock`.
     pub fn new(v: T) -> Result<Value<T>, Error> {
-        Value::with_lock(v, RLock::new()?)
+        Value::with_lock(v, AnyLock::new_rlock()?)
     }
 
-    /// A shared `v` guarded by `lock` (Python's `Value(t, v, lock=lock)`).
-    pub fn with_lock(v: T, lock: impl Into<AnyLock>) -> Result<Value<T>, Error> {
-        let elems = Elements::zeroed(1).map_err(Error::Heap)?;
-        elems.store(0, v);
-        Ok(Value {
-            inner: Locked::new(elems, lock.into()),
-        })
+    /// A shared `v` guarded by `lock` (Python's `Value(t, v, lock=lock)`), made with
+    /// [`AnyLock::new_rlock`] or [`AnyLock::new_lock`] or taken from another value's
+    /// [`get_lock`](Value::get_lock).
+    pub fn with_lock(v: T, lock: AnyLock) -> Result<Value<T>, Error> {
+        let inner = Locked::zeroed(1, lock).map_err(Error::Heap)?;
+        inner.elems().store(0, v);
+        Ok(Value { inner })
     }
 
     /// Holds the lock; the guard derefs to the value.
+    ///
+    /// # Panics
+    ///
+    /// If a guard of this value already lives on the calling thread.
+    #[inline]
     pub fn lock(&self) -> ValueGuard<'_, T> {
-        ValueGuard(self.inner.guard())
+        ValueGuard(
+            self.inner
+                .guard(Wait::Forever)
+                .expect("a lock without deadline is acquired"),
+        )
     }
 
-    /// Reads the value under the lock.
+    /// Holds the lock if it is free; `None` if another thread or process holds it, or a guard
+    /// of this value lives on the calling thread.
+    pub fn try_lock(&self) -> Option<ValueGuard<'_, T>> {
+        self.inner.guard(Wait::No).map(ValueGuard)
+    }
+
+    /// Waits at most `timeout` for the lock; `None` as for [`try_lock`](Value::try_lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Option<ValueGuard<'_, T>> {
+        self.inner.guard(Wait::For(timeout)).map(ValueGuard)
+    }
+
+    /// Reads the value under the lock (Python's `v.value`).
+    ///
+    /// # Panics
+    ///
+    /// If a guard of this value lives on the calling thread (read through the guard instead).
     pub fn get(&self) -> T {
         *self.lock()
     }
 
-    /// Writes the value under the lock.
+    /// Writes the value under the lock (Python's `v.value = x`).
+    ///
+    /// # Panics
+    ///
+    /// If a guard of this value lives on the calling thread (write through the guard instead).
     pub fn set(&self, v: T) {
         *self.lock() = v;
     }
 
-    /// The lock (Python's `get_lock()`).
+    /// The lock (Python's `get_lock()`), without a safe `release`: see [`AnyLock`].
     pub fn get_lock(&self) -> &AnyLock {
         self.inner.lock()
     }
@@ -179,7 +418,13 @@ impl<T: Pod> Value<T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Value").field(&self.get()).finish()
+        match self.try_lock() {
+            Some(g) => f.debug_tuple("Value").field(&*g).finish(),
+            None => f
+                .debug_tuple("Value")
+                .field(&format_args!("<locked>"))
+                .finish(),
+        }
     }
 }
 
@@ -194,6 +439,10 @@ impl<T: Pod + fmt::Debug> fmt::Debug for Value<T> {
 /// assert_eq!(a.to_vec(), [101, 2, 3, 4]);
 /// # Ok::<(), multiproc_shm::Error>(())
 /// ```
+///
+/// The rules of [`Value`] hold: one guard at a time (a second one on the same thread panics
+/// in [`lock`](Array::lock), is `None` from [`try_lock`](Array::try_lock)), and a dead
+/// owner's lock is taken over and reported by [`Guard::owner_died`].
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(bound = "")]
 pub struct Array<T: Pod> {
@@ -203,33 +452,51 @@ pub struct Array<T: Pod> {
 impl<T: Pod> Array<T> {
     /// `n` zeroed elements with a new `RLock`.
     pub fn zeroed(n: usize) -> Result<Array<T>, Error> {
+        Array::zeroed_with_lock(n, AnyLock::new_rlock()?)
+    }
+
+    /// `n` zeroed elements guarded by `lock` (Python's `Array(t, n, lock=lock)`).
+    pub fn zeroed_with_lock(n: usize, lock: AnyLock) -> Result<Array<T>, Error> {
         Ok(Array {
-            inner: Locked::new(
-                Elements::zeroed(n).map_err(Error::Heap)?,
-                RLock::new()?.into(),
-            ),
+            inner: Locked::zeroed(n, lock).map_err(Error::Heap)?,
         })
     }
 
     /// A copy of `values` with a new `RLock`.
     pub fn from_slice(values: &[T]) -> Result<Array<T>, Error> {
-        Array::from_slice_with_lock(values, RLock::new()?)
+        Array::from_slice_with_lock(values, AnyLock::new_rlock()?)
     }
 
-    /// A copy of `values` guarded by `lock`.
-    pub fn from_slice_with_lock(values: &[T], lock: impl Into<AnyLock>) -> Result<Array<T>, Error> {
-        let elems = Elements::zeroed(values.len()).map_err(Error::Heap)?;
+    /// A copy of `values` guarded by `lock` (Python's `Array(t, seq, lock=lock)`).
+    pub fn from_slice_with_lock(values: &[T], lock: AnyLock) -> Result<Array<T>, Error> {
+        let a = Array::zeroed_with_lock(values.len(), lock)?;
         for (i, v) in values.iter().enumerate() {
-            elems.store(i, *v);
+            a.inner.elems().store(i, *v);
         }
-        Ok(Array {
-            inner: Locked::new(elems, lock.into()),
-        })
+        Ok(a)
     }
 
     /// Holds the lock; the guard derefs to the elements.
+    ///
+    /// # Panics
+    ///
+    /// If a guard of this array already lives on the calling thread.
+    #[inline]
     pub fn lock(&self) -> Guard<'_, T> {
-        self.inner.guard()
+        self.inner
+            .guard(Wait::Forever)
+            .expect("a lock without deadline is acquired")
+    }
+
+    /// Holds the lock if it is free; `None` if another thread or process holds it, or a guard
+    /// of this array lives on the calling thread.
+    pub fn try_lock(&self) -> Option<Guard<'_, T>> {
+        self.inner.guard(Wait::No)
+    }
+
+    /// Waits at most `timeout` for the lock; `None` as for [`try_lock`](Array::try_lock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Option<Guard<'_, T>> {
+        self.inner.guard(Wait::For(timeout))
     }
 
     /// The number of elements.
@@ -242,22 +509,34 @@ impl<T: Pod> Array<T> {
         self.len() == 0
     }
 
-    /// Element `i`, read under the lock; panics if out of range.
+    /// Element `i`, read under the lock.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is out of range, or a guard of this array lives on the calling thread.
     pub fn get(&self, i: usize) -> T {
         self.lock()[i]
     }
 
-    /// Writes element `i` under the lock; panics if out of range.
+    /// Writes element `i` under the lock.
+    ///
+    /// # Panics
+    ///
+    /// If `i` is out of range, or a guard of this array lives on the calling thread.
     pub fn set(&self, i: usize, v: T) {
         self.lock()[i] = v;
     }
 
     /// A copy of every element, taken under the lock.
+    ///
+    /// # Panics
+    ///
+    /// If a guard of this array lives on the calling thread.
     pub fn to_vec(&self) -> Vec<T> {
         self.lock().to_vec()
     }
 
-    /// The lock (Python's `get_lock()`).
+    /// The lock (Python's `get_lock()`), without a safe `release`: see [`AnyLock`].
     pub fn get_lock(&self) -> &AnyLock {
         self.inner.lock()
     }
@@ -265,7 +544,13 @@ impl<T: Pod> Array<T> {
 
 impl<T: Pod + fmt::Debug> fmt::Debug for Array<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Array").field(&self.to_vec()).finish()
+        match self.try_lock() {
+            Some(g) => f.debug_tuple("Array").field(&&*g).finish(),
+            None => f
+                .debug_tuple("Array")
+                .field(&format_args!("<locked>"))
+                .finish(),
+        }
     }
 }
 
@@ -371,5 +656,61 @@ impl<'de, T: Pod> Deserialize<'de> for RawArray<T> {
 impl<T: Pod + fmt::Debug> fmt::Debug for RawArray<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("RawArray").field(&self.to_vec()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One-thread rules of the guards (no processes: the heap and the locks only).
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "already locked")]
+    fn issue_6_get_under_a_guard_panics_instead_of_aliasing() {
+        let a = Array::from_slice(&[1i32, 2]).unwrap();
+        let _g = a.lock();
+        let _ = a.get(0); // the RLock lets this thread in; a second `&mut` must not
+    }
+
+    #[test]
+    #[should_panic(expected = "already locked")]
+    fn issue_6_second_value_guard_panics() {
+        let v = Value::new(1u8).unwrap();
+        let _g = v.lock();
+        let _h = v.lock();
+    }
+
+    #[test]
+    fn issue_6_try_lock_and_debug_under_a_guard() {
+        let v = Value::new(7u64).unwrap();
+        let a = Array::from_slice_with_lock(&[1u8, 2], v.get_lock().clone()).unwrap();
+        {
+            let mut g = v.lock();
+            assert!(v.try_lock().is_none());
+            assert!(v.lock_timeout(Duration::from_millis(1)).is_none());
+            assert_eq!(format!("{v:?}"), "Value(<locked>)");
+            *g += 1;
+            // Another array under the same RLock: its own data, so its guard may coexist.
+            let mut h = a.lock();
+            h[0] = 9;
+            assert_eq!(format!("{h:?}"), "[9, 2]");
+            assert_eq!(g.owner_died(), None);
+        }
+        assert_eq!(format!("{v:?}"), "Value(8)");
+        assert_eq!(format!("{a:?}"), "Array([9, 2])");
+        assert!(!v.get_lock().is_locked());
+    }
+
+    #[test]
+    fn issue_6_with_get_lock_then_accessors_port_python() {
+        let v = Value::new(0i32).unwrap();
+        {
+            let held = v.get_lock().acquire();
+            assert_eq!(held.owner_died(), None);
+            v.set(v.get() + 1);
+            assert!(v.get_lock().is_locked());
+        }
+        assert!(!v.get_lock().is_locked());
+        assert_eq!(v.get(), 1);
     }
 }

@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::time::Instant;
+
 use multiproc_core::{Process, StartMethod, get_context};
-use multiproc_shm::{AnyLock, Array, RawArray, RawValue, SharedMemory, Value};
-use multiproc_sync::Lock;
-use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join_all, start};
+use multiproc_shm::{AnyLock, Array, Error, RawArray, RawValue, SharedMemory, Value};
+use multiproc_sync::Event;
+use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, join_all, start, start_daemon};
 
 fn main() {
     let tests: &[(&str, TestFn)] = &[
@@ -16,6 +19,14 @@ fn main() {
             value_counter_with_lock_reaches_4000,
         ),
         ("value_with_a_caller_lock", value_with_a_caller_lock),
+        (
+            "value_and_array_share_one_lock",
+            value_and_array_share_one_lock,
+        ),
+        (
+            "issue_6_lock_reports_a_dead_owner",
+            issue_6_lock_reports_a_dead_owner,
+        ),
         (
             "raw_value_and_raw_array_are_shared",
             raw_value_and_raw_array_are_shared,
@@ -29,6 +40,18 @@ fn main() {
         (
             "killed_creator_segment_is_removed",
             killed_creator_segment_is_removed,
+        ),
+        (
+            "untracked_segment_outlives_its_killed_creator",
+            untracked_segment_outlives_its_killed_creator,
+        ),
+        (
+            "tracker_removes_a_segment_after_a_normal_exit",
+            tracker_removes_a_segment_after_a_normal_exit,
+        ),
+        (
+            "issue_6_try_clone_hands_one_segment_to_several_children",
+            issue_6_try_clone_hands_one_segment_to_several_children,
         ),
     ];
     let mut trials = multiproc_testkit::trials(tests);
@@ -82,20 +105,121 @@ fn transfer(pair: Array<i64>) {
 }
 
 fn value_with_a_caller_lock(m: StartMethod) -> Result<(), Failed> {
-    let lock = Lock::new()?;
+    let lock = AnyLock::new_lock()?;
     let pair = Array::from_slice_with_lock(&[1000i64, 0], lock.clone())?;
     let v = Value::with_lock(7u8, lock.clone())?;
-    check!(matches!(v.get_lock(), AnyLock::Lock(_)), "lock kind");
+    check!(!v.get_lock().is_reentrant(), "lock kind");
     let ps: Vec<Process> = (0..3)
         .map(|_| start(m, transfer, pair.clone()))
         .collect::<Result<_, _>>()?;
     join_all(&ps)?;
     check!(pair.to_vec() == [-500, 1500], "pair {:?}", pair.to_vec());
-    // The value shares the caller's lock: held elsewhere, the value cannot be read.
-    let held = lock.acquire().map_err(|e| format!("{e}"))?;
-    check!(lock.is_locked(), "held");
-    drop(held);
     check!(v.get() == 7, "value {}", v.get());
+    Ok(())
+}
+
+/// Holds `a`'s lock (through its guard) from `held` until `go`, then writes 42.
+fn hold_value_lock((a, held, go): (Value<u32>, Event, Event)) {
+    let mut g = a.lock();
+    held.set();
+    assert!(go.wait_timeout(LONG), "never told to release");
+    *g = 42;
+}
+
+/// A child holds the lock of `Value` A; `Array` B, built with the same lock, cannot be locked
+/// by the parent until the child releases it (for both kinds of lock).
+fn value_and_array_share_one_lock(m: StartMethod) -> Result<(), Failed> {
+    for lock in [AnyLock::new_rlock()?, AnyLock::new_lock()?] {
+        let a = Value::with_lock(0u32, lock.clone())?;
+        let b = Array::<u8>::zeroed_with_lock(3, lock)?;
+        check!(
+            b.try_lock().is_some() && a.try_lock().is_some(),
+            "free before the child"
+        );
+        let (held, go) = (Event::new()?, Event::new()?);
+        let p = start_daemon(m, hold_value_lock, (a.clone(), held.clone(), go.clone()))?;
+        check!(held.wait_timeout(LONG), "the child never took the lock");
+        let blocked = b.try_lock().is_none()
+            && b.get_lock().try_acquire().is_none()
+            && b.get_lock().is_locked()
+            && b.lock_timeout(Duration::from_millis(50)).is_none();
+        go.set();
+        check!(blocked, "B's lock was free while the child held A's");
+        check!(join(&p)? == 0, "child failed");
+        let g = b.try_lock();
+        check!(
+            g.as_ref().is_some_and(|g| g.owner_died().is_none()),
+            "B still locked"
+        );
+        drop(g);
+        check!(a.get() == 42, "A {}", a.get());
+    }
+    Ok(())
+}
+
+/// Writes 41 under the lock, says so, and hangs holding it until killed.
+fn lock_and_hang((v, held): (Value<u64>, Event)) {
+    let mut g = v.lock();
+    *g = 41;
+    held.set();
+    std::thread::sleep(Duration::from_secs(3600));
+    drop(g);
+}
+
+/// Starts a child that writes 41 into `v` under its lock and is killed holding it; its pid.
+fn kill_while_locked(m: StartMethod, v: &Value<u64>) -> Result<u32, Failed> {
+    let held = Event::new()?;
+    let p = start_daemon(m, lock_and_hang, (v.clone(), held.clone()))?;
+    check!(held.wait_timeout(LONG), "the child never took the lock");
+    let pid = p.pid().ok_or("no pid")?;
+    check!(v.try_lock().is_none(), "not held by the child");
+    p.kill()?;
+    check!(p.join_timeout(LONG)? == Some(-9), "child not killed");
+    Ok(pid)
+}
+
+/// A child locks a `Value` and is killed; the parent's `lock()` takes the lock over and its
+/// guard reports the dead owner (Python's `Value` would hang). Then the same through the
+/// data-less `get_lock().acquire()`, inside which `get`/`set` work: the dead child's guard is
+/// recognised as gone, not as a guard of this thread.
+fn issue_6_lock_reports_a_dead_owner(m: StartMethod) -> Result<(), Failed> {
+    let v = Value::new(0u64)?;
+    let pid = kill_while_locked(m, &v)?;
+    let mut g = v.lock_timeout(LONG).ok_or("lock not taken over")?;
+    check!(
+        g.owner_died() == Some(pid),
+        "owner_died {:?} not {pid}",
+        g.owner_died()
+    );
+    check!(*g == 41, "value {}", *g);
+    *g += 1;
+    drop(g);
+    let g = v.lock();
+    check!(
+        g.owner_died().is_none() && *g == 42,
+        "after recovery: {:?}",
+        g.owner_died()
+    );
+    drop(g);
+
+    let w = Value::new(0u64)?;
+    let pid = kill_while_locked(m, &w)?;
+    let held = w
+        .get_lock()
+        .acquire_timeout(LONG)
+        .ok_or("lock not taken over")?;
+    check!(
+        held.owner_died() == Some(pid),
+        "acquire: owner_died {:?}",
+        held.owner_died()
+    );
+    w.set(w.get() + 1);
+    drop(held);
+    check!(
+        w.get() == 42 && !w.get_lock().is_locked(),
+        "value {}",
+        w.get()
+    );
     Ok(())
 }
 
@@ -181,7 +305,7 @@ fn shared_memory_seed_by_name(m: StartMethod) -> Result<(), Failed> {
     );
     shm.unlink()?;
     check!(
-        !std::path::Path::new(&format!("/dev/shm/{name}")).exists(),
+        !Path::new(&format!("/dev/shm/{name}")).exists(),
         "name left after unlink"
     );
     Ok(())
@@ -218,7 +342,7 @@ fn shared_memory_handle_to_child(m: StartMethod) -> Result<(), Failed> {
 }
 
 /// Creates a tracked segment, says so, and sleeps without unlinking it.
-fn create_and_hang((name, ready): (String, multiproc_sync::Event)) {
+fn create_and_hang((name, ready): (String, Event)) {
     let shm = SharedMemory::create(Some(&name), 8192).unwrap();
     std::mem::forget(shm);
     ready.set();
@@ -228,29 +352,140 @@ fn create_and_hang((name, ready): (String, multiproc_sync::Event)) {
 fn killed_creator_segment_is_removed(m: StartMethod) -> Result<(), Failed> {
     let name = unique("killed", m);
     let path = format!("/dev/shm/{name}");
-    let ready = multiproc_sync::Event::new()?;
+    let ready = Event::new()?;
     let mut p = get_context(m).process(create_and_hang, (name.clone(), ready.clone()));
     p.set_daemon(true)?;
     p.start()?;
     check!(ready.wait_timeout(LONG), "the creator never got ready");
-    check!(std::path::Path::new(&path).exists(), "segment not created");
+    check!(Path::new(&path).exists(), "segment not created");
     p.kill()?;
     check!(p.join_timeout(LONG)? == Some(-9), "creator not killed");
     // The creator's tracker sees its pipe close and unlinks: poll for the effect.
-    let deadline = std::time::Instant::now() + LONG;
-    while std::path::Path::new(&path).exists() {
-        check!(std::time::Instant::now() < deadline, "{path} still there");
+    wait_until_gone(&path)
+}
+
+/// Polls (the tracker is another process, with nothing to wait on) until `path` is gone.
+fn wait_until_gone(path: &str) -> Result<(), Failed> {
+    let deadline = Instant::now() + LONG;
+    while Path::new(path).exists() {
+        check!(Instant::now() < deadline, "{path} still there");
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(())
 }
 
-fn shared_memory_errors() -> Result<(), Failed> {
-    use multiproc_shm::Error;
-    let name = format!("mp_test_{}_errors", std::process::id());
-    let shm = SharedMemory::create(Some(&name), 10)?;
+/// Creates `untracked` (writing a mark) then `tracked`, says so, hangs until killed.
+fn create_both_and_hang((untracked, tracked, ready): (String, String, Event)) {
+    let u = SharedMemory::create_untracked(Some(&untracked), 4096).unwrap();
+    u.write(0, b"survivor").unwrap();
+    let t = SharedMemory::create(Some(&tracked), 4096).unwrap();
+    ready.set();
+    std::thread::sleep(Duration::from_secs(3600));
+    drop((u, t));
+}
+
+/// A killed creator's tracker removes its tracked segment but not its untracked one, which a
+/// later process can still attach (Python 3.13's `track=False`).
+fn untracked_segment_outlives_its_killed_creator(m: StartMethod) -> Result<(), Failed> {
+    let (untracked, tracked) = (unique("untracked", m), unique("tracked", m));
+    let ready = Event::new()?;
+    let p = start_daemon(
+        m,
+        create_both_and_hang,
+        (untracked.clone(), tracked.clone(), ready.clone()),
+    )?;
+    check!(ready.wait_timeout(LONG), "the creator never got ready");
+    p.kill()?;
+    check!(p.join_timeout(LONG)? == Some(-9), "creator not killed");
+    // The tracker unlinks what was registered, in order, once it sees end-of-file: when the
+    // tracked segment (created second) is gone, it is done.
+    wait_until_gone(&format!("/dev/shm/{tracked}"))?;
+    let u = SharedMemory::attach(&untracked);
+    check!(u.is_ok(), "untracked segment removed: {:?}", u.err());
+    let u = u?;
+    let mut mark = [0u8; 8];
+    u.read(0, &mut mark)?;
+    u.unlink()?;
+    check!(&mark == b"survivor", "bytes {mark:?}");
+    Ok(())
+}
+
+/// Creates a tracked segment, says so, waits for `go`, and returns without unlinking it.
+fn create_and_return((name, made, go): (String, Event, Event)) {
+    let shm = SharedMemory::create(Some(&name), 4096).unwrap();
+    made.set();
+    assert!(go.wait_timeout(LONG), "never told to return");
+    drop(shm); // closes; does not unlink
+}
+
+/// A creator that exits normally without `unlink`: its tracker removes the segment (Python
+/// warns "leaked shared_memory objects" and unlinks them).
+fn tracker_removes_a_segment_after_a_normal_exit(m: StartMethod) -> Result<(), Failed> {
+    let name = unique("leaked", m);
+    let path = format!("/dev/shm/{name}");
+    let (made, go) = (Event::new()?, Event::new()?);
+    let p = start_daemon(
+        m,
+        create_and_return,
+        (name.clone(), made.clone(), go.clone()),
+    )?;
+    check!(made.wait_timeout(LONG), "the creator never created");
+    let existed = Path::new(&path).exists();
+    go.set();
+    check!(join(&p)? == 0, "creator failed");
+    check!(existed, "segment not created");
+    wait_until_gone(&path)
+}
+
+/// Writes byte `i + 1` over its 4 KiB slot `i` of the segment, after checking the parent's mark.
+fn fill_slot((shm, i): (SharedMemory, u8)) {
+    let mut mark = [0u8; 4];
+    shm.read(3 * 4096, &mut mark).unwrap();
+    assert_eq!(&mark, b"mark");
+    shm.write(usize::from(i) * 4096, &[i + 1; 4096]).unwrap();
+}
+
+/// One segment handed to three children through `try_clone` while the parent keeps (and
+/// reads through) its own handle.
+fn issue_6_try_clone_hands_one_segment_to_several_children(m: StartMethod) -> Result<(), Failed> {
+    let shm = SharedMemory::create(None, 4 * 4096)?;
+    shm.write(3 * 4096, b"mark")?;
+    let ps: Vec<Process> = (0..3u8)
+        .map(|i| start(m, fill_slot, (shm.try_clone()?, i)))
+        .collect::<Result<_, _>>()?;
+    join_all(&ps)?;
+    let mut clone = shm.try_clone()?;
     check!(
-        matches!(SharedMemory::create(Some(&name), 10), Err(Error::Exists(_))),
+        clone.name() == shm.name() && clone.size() == shm.size(),
+        "{clone:?}"
+    );
+    clone.close();
+    check!(
+        matches!(clone.try_clone(), Err(Error::Closed)),
+        "clone of a closed handle"
+    );
+    let mut all = vec![0u8; 3 * 4096];
+    shm.read(0, &mut all)?;
+    shm.unlink()?;
+    for (i, slot) in all.chunks(4096).enumerate() {
+        check!(
+            slot.iter().all(|&b| usize::from(b) == i + 1),
+            "slot {i} not written"
+        );
+    }
+    Ok(())
+}
+
+fn shared_memory_errors() -> Result<(), Failed> {
+    let name = format!("mp_test_{}_errors", std::process::id());
+    let shm = SharedMemory::create(Some(&format!("/{name}")), 10)?;
+    check!(
+        shm.name() == name,
+        "one leading / is left out: {}",
+        shm.name()
+    );
+    check!(
+        matches!(SharedMemory::create(Some(&name), 10), Err(Error::Exists(n)) if n == name),
         "create existing"
     );
     check!(
@@ -260,24 +495,69 @@ fn shared_memory_errors() -> Result<(), Failed> {
     check!(
         matches!(
             SharedMemory::attach("mp_test_no_such_segment"),
-            Err(Error::NotFound(_))
+            Err(Error::NotFound(n)) if n == "mp_test_no_such_segment"
         ),
         "attach missing"
     );
+    // issue 6 §1b.8: "//x" named "/x", "." and ".." an OS error.
+    for bad in [
+        "",
+        "/",
+        "//x",
+        "a/b",
+        ".",
+        "..",
+        "/.",
+        "/..",
+        "nul\0",
+        &"x".repeat(251),
+    ] {
+        check!(
+            matches!(SharedMemory::create(Some(bad), 10), Err(Error::InvalidName(n)) if n == bad),
+            "create {bad:?}"
+        );
+        check!(
+            matches!(SharedMemory::attach(bad), Err(Error::InvalidName(n)) if n == bad),
+            "attach {bad:?}"
+        );
+    }
+    let out_of_range = |r: Result<(), Error>, o: usize, l: usize| matches!(r, Err(Error::OutOfRange { offset, len, size: 10 }) if offset == o && len == l);
+    let mut buf = [0u8; 4];
     check!(
-        matches!(shm.write(8, &[0; 4]), Err(Error::OutOfRange { .. })),
+        out_of_range(shm.write(8, &[0; 4]), 8, 4),
         "write past the end"
     );
     check!(
-        matches!(
-            SharedMemory::create(Some("a/b"), 10),
-            Err(Error::InvalidName(_))
-        ),
-        "bad name"
+        out_of_range(shm.read(7, &mut buf), 7, 4),
+        "read past the end"
+    );
+    check!(
+        out_of_range(shm.read(11, &mut []), 11, 0),
+        "empty read past the end"
+    );
+    check!(
+        out_of_range(shm.read(usize::MAX, &mut buf[..1]), usize::MAX, 1),
+        "read at usize::MAX"
+    );
+    check!(
+        out_of_range(shm.write(usize::MAX - 1, &[0; 4]), usize::MAX - 1, 4),
+        "write overflowing usize"
+    );
+    shm.write(6, &[1, 2, 3, 4])?;
+    shm.read(6, &mut buf)?;
+    check!(
+        buf == [1, 2, 3, 4] && shm.read(10, &mut []).is_ok(),
+        "edges"
+    );
+    let mut closed = shm.try_clone()?;
+    closed.close();
+    check!(
+        matches!(closed.write(0, &[1]), Err(Error::Closed)),
+        "write after close"
     );
     shm.unlink()?;
     check!(
-        matches!(shm.unlink(), Err(Error::NotFound(_))),
+        matches!(shm.unlink(), Err(Error::NotFound(n)) if n == name),
         "second unlink"
     );
     Ok(())
