@@ -56,6 +56,15 @@ impl Child {
     pub(crate) fn own(pid: Pid, info: &ChildInfo) -> Result<Child> {
         let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => {
+                // Already gone and reaped by the kernel (the program ignores SIGCHLD): its
+                // status is lost. The sentinel is a pipe at end-of-file (always readable).
+                let (ended, _) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(Error::errno("pipe"))?;
+                let child = Child::new(pid, ended, Waiter::Own, info);
+                *child.exitcode.lock() = Some(crate::LOST_STATUS);
+                return Ok(child);
+            }
             Err(e) => {
                 // Still unreaped, so the pid is still our child's.
                 let _ = rustix::process::kill_process(pid, Signal::KILL);
