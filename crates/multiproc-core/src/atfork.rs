@@ -46,6 +46,24 @@ pub(crate) fn exclusive() -> RwLockWriteGuard<'static, ()> {
     FORK_LOCK.write()
 }
 
+/// A shared hold on the fork lock, for the process-local locks of the layers above core.
+///
+/// A layer that keeps process-local state behind a lock (the shm resource tracker's pipe, a
+/// queue's feeder state) takes this guard before its own lock and keeps it while it holds
+/// that lock. A fork never happens while such a guard is held, so a fork child never finds
+/// the layer's lock held by a thread that does not exist in the child. Re-entrant; cheap (one
+/// atomic operation each way).
+#[derive(Debug)]
+#[must_use = "the fork lock is released when the guard is dropped"]
+pub struct ForkGuard {
+    _guard: RwLockReadGuard<'static, ()>,
+}
+
+/// Takes a [`ForkGuard`].
+pub fn fork_guard() -> ForkGuard {
+    ForkGuard { _guard: hold() }
+}
+
 /// Registers `hook` to run in every child multiproc forks, before its target; each function
 /// is registered once (a second registration of the same `fn` is ignored).
 ///

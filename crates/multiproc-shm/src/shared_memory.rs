@@ -391,14 +391,10 @@ mod tracker {
 
     /// Drops the tracker pipe that this process inherited from its parent by `fork`, if it
     /// holds one: the parent's tracker must see end-of-file when the parent ends, not when
-    /// its last fork child does. One call, meant to become an after-fork hook once core
-    /// has a registry of them (issue 6 §1b.6); until then a fork child drops it on its first
-    /// tracker message.
-    #[expect(
-        dead_code,
-        reason = "to be registered as an after-fork hook when core's registry lands (issue 6 §1b.6)"
-    )]
+    /// its last fork child does. Registered as an after-fork hook when the tracker starts, so
+    /// every fork child runs it before its target.
     pub(crate) fn forget_tracker_in_fork_child() {
+        let _fork = multiproc_core::fork_guard();
         let mut slot = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
         forget_inherited(&mut slot);
     }
@@ -416,11 +412,16 @@ mod tracker {
     impl Tracker {
         /// Writes one line to this process's tracker, starting it first if `start_if_none`.
         fn send(line: &str, start_if_none: bool) {
+            // No fork while the slot is locked: a fork child's hook takes it (§1b.6).
+            let _fork = multiproc_core::fork_guard();
             let mut slot = TRACKER.lock().unwrap_or_else(|p| p.into_inner());
             // A fork child does not write to its parent's tracker (it may outlive it).
             forget_inherited(&mut slot);
             if slot.is_none() && start_if_none {
                 *slot = start().map(|w| (w, multiproc_core::current_pid()));
+                // A fork child must not keep the pipe open: the tracker learns that its
+                // creator died from end-of-file, which a fork child's copy would delay.
+                multiproc_core::register_after_fork(forget_tracker_in_fork_child);
             }
             if let Some((w, _)) = slot.as_ref() {
                 // One write of less than PIPE_BUF bytes: never interleaved with another.

@@ -42,6 +42,10 @@ fn main() {
             killed_creator_segment_is_removed,
         ),
         (
+            "fork_child_does_not_keep_the_tracker_pipe",
+            fork_child_does_not_keep_the_tracker_pipe,
+        ),
+        (
             "untracked_segment_outlives_its_killed_creator",
             untracked_segment_outlives_its_killed_creator,
         ),
@@ -362,6 +366,64 @@ fn killed_creator_segment_is_removed(m: StartMethod) -> Result<(), Failed> {
     check!(p.join_timeout(LONG)? == Some(-9), "creator not killed");
     // The creator's tracker sees its pipe close and unlinks: poll for the effect.
     wait_until_gone(&path)
+}
+
+/// Creates a tracked segment, forks a child (which sleeps, holding whatever it inherited),
+/// says so with the fork child's pid, and sleeps without unlinking.
+fn create_fork_and_hang((name, ready, fork_pid): (String, Event, RawValue<u32>)) {
+    let shm = SharedMemory::create(Some(&name), 8192).unwrap();
+    std::mem::forget(shm);
+    let mut f = get_context(StartMethod::Fork).process(|_: ()| sleep_long(), ());
+    f.start().unwrap();
+    fork_pid.set(f.pid().unwrap());
+    ready.set();
+    sleep_long();
+}
+
+fn sleep_long() {
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// A fork child of a creator must not hold the creator's tracker pipe (§1b.6): the segment of
+/// a killed creator is removed while its fork child still runs.
+fn fork_child_does_not_keep_the_tracker_pipe(m: StartMethod) -> Result<(), Failed> {
+    let name = unique("forkkeeps", m);
+    let path = format!("/dev/shm/{name}");
+    let ready = Event::new()?;
+    let fork_pid = RawValue::new(0u32)?;
+    let mut p = get_context(m).process(
+        create_fork_and_hang,
+        (name.clone(), ready.clone(), fork_pid.clone()),
+    );
+    // Not a daemon: a daemon may not start the fork child.
+    p.start()?;
+    if !ready.wait_timeout(LONG) {
+        p.kill()?;
+        return Err("the creator never got ready".into());
+    }
+    let pid = rustix::process::Pid::from_raw(fork_pid.get() as i32).ok_or("no fork pid")?;
+    // Hold the fork child by pidfd, so it is killed at the end however this test ends.
+    let grandchild = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    struct KillOnDrop(std::os::fd::OwnedFd);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = rustix::process::pidfd_send_signal(&self.0, rustix::process::Signal::KILL);
+        }
+    }
+    let grandchild = KillOnDrop(grandchild);
+    check!(Path::new(&path).exists(), "segment not created");
+    p.kill()?;
+    check!(p.join_timeout(LONG)? == Some(-9), "creator not killed");
+    wait_until_gone(&path)?;
+    let mut fds = [rustix::event::PollFd::new(
+        &grandchild.0,
+        rustix::event::PollFlags::IN,
+    )];
+    check!(
+        rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))? == 0,
+        "the fork child ended before the segment was removed"
+    );
+    Ok(())
 }
 
 /// Polls (the tracker is another process, with nothing to wait on) until `path` is gone.
