@@ -71,6 +71,10 @@ fn main() {
         ("barrier_abort_and_reset", barrier_abort_and_reset),
         ("condition_ping_pong", condition_ping_pong),
         ("condition_no_leftover_grants", condition_no_leftover_grants),
+        (
+            "bounded_semaphore_bound_holds_in_a_child",
+            bounded_semaphore_bound_holds_in_a_child,
+        ),
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
@@ -369,7 +373,25 @@ fn misuse_errors() -> Result<(), Failed> {
     let plain = Semaphore::new(0)?;
     plain.release()?;
     check!(plain.get_value() == 1, "plain semaphore grows");
-    check!(Semaphore::new(u32::MAX).is_err(), "huge value");
+    check!(
+        matches!(Semaphore::new(u32::MAX), Err(Error::InvalidValue(_))),
+        "huge value"
+    );
+    check!(
+        matches!(BoundedSemaphore::new(u32::MAX), Err(Error::InvalidValue(_))),
+        "huge bounded value"
+    );
+    // Python's BoundedSemaphore(0) refuses every release not paired with an acquire.
+    let zero = BoundedSemaphore::new(0)?;
+    check!(
+        matches!(zero.release(), Err(Error::TooManyReleases)),
+        "BoundedSemaphore(0) accepted a release"
+    );
+    check!(zero.get_value() == 0, "value {}", zero.get_value());
+    check!(
+        zero.try_acquire().is_none(),
+        "BoundedSemaphore(0) gave a unit"
+    );
     Ok(())
 }
 
@@ -641,5 +663,39 @@ fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
         "woken by a stale grant"
     );
     drop(g);
+    Ok(())
+}
+
+/// Releases twice: exits 0 if the first release is accepted exactly when `first_ok` and the
+/// second is refused with `TooManyReleases`.
+fn release_twice((sem, first_ok): (BoundedSemaphore, bool)) {
+    let first = sem.release();
+    let ok = match first {
+        Ok(()) => first_ok,
+        Err(Error::TooManyReleases) => !first_ok,
+        Err(_) => false,
+    };
+    let second = matches!(sem.release(), Err(Error::TooManyReleases));
+    std::process::exit(if ok && second { 0 } else { 1 });
+}
+
+fn bounded_semaphore_bound_holds_in_a_child(m: StartMethod) -> Result<(), Failed> {
+    // BoundedSemaphore(0): no release at all (issue 6 §1.5: it used to accept one).
+    let zero = BoundedSemaphore::new(0)?;
+    let p = start(m, release_twice, (zero.clone(), false))?;
+    check!(
+        join(&p)? == 0,
+        "BoundedSemaphore(0) accepted a release in the child"
+    );
+    check!(zero.get_value() == 0, "value {}", zero.get_value());
+    // BoundedSemaphore(1) taken here: the child may give the unit back once.
+    let one = BoundedSemaphore::new(1)?;
+    one.acquire().leak();
+    let p = start(m, release_twice, (one.clone(), true))?;
+    check!(
+        join(&p)? == 0,
+        "BoundedSemaphore(1): wrong release results in the child"
+    );
+    check!(one.get_value() == 1, "value {}", one.get_value());
     Ok(())
 }
