@@ -49,6 +49,14 @@ fn main() {
         ),
         ("event_wait_false_then_true", event_wait_false_then_true),
         (
+            "event_set_wakes_3_blocked_waiters",
+            event_set_wakes_3_blocked_waiters,
+        ),
+        (
+            "event_set_then_clear_releases_blocked_waiters",
+            event_set_then_clear_releases_blocked_waiters,
+        ),
+        (
             "timeouts_return_within_bounds",
             timeouts_return_within_bounds,
         ),
@@ -299,6 +307,64 @@ fn event_wait_false_then_true(m: StartMethod) -> Result<(), Failed> {
     check!(!ev.is_set(), "clear");
     check!(join(&p)? == 0, "child failed");
     Ok(())
+}
+
+/// Waits for the event: exits 0 if `wait_timeout(LONG)` returned `true`, 1 otherwise.
+fn wait_event(ev: Event) {
+    std::process::exit(if ev.wait_timeout(LONG) { 0 } else { 1 });
+}
+
+/// Polls `f` with `yield_now` until it holds or `LONG` passes.
+fn poll_until(f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+/// Starts three children blocked in `Event::wait` (proved by the event's sleeper count), runs
+/// `act`, and requires every waiter to return `true` within 20 s.
+fn three_blocked_waiters(m: StartMethod, act: fn(&Event)) -> Result<(), Failed> {
+    let ev = Event::new()?;
+    let ps: Vec<Process> = (0..3)
+        .map(|_| start_daemon(m, wait_event, ev.clone()))
+        .collect::<Result<_, _>>()?;
+    check!(
+        poll_until(|| ev.sleepers() == 3),
+        "the waiters never all blocked: {} sleeping",
+        ev.sleepers()
+    );
+    let t = Instant::now();
+    act(&ev);
+    for p in &ps {
+        check!(
+            join(p)? == 0,
+            "a waiter blocked before the set did not return true"
+        );
+    }
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "waiters took {:?} to return",
+        t.elapsed()
+    );
+    check!(ev.sleepers() == 0, "sleepers left: {}", ev.sleepers());
+    Ok(())
+}
+
+fn event_set_wakes_3_blocked_waiters(m: StartMethod) -> Result<(), Failed> {
+    three_blocked_waiters(m, |ev| ev.set())
+}
+
+fn event_set_then_clear_releases_blocked_waiters(m: StartMethod) -> Result<(), Failed> {
+    // Issue 6 §1b.2: a clear right after the set used to leave the waiters asleep.
+    three_blocked_waiters(m, |ev| {
+        ev.set();
+        ev.clear();
+    })
 }
 
 fn within(t: Instant, d: Duration) -> bool {
