@@ -2,11 +2,13 @@
 //! process dying with the lock held does not deadlock the others.
 //!
 //! Word layout: bits 0..31 the owning process's pid (0: unlocked), bit 31 "waiters may sleep".
-//! Beside it the owner records a token (its pid and the low bits of its pidfs inode, written
-//! inode first, pid last). A waiter sleeps in slices of [`SLICE`]; after each slice it checks
-//! the owner through a pidfd (gone, exited, or a different process that reused the pid) and
-//! takes the lock over if the owner died. The uncontended path is one compare-and-swap and two
-//! stores.
+//! Beside it the owner records its token (its pid and a 32-bit token, see `futex::own_token`:
+//! the low bits of its pidfs inode, or its start time before Linux 6.9; written token first,
+//! pid last), and a release clears the recorded pid before it frees the word. A waiter sleeps
+//! in slices, starting at [`SLICE`] and doubling up to [`MAX_SLICE`] while the same owner
+//! lives; after each slice it checks the owner through a pidfd (gone, exited, or a different
+//! process that reused the pid) and takes the lock over if the owner died. The uncontended
+//! path is one compare-and-swap and two stores, and a release one store and one swap.
 
 use std::cell::Cell;
 use std::fmt;
@@ -22,13 +24,18 @@ use crate::futex::{self, Owner, Woke};
 
 const WAITERS: u32 = 1 << 31;
 const PID: u32 = !WAITERS;
-/// How long a waiter sleeps before it checks whether the owner still lives.
+/// How long a waiter first sleeps before it checks whether the owner still lives.
 pub const SLICE: Duration = Duration::from_millis(20);
+/// The longest sleep between two checks: a waiter doubles its slice after each check that
+/// finds the same owner alive, up to this, so that many idle waiters behind a lock held for
+/// long cost a few system calls per second each. A dead owner is noticed within about this
+/// long (within about [`SLICE`] when it dies soon after the waiter started waiting).
+pub const MAX_SLICE: Duration = Duration::from_millis(320);
 
-/// `[word, owner inode, owner pid, RLock owner thread, RLock depth, ..]`.
+/// `[word, owner token, owner pid, RLock owner thread, RLock depth, ..]`.
 type State = Shared<[AtomicU32; 8]>;
 const WORD: usize = 0;
-const TOKEN_INODE: usize = 1;
+const TOKEN: usize = 1;
 const TOKEN_PID: usize = 2;
 const OWNER_TID: usize = 3;
 const DEPTH: usize = 4;
@@ -49,19 +56,67 @@ fn allocate() -> Result<State, Error> {
     Shared::new().map_err(Error::Heap)
 }
 
-/// Records the caller as owner: inode first, pid last, so a reader that sees the pid twice
-/// around the inode read has a consistent pair.
+/// Records the caller as owner: token first, pid last, so a reader that sees the pid twice
+/// around the token read has a consistent pair.
 fn stamp(s: &[AtomicU32; 8], me: u32) {
-    s[TOKEN_INODE].store(futex::own_inode(), Relaxed);
+    s[TOKEN].store(futex::own_token(), Relaxed);
     s[TOKEN_PID].store(me, Release);
 }
 
-/// The owner's recorded inode if the token belongs to `owner`, else 0 (unknown).
-fn recorded_inode(s: &[AtomicU32; 8], owner: u32) -> u32 {
+/// The recorded `(pid, token)`; `(u32::MAX, 0)` when a stamp was being written meanwhile.
+fn recorded(s: &[AtomicU32; 8]) -> (u32, u32) {
     let p1 = s[TOKEN_PID].load(Acquire);
-    let inode = s[TOKEN_INODE].load(Acquire);
+    let token = s[TOKEN].load(Acquire);
     let p2 = s[TOKEN_PID].load(Acquire);
-    if p1 == owner && p2 == owner { inode } else { 0 }
+    if p1 == p2 { (p1, token) } else { (u32::MAX, 0) }
+}
+
+/// Whether the calling process is the one that recorded itself as owner.
+fn recorded_by_caller(s: &[AtomicU32; 8], me: u32) -> bool {
+    recorded(s) == (me, futex::own_token())
+}
+
+/// Whether the owner `owner` of the word, whose record was `rec`, has died.
+fn judge(owner: u32, rec: (u32, u32), me: u32) -> Owner {
+    if owner == me {
+        // Our own pid: either this process holds it (a `Lock` acquired twice, another thread)
+        // or a dead process that had our pid before us does (only one live process has a pid).
+        return if rec.0 == me && rec.1 != futex::own_token() {
+            Owner::Reused
+        } else {
+            Owner::Alive
+        };
+    }
+    futex::owner(owner, if rec.0 == owner { rec.1 } else { 0 })
+}
+
+/// Takes the lock over from a dead owner: `held` is the exact word value (owner and waiters
+/// bit) that was judged, `rec` the record read before judging. Whether it is now ours.
+///
+/// Two waiters that both judged the owner dead race on one compare-and-swap from `held`: the
+/// loser sees another pid and goes on waiting. The exact value could reappear only if a
+/// process with the dead owner's pid took the lock meanwhile (pid reuse, after the winner
+/// released it): then the record has changed, because every acquisition since the
+/// judgement either wrote its own token (a dead process's token is never written again) or
+/// ended in a release, which clears the recorded pid. So after the swap the record is read
+/// again; if it differs from what was judged, the swap is undone (and if the word changed
+/// under us, the live holder released it: nobody was ever admitted twice, and we go on
+/// waiting). What remains is a new holder with the dead owner's pid caught between its own
+/// compare-and-swap and its stamp, at the moment a record left unchanged by a takeover whose
+/// taker died before stamping: two deaths, a pid reuse and a window of a few instructions.
+fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
+    if s[WORD]
+        .compare_exchange(held, me | WAITERS, Acquire, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    if recorded(s) == rec {
+        stamp(s, me);
+        return true;
+    }
+    let _ = s[WORD].compare_exchange(me | WAITERS, held, Release, Relaxed);
+    false
 }
 
 /// Acquires the word for this process, waiting until `deadline` (`None`: forever).
@@ -72,8 +127,9 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
         return Acquired::Yes;
     }
     // A reused pid is believed only when seen twice in a row (a token being rewritten by a
-    // new owner can look inconsistent once).
-    let mut reused = 0;
+    // new owner can look inconsistent once). `alive`: checks that found this owner alive,
+    // for the back-off of the slice.
+    let (mut reused, mut alive, mut last_owner) = (0u32, 0u32, 0u32);
     loop {
         let v = s[WORD].load(Relaxed);
         let owner = v & PID;
@@ -87,6 +143,9 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
             }
             continue;
         }
+        if owner != last_owner {
+            (reused, alive, last_owner) = (0, 0, owner);
+        }
         if v & WAITERS == 0
             && s[WORD]
                 .compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
@@ -97,27 +156,25 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
         let left = futex::left(deadline);
         let expired = left == Some(Duration::ZERO);
         if !expired {
-            let nap = left.map_or(SLICE, |l| l.min(SLICE));
+            let slice = SLICE.saturating_mul(1 << alive.min(4)).min(MAX_SLICE);
+            let nap = left.map_or(slice, |l| l.min(slice));
             if let Woke::Retry = futex::wait(&s[WORD], v | WAITERS, Some(nap)) {
                 continue;
             }
         }
         // A slice passed without a wake-up (or the deadline did): does the owner still live?
-        if owner != me {
-            let verdict = futex::owner(owner, recorded_inode(s, owner));
-            reused = if verdict == Owner::Reused {
-                reused + 1
-            } else {
-                0
-            };
-            if (verdict == Owner::Dead || reused >= 2)
-                && s[WORD]
-                    .compare_exchange(v | WAITERS, me | WAITERS, Acquire, Relaxed)
-                    .is_ok()
-            {
-                stamp(s, me);
-                return Acquired::OwnerDied(owner);
-            }
+        let rec = recorded(s);
+        let verdict = judge(owner, rec, me);
+        reused = if verdict == Owner::Reused {
+            reused + 1
+        } else {
+            0
+        };
+        if verdict == Owner::Alive {
+            alive = alive.saturating_add(1);
+        }
+        if (verdict == Owner::Dead || reused >= 2) && take_over(s, v | WAITERS, rec, me) {
+            return Acquired::OwnerDied(owner);
         }
         if expired {
             return Acquired::TimedOut;
@@ -127,6 +184,11 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
 
 /// Releases the word whoever holds it; an error if nobody does.
 fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
+    if s[WORD].load(Relaxed) & PID == 0 {
+        return Err(Error::NotHeld);
+    }
+    // The record goes first: a record names a holder only while it holds (see `take_over`).
+    s[TOKEN_PID].store(0, Relaxed);
     let v = s[WORD].swap(0, Release);
     if v & PID == 0 {
         return Err(Error::NotHeld);
@@ -210,12 +272,34 @@ impl Lock {
 
     /// Whether the calling process holds the lock (a `Lock` has no owning thread).
     pub(crate) fn is_mine(&self) -> bool {
-        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+        let me = multiproc_core::current_pid();
+        self.state[WORD].load(Relaxed) & PID == me && recorded_by_caller(&self.state, me)
     }
 
     /// Whether some process holds the lock right now (a snapshot).
     pub fn is_locked(&self) -> bool {
         self.state[WORD].load(Relaxed) & PID != 0
+    }
+
+    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
+    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
+    /// a waiter is blocked.
+    #[doc(hidden)]
+    pub fn waiters_flagged(&self) -> bool {
+        self.state[WORD].load(Relaxed) & WAITERS != 0
+    }
+
+    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
+    #[doc(hidden)]
+    pub fn owner_token(&self) -> u32 {
+        self.state[TOKEN].load(Acquire)
+    }
+
+    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
+    /// another process got (the live process at the pid no longer matches the record).
+    #[doc(hidden)]
+    pub fn overwrite_owner_token(&self, token: u32) {
+        self.state[TOKEN].store(token, Release);
     }
 }
 
@@ -301,8 +385,12 @@ impl RLock {
     }
 
     fn owned_by_caller(&self) -> bool {
-        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+        // The record too: a dead process with our pid (and its main thread with our main
+        // thread's id) may be the holder.
+        let me = multiproc_core::current_pid();
+        self.state[WORD].load(Relaxed) & PID == me
             && self.state[OWNER_TID].load(Relaxed) == thread_id()
+            && recorded_by_caller(&self.state, me)
     }
 
     fn lock(&self, deadline: Option<Instant>) -> Acquired {
@@ -398,6 +486,27 @@ impl RLock {
     /// Whether the calling thread owns the lock.
     pub(crate) fn is_mine(&self) -> bool {
         self.owned_by_caller()
+    }
+
+    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
+    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
+    /// a waiter is blocked.
+    #[doc(hidden)]
+    pub fn waiters_flagged(&self) -> bool {
+        self.state[WORD].load(Relaxed) & WAITERS != 0
+    }
+
+    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
+    #[doc(hidden)]
+    pub fn owner_token(&self) -> u32 {
+        self.state[TOKEN].load(Acquire)
+    }
+
+    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
+    /// another process got (the live process at the pid no longer matches the record).
+    #[doc(hidden)]
+    pub fn overwrite_owner_token(&self, token: u32) {
+        self.state[TOKEN].store(token, Release);
     }
 
     /// How many times the owner holds it (0: free; a snapshot when another thread owns it).
