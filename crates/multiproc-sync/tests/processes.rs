@@ -40,6 +40,22 @@ fn main() {
             rlock_owner_death_is_recovered,
         ),
         (
+            "lock_owner_death_wakes_a_blocked_acquire",
+            lock_owner_death_wakes_a_blocked_acquire,
+        ),
+        (
+            "two_waiters_take_a_dead_owners_lock_once",
+            two_waiters_take_a_dead_owners_lock_once,
+        ),
+        (
+            "lock_takeover_when_owner_pid_reused",
+            lock_takeover_when_owner_pid_reused,
+        ),
+        (
+            "lock_takeover_when_owner_pid_reused_start_time_tokens",
+            lock_takeover_when_owner_pid_reused_start_time_tokens,
+        ),
+        (
             "lock_released_by_another_process",
             lock_released_by_another_process,
         ),
@@ -86,6 +102,10 @@ fn main() {
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
+    trials.push(Trial::test(
+        "lock_of_a_dead_process_with_our_pid_is_taken_over",
+        lock_of_a_dead_process_with_our_pid_is_taken_over,
+    ));
     multiproc_testkit::run(trials);
 }
 
@@ -224,33 +244,273 @@ fn hold_rlock_forever((lock, ready): (RLock, Event)) {
     std::thread::sleep(Duration::from_secs(3600));
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Announces itself (`c[3]`), blocks on the RLock, then records when it returned (`c[1]`) and
+/// the dead owner it was told about (`c[0]`); exits 0 only on `OwnerDied` with the lock free
+/// again after the guard.
+fn rlock_waiter((lock, c): (RLock, Cells)) {
+    c[3].store(1, SeqCst);
+    let r = lock.acquire_timeout(LONG);
+    c[1].store(now_ns(), SeqCst);
+    let ok = match r {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            c[0].store(u64::from(e.dead_owner()), SeqCst);
+            let depth = lock.depth();
+            drop(e.into_guard());
+            depth == 1 && lock.depth() == 0
+        }
+        _ => false,
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// As `rlock_waiter`, for a `Lock` and its blocking `acquire()` (no deadline: the test's
+/// `join` is the deadline).
+fn lock_waiter((lock, c): (Lock, Cells)) {
+    c[3].store(1, SeqCst);
+    let r = lock.acquire();
+    c[1].store(now_ns(), SeqCst);
+    let ok = match r {
+        Err(e) => {
+            c[0].store(u64::from(e.dead_owner()), SeqCst);
+            drop(e.into_guard());
+            !lock.is_locked()
+        }
+        Ok(_) => false,
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// A waiter already blocked when the owner dies: the waiter announces itself and the parent
+/// sees the lock word's waiters bit (set only by a waiter that found the lock held; the
+/// parent itself never contends) before it kills the owner. The waiter must get `OwnerDied`
+/// naming the owner, after the kill, and within 20 s of it.
+fn blocked_waiter_sees_owner_die(
+    c: &Cells,
+    owner: &Process,
+    waiter: &Process,
+    flagged: impl Fn() -> bool,
+) -> Result<(), Failed> {
+    check!(
+        poll_until(|| c[3].load(SeqCst) == 1 && flagged()),
+        "the waiter never blocked"
+    );
+    check!(
+        waiter.is_alive() && c[1].load(SeqCst) == 0,
+        "the waiter returned while the owner lived"
+    );
+    let killed = now_ns();
+    owner.kill()?;
+    check!(join(owner)? == -9, "owner exit code");
+    check!(join(waiter)? == 0, "the waiter did not get OwnerDied");
+    let returned = c[1].load(SeqCst);
+    check!(returned > killed, "the waiter returned before the kill");
+    check!(
+        returned - killed < 20_000_000_000,
+        "recovery took {} ms",
+        (returned - killed) / 1_000_000
+    );
+    check!(
+        Some(c[0].load(SeqCst) as u32) == owner.pid(),
+        "dead owner {} vs {:?}",
+        c[0].load(SeqCst),
+        owner.pid()
+    );
+    Ok(())
+}
+
 fn rlock_owner_death_is_recovered(m: StartMethod) -> Result<(), Failed> {
     let lock = RLock::new()?;
     let ready = Event::new()?;
+    let c = cells()?;
     let p = start_daemon(m, hold_rlock_forever, (lock.clone(), ready.clone()))?;
     check!(ready.wait_timeout(LONG), "holder never took the lock");
-    // A waiter already blocked when the owner dies.
-    let waiter_result = {
-        let t = Instant::now();
-        p.kill()?;
-        let r = lock.acquire_timeout(LONG);
-        (
-            r.is_err_and(|e| matches!(e, TryAcquireError::OwnerDied(_))),
-            t.elapsed(),
-            lock.depth(),
-        )
-    };
-    check!(waiter_result.0, "expected OwnerDied");
+    let w = start_daemon(m, rlock_waiter, (lock.clone(), c.clone()))?;
+    blocked_waiter_sees_owner_die(&c, &p, &w, || lock.waiters_flagged())?;
     check!(
-        waiter_result.2 == 0,
-        "depth after the guard dropped: {}",
-        waiter_result.2
+        lock.depth() == 0,
+        "depth after the waiter left: {}",
+        lock.depth()
     );
-    check!(join(&p)? == -9, "exit code");
     let _a = lock.acquire().map_err(|e| format!("{e}"))?;
     let _b = lock.acquire().map_err(|e| format!("{e}"))?;
     check!(lock.depth() == 2, "depth {}", lock.depth());
     Ok(())
+}
+
+fn lock_owner_death_wakes_a_blocked_acquire(m: StartMethod) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let c = cells()?;
+    let p = start_daemon(m, hold_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let w = start_daemon(m, lock_waiter, (lock.clone(), c.clone()))?;
+    blocked_waiter_sees_owner_die(&c, &p, &w, || lock.waiters_flagged())?;
+    check!(!lock.is_locked(), "still held");
+    Ok(())
+}
+
+/// Arrives (`c[3]`), waits for the lock, holds it 50 ms counting holders (`c[1]` now, `c[2]`
+/// the most seen) and counts `OwnerDied` results (`c[0]`).
+fn contend_after_death((lock, c): (Lock, Cells)) {
+    c[3].fetch_add(1, SeqCst);
+    let (guard, died) = match lock.acquire() {
+        Ok(g) => (g, false),
+        Err(e) => (e.into_guard(), true),
+    };
+    let now = c[1].fetch_add(1, SeqCst) + 1;
+    c[2].fetch_max(now, SeqCst);
+    // Widens the window in which a second taker would overlap.
+    std::thread::sleep(Duration::from_millis(50));
+    c[1].fetch_sub(1, SeqCst);
+    if died {
+        c[0].fetch_add(1, SeqCst);
+    }
+    drop(guard);
+}
+
+fn two_waiters_take_a_dead_owners_lock_once(m: StartMethod) -> Result<(), Failed> {
+    // Both may judge the owner dead; only one may take the lock over, the other waits for it.
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let c = cells()?;
+    let p = start_daemon(m, hold_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let ws: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, contend_after_death, (lock.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        poll_until(|| c[3].load(SeqCst) == 2 && lock.waiters_flagged()),
+        "the waiters never blocked"
+    );
+    p.kill()?;
+    check!(join(&p)? == -9, "owner exit code");
+    for w in &ws {
+        check!(join(w)? == 0, "a waiter failed");
+    }
+    check!(c[0].load(SeqCst) == 1, "{} take-overs", c[0].load(SeqCst));
+    check!(
+        c[2].load(SeqCst) == 1,
+        "{} holders at once",
+        c[2].load(SeqCst)
+    );
+    check!(!lock.is_locked(), "still held");
+    Ok(())
+}
+
+/// Takes the lock (recording start-time tokens if `fallback`), says so, holds it.
+fn hold_with_tokens((lock, ready, fallback): (Lock, Event, bool)) {
+    if fallback {
+        multiproc_sync::testing::force_start_time_tokens(true);
+    }
+    hold_forever((lock, ready));
+}
+
+fn lock_of_a_dead_process_with_our_pid_is_taken_over() -> Result<(), Failed> {
+    // Simulated: we hold the lock, then its record names another process with our pid (one
+    // that died holding it before we got its pid). A `Lock` held by ourselves blocks (as in
+    // Python); one held by a dead process with our pid is taken over. Likewise an RLock's
+    // re-entry is refused to a caller that is not the recorded process.
+    let lock = Lock::new()?;
+    lock.acquire().map_err(|e| format!("{e}"))?.leak();
+    check!(
+        matches!(
+            lock.acquire_timeout(Duration::from_millis(100)),
+            Err(TryAcquireError::WouldBlock)
+        ),
+        "a Lock we hold was taken again"
+    );
+    lock.overwrite_owner_token(lock.owner_token() ^ 1);
+    match lock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                e.dead_owner() == std::process::id(),
+                "dead owner {}",
+                e.dead_owner()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(!lock.is_locked(), "still held");
+    let rlock = RLock::new()?;
+    std::mem::forget(rlock.acquire().map_err(|e| format!("{e}"))?);
+    rlock.overwrite_owner_token(rlock.owner_token() ^ 1);
+    match rlock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                rlock.depth() == 1,
+                "depth {} after the take-over",
+                rlock.depth()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(rlock.depth() == 0, "depth {}", rlock.depth());
+    Ok(())
+}
+
+/// Lock take-over when the owner's pid was reused, simulated: the holder lives, but its
+/// recorded token is overwritten with another process's, as if the recorder had died and the
+/// live process had got its pid.
+fn owner_pid_reused(m: StartMethod, fallback: bool) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let p = start_daemon(m, hold_with_tokens, (lock.clone(), ready.clone(), fallback))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let token = lock.owner_token();
+    check!(token != 0, "no token recorded");
+    if fallback {
+        check!(
+            token & multiproc_sync::testing::START_TIME != 0,
+            "not a start-time token: {token:#x}"
+        );
+    }
+    // The live holder whose record matches is not taken over.
+    check!(
+        matches!(
+            lock.acquire_timeout(Duration::from_millis(300)),
+            Err(TryAcquireError::WouldBlock)
+        ),
+        "a live owner's lock was taken"
+    );
+    lock.overwrite_owner_token(token ^ 1);
+    let t = Instant::now();
+    match lock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                Some(e.dead_owner()) == p.pid(),
+                "dead owner {} vs {:?}",
+                e.dead_owner(),
+                p.pid()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "take-over took {:?}",
+        t.elapsed()
+    );
+    check!(p.is_alive(), "the holder died: nothing was simulated");
+    p.kill()?;
+    join(&p)?;
+    Ok(())
+}
+
+fn lock_takeover_when_owner_pid_reused(m: StartMethod) -> Result<(), Failed> {
+    owner_pid_reused(m, false)
+}
+
+fn lock_takeover_when_owner_pid_reused_start_time_tokens(m: StartMethod) -> Result<(), Failed> {
+    owner_pid_reused(m, true)
 }
 
 fn release_it(lock: Lock) {
