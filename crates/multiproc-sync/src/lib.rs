@@ -43,7 +43,7 @@ mod lock;
 mod semaphore;
 
 pub use crate::barrier::{Barrier, BrokenBarrier};
-pub use crate::condition::{Condition, ConditionLock};
+pub use crate::condition::{Condition, ConditionLock, MAX_WAITERS};
 pub use crate::error::{Error, LockResult, OwnerDied, TryAcquireError, TryLockResult};
 pub use crate::event::Event;
 pub use crate::lock::{Acquired, Lock, LockGuard, MAX_SLICE, RLock, RLockGuard, SLICE};

@@ -32,6 +32,10 @@ fn main() {
             semaphore_2_never_lets_a_third_in,
         ),
         (
+            "semaphore_2_holds_two_at_once",
+            semaphore_2_holds_two_at_once,
+        ),
+        (
             "lock_owner_death_is_recovered",
             lock_owner_death_is_recovered,
         ),
@@ -95,6 +99,13 @@ fn main() {
         ("barrier_abort_and_reset", barrier_abort_and_reset),
         ("condition_ping_pong", condition_ping_pong),
         ("condition_no_leftover_grants", condition_no_leftover_grants),
+        (
+            "condition_dead_waiter_is_not_counted",
+            condition_dead_waiter_is_not_counted,
+        ),
+        ("barrier_default_timeout", barrier_default_timeout),
+        ("barrier_panicking_action", barrier_panicking_action),
+        ("barrier_dead_party", barrier_dead_party),
         (
             "bounded_semaphore_bound_holds_in_a_child",
             bounded_semaphore_bound_holds_in_a_child,
@@ -189,6 +200,42 @@ fn semaphore_2_never_lets_a_third_in(m: StartMethod) -> Result<(), Failed> {
         c[2].load(SeqCst)
     );
     check!(c[2].load(SeqCst) >= 1, "nobody held it");
+    check!(sem.get_value() == 2, "value {}", sem.get_value());
+    Ok(())
+}
+
+/// Takes a unit, then meets the other holder and the parent at the barrier (which opens only
+/// if both children hold a unit at once), and again once the parent has checked that a third
+/// is refused. Exits 0 if both meetings happened.
+fn hold_while_the_other_holds((sem, b): (Semaphore, Barrier)) {
+    let unit = sem.acquire();
+    let both = b.wait_timeout(LONG).is_ok();
+    let checked = b.wait_timeout(LONG).is_ok();
+    drop(unit);
+    std::process::exit(if both && checked { 0 } else { 1 });
+}
+
+fn semaphore_2_holds_two_at_once(m: StartMethod) -> Result<(), Failed> {
+    // If only one unit could be held, the second child would block in `acquire` and the
+    // barrier of three would never open.
+    let sem = Semaphore::new(2)?;
+    let b = Barrier::new(3, None)?;
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, hold_while_the_other_holds, (sem.clone(), b.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        b.wait_timeout(LONG).is_ok(),
+        "the two children never held a unit at once"
+    );
+    check!(
+        sem.get_value() == 0 && sem.try_acquire().is_none(),
+        "a third holder got in (value {})",
+        sem.get_value()
+    );
+    check!(b.wait_timeout(LONG).is_ok(), "second meeting");
+    for p in &ps {
+        check!(join(p)? == 0, "a holder failed");
+    }
     check!(sem.get_value() == 2, "value {}", sem.get_value());
     Ok(())
 }
@@ -964,10 +1011,19 @@ fn short_wait((cond, c): (Condition, Cells)) {
     c[0].fetch_add(if notified { 1 } else { 1000 }, SeqCst);
 }
 
+/// Waits (counted in `c[1]` under the lock) with a long timeout and reports whether it was
+/// notified (1) or timed out (1000) in `c[0]`.
+fn long_wait((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    c[1].fetch_add(1, SeqCst);
+    let notified = cond.wait_timeout(LONG).unwrap();
+    c[0].fetch_add(if notified { 1 } else { 1000 }, SeqCst);
+}
+
 fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
-    // Waiters that timed out leave no wake-up behind for later ones.
     let cond = Condition::new()?;
     let c = cells()?;
+    // Waiters that time out leave no wake-up behind for later ones.
     let ps: Vec<Process> = (0..2)
         .map(|_| start(m, short_wait, (cond.clone(), c.clone())))
         .collect::<Result<_, _>>()?;
@@ -981,14 +1037,122 @@ fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
     );
     {
         let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        check!(cond.waiting() == 0, "timed-out waiters still counted");
         cond.notify_all()?; // nobody waits: must grant nothing
     }
+    // Waiters notified while they wait leave none either.
+    c[0].store(0, SeqCst);
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, long_wait, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        until(&cond, || c[1].load(SeqCst) == 2 && cond.waiting() == 2),
+        "the waiters never waited"
+    );
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify_all()?;
+    }
+    for p in &ps {
+        check!(join(p)? == 0, "waiter failed");
+    }
+    check!(
+        c[0].load(SeqCst) == 2,
+        "both should have been notified: {}",
+        c[0].load(SeqCst)
+    );
     let g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+    check!(cond.waiting() == 0, "notified waiters still counted");
     check!(
         !cond.wait_timeout(Duration::from_millis(100))?,
         "woken by a stale grant"
     );
     drop(g);
+    Ok(())
+}
+
+/// Waits again and again (counted in `c[1]` under the lock before each wait), counting each
+/// notified return in `c[0]`, until `c[2]` says stop.
+fn wait_repeatedly((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    loop {
+        c[1].fetch_add(1, SeqCst);
+        assert!(cond.wait_timeout(LONG).unwrap(), "woken by the timeout");
+        c[0].fetch_add(1, SeqCst);
+        if c[2].load(SeqCst) == 1 {
+            return;
+        }
+    }
+}
+
+/// `notify(n)` under the lock, then requires exactly `expect` notified returns in all, and
+/// `registered` waits begun (the woken ones are back in `wait`); a short pause (with the lock
+/// free) leaves room for a wrong extra wake-up to show.
+fn notify_and_count(
+    cond: &Condition,
+    c: &Cells,
+    n: u32,
+    expect: u64,
+    registered: u64,
+) -> Result<(), Failed> {
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify(n)?;
+    }
+    check!(
+        until(cond, || c[0].load(SeqCst) >= expect
+            && c[1].load(SeqCst) >= registered),
+        "notify({n}): {} woken, {} waits begun",
+        c[0].load(SeqCst),
+        c[1].load(SeqCst)
+    );
+    // Only widens the window for a wrong wake-up; nothing waits on it.
+    std::thread::sleep(Duration::from_millis(200));
+    check!(
+        c[0].load(SeqCst) == expect,
+        "notify({n}) woke {} in all, expected {expect}",
+        c[0].load(SeqCst)
+    );
+    Ok(())
+}
+
+fn condition_dead_waiter_is_not_counted(m: StartMethod) -> Result<(), Failed> {
+    // Issue 6 §1b.4: a waiter killed inside `wait` stayed counted, so after a notify_all a
+    // later notify(1) woke two live waiters.
+    let cond = Condition::new()?;
+    let c = cells()?;
+    // The doomed waiter waits first: the oldest, the first a notify(1) would pick.
+    let doomed = start_daemon(m, wait_repeatedly, (cond.clone(), c.clone()))?;
+    check!(until(&cond, || c[1].load(SeqCst) == 1), "first waiter");
+    let live: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, wait_repeatedly, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        until(&cond, || c[1].load(SeqCst) == 3),
+        "the waiters never all waited"
+    );
+    doomed.kill()?;
+    check!(join(&doomed)? == -9, "exit code");
+    // A live waiter wakes although the dead one is the oldest; it waits again.
+    notify_and_count(&cond, &c, 1, 1, 4)?;
+    // Both live ones wake, and wait again.
+    notify_and_count(&cond, &c, u32::MAX, 3, 6)?;
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        check!(cond.waiting() == 2, "{} counted as waiting", cond.waiting());
+    }
+    // Exactly one of the two live waiters.
+    notify_and_count(&cond, &c, 1, 4, 7)?;
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        c[2].store(1, SeqCst);
+        cond.notify_all()?;
+    }
+    for p in &live {
+        check!(join(p)? == 0, "a live waiter failed");
+    }
+    check!(c[0].load(SeqCst) == 6, "woken {}", c[0].load(SeqCst));
+    check!(cond.waiting() == 0, "{} counted as waiting", cond.waiting());
     Ok(())
 }
 
@@ -1023,5 +1187,101 @@ fn bounded_semaphore_bound_holds_in_a_child(m: StartMethod) -> Result<(), Failed
         "BoundedSemaphore(1): wrong release results in the child"
     );
     check!(one.get_value() == 1, "value {}", one.get_value());
+    Ok(())
+}
+
+/// Waits alone with the barrier's default timeout (given to the constructor, travelled with
+/// the handle); exits 0 if that broke it after at least 200 ms and within 20 s.
+fn wait_default_timeout(b: Barrier) {
+    let t = Instant::now();
+    let r = b.wait();
+    let ok = r == Err(BrokenBarrier) && within(t, Duration::from_millis(200));
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn barrier_default_timeout(m: StartMethod) -> Result<(), Failed> {
+    // Python's Barrier(n, timeout=t): `wait()` without a timeout uses t.
+    let b = Barrier::new(2, Some(Duration::from_millis(200)))?;
+    let p = start_daemon(m, wait_default_timeout, b.clone())?;
+    check!(
+        join(&p)? == 0,
+        "the child's wait() did not break after the default timeout"
+    );
+    check!(b.broken(), "not broken");
+    check!(b.wait() == Err(BrokenBarrier), "still broken for wait()");
+    b.reset();
+    let t = Instant::now();
+    check!(
+        b.wait() == Err(BrokenBarrier),
+        "the parent's wait() passed alone"
+    );
+    check!(
+        within(t, Duration::from_millis(200)),
+        "default timeout took {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+fn barrier_panicking_action(m: StartMethod) -> Result<(), Failed> {
+    // The last party's action panics: that party gets the error, the barrier breaks for
+    // the two parties already waiting in other processes.
+    let b = Barrier::new(3, None)?;
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, expect_broken, b.clone()))
+        .collect::<Result<_, _>>()?;
+    check!(wait_until_waiting(&b, 2), "the children never waited");
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = b.wait_with(|| panic!("the action failed"));
+    std::panic::set_hook(hook);
+    check!(r == Err(BrokenBarrier), "the panicking party got {r:?}");
+    check!(b.broken(), "not broken");
+    for p in &ps {
+        check!(join(p)? == 0, "a waiting party was not told");
+    }
+    Ok(())
+}
+
+/// A party that never arrives (it is killed first).
+fn never_arrive(_b: Barrier) {
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn barrier_dead_party(m: StartMethod) -> Result<(), Failed> {
+    // A party killed after it arrived still counts as arrived: the others complete the cycle.
+    let b = Barrier::new(3, Some(LONG))?;
+    let c = cells()?;
+    let dead = start_daemon(m, party, (b.clone(), c.clone()))?;
+    check!(wait_until_waiting(&b, 1), "the first party never waited");
+    dead.kill()?;
+    check!(join(&dead)? == -9, "exit code");
+    let other = start_daemon(m, party, (b.clone(), c.clone()))?;
+    let mine = b.wait();
+    check!(join(&other)? == 0, "the other party failed");
+    check!(matches!(mine, Ok(0..=2)), "index {mine:?}");
+    check!(!b.broken() && b.n_waiting() == 0, "{b:?}");
+    // A party killed before it arrives cannot be told from a slow one: the others are
+    // released by the barrier's timeout, broken, instead of hanging.
+    let b = Barrier::new(3, Some(Duration::from_millis(300)))?;
+    let absent = start_daemon(m, never_arrive, b.clone())?;
+    let waiting = start_daemon(m, expect_broken, b.clone())?;
+    check!(wait_until_waiting(&b, 1), "the waiting party never waited");
+    let t = Instant::now();
+    absent.kill()?;
+    check!(join(&absent)? == -9, "exit code");
+    check!(
+        b.wait() == Err(BrokenBarrier),
+        "passed without the dead party"
+    );
+    check!(
+        join(&waiting)? == 0,
+        "the waiting party was not released broken"
+    );
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "released after {:?}",
+        t.elapsed()
+    );
     Ok(())
 }
