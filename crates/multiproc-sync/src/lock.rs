@@ -207,12 +207,12 @@ fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
 /// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`].
 ///
 /// ```
-/// use multiproc_sync::Lock;
+/// use multiproc_sync::{Lock, TryAcquireError};
 ///
 /// let lock = Lock::new()?;
 /// {
 ///     let _guard = lock.acquire().unwrap();
-///     assert!(lock.try_acquire().is_err());
+///     assert!(matches!(lock.try_acquire(), Err(TryAcquireError::WouldBlock)));
 /// }
 /// assert!(lock.try_acquire().is_ok());
 /// # Ok::<(), multiproc_sync::Error>(())
@@ -370,7 +370,7 @@ fn thread_id() -> u32 {
 /// assert_eq!(lock.depth(), 2);
 /// drop(b);
 /// drop(a);
-/// assert!(lock.release().is_err()); // not held any more
+/// assert!(matches!(lock.release(), Err(multiproc_sync::Error::NotOwner))); // not held any more
 /// # Ok::<(), multiproc_sync::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
