@@ -204,7 +204,9 @@ fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
 /// Clone it or pass it to a child process (it implements serde): every copy is the same lock.
 /// As in Python, a `Lock` is not owned by a thread: [`release`](Lock::release) may be called by
 /// any thread or process. Beyond Python, if a process dies while holding it, the next acquirer
-/// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`].
+/// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`] to [`MAX_SLICE`]
+/// (see there). A process whose pid the dead owner had is not taken for it, on kernels
+/// without pidfs inodes too (the owner's start time tells them apart).
 ///
 /// ```
 /// use multiproc_sync::{Lock, TryAcquireError};
