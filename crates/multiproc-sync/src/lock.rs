@@ -205,8 +205,8 @@ fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
 /// As in Python, a `Lock` is not owned by a thread: [`release`](Lock::release) may be called by
 /// any thread or process. Beyond Python, if a process dies while holding it, the next acquirer
 /// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`] to [`MAX_SLICE`]
-/// (see there). A process whose pid the dead owner had is not taken for it, on kernels
-/// without pidfs inodes too (the owner's start time tells them apart).
+/// (see there). A process that got the dead owner's pid is not taken for the owner, on
+/// kernels without pidfs inodes too (the owner's start time tells them apart).
 ///
 /// ```
 /// use multiproc_sync::{Lock, TryAcquireError};
