@@ -176,8 +176,10 @@ impl<L: ConditionLock> Condition<L> {
         self.slot(free, SLOT_TOKEN)
             .store(futex::own_token(), Relaxed);
         self.slot(free, SLOT_TICKET).store(ticket, Relaxed);
-        self.slot(free, SLOT_STATE).store(WAITING, Release);
+        // Counted before it is marked: a process killed in between leaves the count one
+        // high (harmless: a notify finds no slot to grant), never below the waiting slots.
         self.state[WAITING_SLOTS].fetch_add(1, Relaxed);
+        self.slot(free, SLOT_STATE).store(WAITING, Release);
         Ok(free)
     }
 
