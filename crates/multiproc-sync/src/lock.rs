@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use multiproc_core::heap::Shared;
@@ -93,17 +93,21 @@ fn judge(owner: u32, rec: (u32, u32), me: u32) -> Owner {
 /// Takes the lock over from a dead owner: `held` is the exact word value (owner and waiters
 /// bit) that was judged, `rec` the record read before judging. Whether it is now ours.
 ///
-/// Two waiters that both judged the owner dead race on one compare-and-swap from `held`: the
-/// loser sees another pid and goes on waiting. The exact value could reappear only if a
-/// process with the dead owner's pid took the lock meanwhile (pid reuse, after the winner
-/// released it): then the record has changed, because every acquisition since the
-/// judgement either wrote its own token (a dead process's token is never written again) or
-/// ended in a release, which clears the recorded pid. So after the swap the record is read
-/// again; if it differs from what was judged, the swap is undone (and if the word changed
-/// under us, the live holder released it: nobody was ever admitted twice, and we go on
-/// waiting). What remains is a new holder with the dead owner's pid caught between its own
-/// compare-and-swap and its stamp, at the moment a record left unchanged by a takeover whose
-/// taker died before stamping: two deaths, a pid reuse and a window of a few instructions.
+/// Two waiters that both judged the owner dead race on one compare-and-swap of the word from
+/// `held`: the loser sees the winner's pid and goes on waiting. The exact value can come
+/// back, though, when the dead owner's pid is reused: a process with that pid took the lock
+/// after the winner released it, or is itself taking it over (its swap from its own pid to
+/// its own pid changes nothing). So the word alone does not decide: the taker then swaps the
+/// recorded token from the judged one to its own, which only one taker can do (a dead
+/// process's token is never written again, every acquisition writes its own token, and every
+/// release clears the recorded pid). A taker that loses this second swap, or finds the
+/// recorded pid changed, undoes its swap of the word; if the word changed under it, the live
+/// holder it displaced has released the lock meanwhile. Either way it goes on waiting, and
+/// nobody is ever admitted twice. What is left needs a reused pid and a take-over in the same
+/// few instructions: a live holder that looks at the word in between sees another pid (an
+/// `RLock` re-entry there would wait for itself); and an owner that died between taking the
+/// word and writing its record, whose lock a third process then released (a release leaves
+/// the token), could be taken twice by a later holder with its pid and a waiter.
 fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
     if s[WORD]
         .compare_exchange(held, me | WAITERS, Acquire, Relaxed)
@@ -111,9 +115,19 @@ fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
     {
         return false;
     }
-    if recorded(s) == rec {
-        stamp(s, me);
-        return true;
+    let (pid, token) = rec;
+    if pid != u32::MAX
+        && s[TOKEN]
+            .compare_exchange(token, futex::own_token(), AcqRel, Acquire)
+            .is_ok()
+    {
+        if s[TOKEN_PID].load(Acquire) == pid {
+            s[TOKEN_PID].store(me, Release);
+            return true;
+        }
+        // The recorded pid was cleared or rewritten: released (and maybe taken) meanwhile,
+        // not ours. Put the judged token back unless a new holder already wrote its own.
+        let _ = s[TOKEN].compare_exchange(futex::own_token(), token, AcqRel, Acquire);
     }
     let _ = s[WORD].compare_exchange(me | WAITERS, held, Release, Relaxed);
     false
