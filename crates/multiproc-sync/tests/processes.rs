@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use multiproc_core::heap::Shared;
 use multiproc_core::{Process, StartMethod};
 use multiproc_sync::{
-    Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, RLock,
-    Semaphore, TryAcquireError,
+    Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, MAX_WAITERS,
+    RLock, Semaphore, TryAcquireError,
 };
 use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, start, start_daemon};
 
@@ -113,6 +113,10 @@ fn main() {
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
+    trials.push(Trial::test(
+        "condition_full_table_is_a_typed_error",
+        condition_full_table_is_a_typed_error,
+    ));
     trials.push(Trial::test(
         "lock_of_a_dead_process_with_our_pid_is_taken_over",
         lock_of_a_dead_process_with_our_pid_is_taken_over,
@@ -456,6 +460,41 @@ fn hold_with_tokens((lock, ready, fallback): (Lock, Event, bool)) {
         multiproc_sync::testing::force_start_time_tokens(true);
     }
     hold_forever((lock, ready));
+}
+
+fn condition_full_table_is_a_typed_error() -> Result<(), Failed> {
+    // MAX_WAITERS threads wait (threads, not processes: cheaper, and the table is the same);
+    // one more gets `TooManyWaiters`, not a hang or a panic. The threads are joined before the
+    // trial returns, so later fork trials see a single-threaded process again.
+    let cond = Condition::new()?;
+    let woken = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..MAX_WAITERS {
+            s.spawn(|| {
+                let _g = cond.lock().acquire().unwrap();
+                if cond.wait_timeout(LONG).unwrap() {
+                    woken.fetch_add(1, SeqCst);
+                }
+            });
+        }
+        let full = until(&cond, || cond.waiting() as usize == MAX_WAITERS);
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        let extra = cond.wait_timeout(Duration::ZERO);
+        cond.notify_all()?;
+        check!(full, "the threads never all waited: {}", cond.waiting());
+        check!(
+            matches!(extra, Err(Error::TooManyWaiters(n)) if n == MAX_WAITERS),
+            "one waiter too many got {extra:?}"
+        );
+        Ok::<(), Failed>(())
+    })?;
+    check!(
+        woken.load(SeqCst) == MAX_WAITERS as u64,
+        "{} of {MAX_WAITERS} notified",
+        woken.load(SeqCst)
+    );
+    check!(cond.waiting() == 0, "{} still counted", cond.waiting());
+    Ok(())
 }
 
 fn lock_of_a_dead_process_with_our_pid_is_taken_over() -> Result<(), Failed> {
