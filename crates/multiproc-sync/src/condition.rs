@@ -5,13 +5,15 @@
 //! slot's word. `notify(n)` (under the lock) grants the `n` oldest waiting slots whose
 //! process still lives: it sets each to granted and wakes that one word. A slot whose process
 //! died (killed inside `wait`) is freed instead, so a dead waiter neither takes a grant from
-//! a live one nor stays counted. A waiter returns notified only if its own slot was granted,
+//! a live one nor stays counted. (When `n` covers every waiter nobody has to be chosen, so
+//! nobody is checked: a dead waiter's grant deprives no one, and its slot is freed when the
+//! table fills up.) A waiter returns notified only if its own slot was granted,
 //! which it reads after taking the lock back (a grant that arrives while its timeout fires
 //! is still its own), then frees the slot. So exactly `min(n, live waiters)` wake, no grant
 //! outlives its waiter, and a notifier that waits right after notifying cannot take its own
 //! grant (its slot is new). One hand-off each way per notify and no thundering herd, where
 //! Python's algorithm waits for every woken sleeper's acknowledgement; the cost is one
-//! liveness check (a pidfd) per waiter granted by another process.
+//! liveness check (a pidfd) per waiter chosen from more waiters than `n`.
 
 use std::fmt;
 use std::sync::atomic::AtomicU32;
@@ -242,9 +244,10 @@ impl<L: ConditionLock> Condition<L> {
         Ok(result)
     }
 
-    /// Grants slot `i` if its process lives, else frees it; whether it was granted.
-    fn grant(&self, i: usize, me: u32) -> bool {
-        if !self.slot_alive(i, me) {
+    /// Grants slot `i` if its process lives (or without looking, if not `check`), else frees
+    /// it; whether it was granted.
+    fn grant(&self, i: usize, me: u32, check: bool) -> bool {
+        if check && !self.slot_alive(i, me) {
             self.free_slot(i);
             return false;
         }
@@ -264,9 +267,10 @@ impl<L: ConditionLock> Condition<L> {
         let me = multiproc_core::current_pid();
         let waiting = |i: usize| self.slot(i, SLOT_STATE).load(Relaxed) == WAITING;
         if n >= self.state[WAITING_SLOTS].load(Relaxed) {
-            // Everyone: no order to keep.
+            // Everyone: no order to keep, and no need to look for dead waiters: one that takes
+            // a grant with it deprives nobody (its slot is freed when the table fills up).
             for i in (0..MAX_WAITERS).filter(|&i| waiting(i)) {
-                self.grant(i, me);
+                self.grant(i, me, false);
             }
             return Ok(());
         }
@@ -281,7 +285,7 @@ impl<L: ConditionLock> Condition<L> {
             else {
                 break;
             };
-            if self.grant(oldest, me) {
+            if self.grant(oldest, me, true) {
                 left -= 1;
             }
         }

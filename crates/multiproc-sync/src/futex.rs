@@ -117,7 +117,12 @@ fn inode_token(fd: &OwnedFd) -> Option<u32> {
 /// The token the calling process records (0 if unknown: then only a pid that is gone or has
 /// exited counts as dead).
 pub(crate) fn own_token() -> u32 {
-    let me = multiproc_core::current_pid();
+    own_token_for(multiproc_core::current_pid())
+}
+
+/// [`own_token`] when the caller already has its pid `me` (the fast path of the locks).
+#[inline]
+pub(crate) fn own_token_for(me: u32) -> u32 {
     if OWN[0].load(Ordering::Acquire) == me {
         return OWN[1].load(Ordering::Relaxed);
     }
@@ -173,14 +178,16 @@ pub(crate) fn owner(pid: u32, token: u32) -> Owner {
         return Owner::Alive;
     }
     let now = if token & START_TIME != 0 {
-        start_time_token(pid)
+        let now = start_time_token(pid);
+        // Exited meanwhile: the start time read may already be another process's.
+        if exited(&fd) {
+            return Owner::Dead;
+        }
+        now
     } else {
+        // Read through the pidfd itself: always this process's.
         inode_token(&fd)
     };
-    // Exited meanwhile: the start time read may already be another process's.
-    if exited(&fd) {
-        return Owner::Dead;
-    }
     match now {
         Some(now) if now != token => Owner::Reused,
         // Unreadable (`/proc` hidden, say): we cannot tell; assume it lives.

@@ -59,7 +59,7 @@ fn allocate() -> Result<State, Error> {
 /// Records the caller as owner: token first, pid last, so a reader that sees the pid twice
 /// around the token read has a consistent pair.
 fn stamp(s: &[AtomicU32; 8], me: u32) {
-    s[TOKEN].store(futex::own_token(), Relaxed);
+    s[TOKEN].store(futex::own_token_for(me), Relaxed);
     s[TOKEN_PID].store(me, Release);
 }
 
@@ -71,9 +71,12 @@ fn recorded(s: &[AtomicU32; 8]) -> (u32, u32) {
     if p1 == p2 { (p1, token) } else { (u32::MAX, 0) }
 }
 
-/// Whether the calling process is the one that recorded itself as owner.
+/// Whether the calling process (`me`), which the word names as owner, is the one that
+/// recorded itself (and not a dead process that had its pid): the recorded token is its own.
+/// (While the word names `me`, only `me` writes the record, so its token alone tells.)
+#[inline]
 fn recorded_by_caller(s: &[AtomicU32; 8], me: u32) -> bool {
-    recorded(s) == (me, futex::own_token())
+    s[TOKEN].load(Relaxed) == futex::own_token_for(me)
 }
 
 /// Whether the owner `owner` of the word, whose record was `rec`, has died.
@@ -81,7 +84,7 @@ fn judge(owner: u32, rec: (u32, u32), me: u32) -> Owner {
     if owner == me {
         // Our own pid: either this process holds it (a `Lock` acquired twice, another thread)
         // or a dead process that had our pid before us does (only one live process has a pid).
-        return if rec.0 == me && rec.1 != futex::own_token() {
+        return if rec.0 == me && rec.1 != futex::own_token_for(me) {
             Owner::Reused
         } else {
             Owner::Alive
@@ -118,7 +121,7 @@ fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
     let (pid, token) = rec;
     if pid != u32::MAX
         && s[TOKEN]
-            .compare_exchange(token, futex::own_token(), AcqRel, Acquire)
+            .compare_exchange(token, futex::own_token_for(me), AcqRel, Acquire)
             .is_ok()
     {
         if s[TOKEN_PID].load(Acquire) == pid {
@@ -127,7 +130,7 @@ fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
         }
         // The recorded pid was cleared or rewritten: released (and maybe taken) meanwhile,
         // not ours. Put the judged token back unless a new holder already wrote its own.
-        let _ = s[TOKEN].compare_exchange(futex::own_token(), token, AcqRel, Acquire);
+        let _ = s[TOKEN].compare_exchange(futex::own_token_for(me), token, AcqRel, Acquire);
     }
     let _ = s[WORD].compare_exchange(me | WAITERS, held, Release, Relaxed);
     false
