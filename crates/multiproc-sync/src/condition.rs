@@ -96,8 +96,8 @@ const GRANTED: u32 = 2;
 ///
 /// As in Python, the caller holds the condition's lock around `wait` and `notify`.
 /// `notify(n)` wakes exactly `min(n, live waiters)`, the longest waiting first; a waiter whose
-/// process was killed inside `wait` is skipped and forgotten. At most [`MAX_WAITERS`] wait at
-/// once (beyond: [`Error::TooManyWaiters`]).
+/// process was killed inside `wait` never takes a live waiter's place and stops counting. At
+/// most [`MAX_WAITERS`] wait at once (beyond: [`Error::TooManyWaiters`]).
 ///
 /// ```
 /// use multiproc_sync::Condition;
