@@ -42,6 +42,11 @@ pub struct BrokenBarrier;
 /// each gets a distinct index in `0..parties` (its arrival order). A waiter that times out
 /// breaks the barrier for everyone, as in Python.
 ///
+/// A party that dies after it arrived counts as arrived: the others complete the cycle. One
+/// that dies before it arrives cannot be told from a slow one: give the barrier a timeout
+/// (here or per call, as in Python), and the others are released, broken, when it passes,
+/// instead of waiting forever.
+///
 /// Python's `action` argument is given to [`wait_with`](Barrier::wait_with) instead: the last
 /// party to arrive runs its action before the others are released (a function value cannot be
 /// stored in shared memory for every process to call).

@@ -1,15 +1,19 @@
-//! [`Condition`]: counted wake-up grants over a sequence futex.
+//! [`Condition`]: a table of waiter slots, each with its own futex word.
 //!
-//! Under the condition's lock a waiter counts itself in `waiters` and notes the sequence
-//! number; `notify(n)` moves up to `n` counted waiters to `grants`, bumps the sequence (the
-//! futex sleepers wait on) and records it as the grant generation. A waiter returns notified
-//! only by taking a grant, and may take one only if it started waiting before the latest
-//! notify (so a notifier that waits right after notifying cannot take its own grant). A
-//! waiter whose timeout fires takes the lock back and either takes a grant it is entitled to
-//! or leaves the count. `waiters + grants` is always the number of waiters that have not
-//! returned, so exactly as many wake as were granted and no grant is left over. One hand-off
-//! each way per notify, where Python's algorithm waits for every woken sleeper's
-//! acknowledgement.
+//! Under the condition's lock a waiter takes a free slot, writes its pid, its token (see
+//! `futex::own_token`) and a ticket (arrival order), marks it waiting and sleeps on the
+//! slot's word. `notify(n)` (under the lock) grants the `n` oldest waiting slots whose
+//! process still lives: it sets each to granted and wakes that one word. A slot whose process
+//! died (killed inside `wait`) is freed instead, so a dead waiter neither takes a grant from
+//! a live one nor stays counted. (When `n` covers every waiter nobody has to be chosen, so
+//! nobody is checked: a dead waiter's grant deprives no one, and its slot is freed when the
+//! table fills up.) A waiter returns notified only if its own slot was granted,
+//! which it reads after taking the lock back (a grant that arrives while its timeout fires
+//! is still its own), then frees the slot. So exactly `min(n, live waiters)` wake, no grant
+//! outlives its waiter, and a notifier that waits right after notifying cannot take its own
+//! grant (its slot is new). One hand-off each way per notify and no thundering herd, where
+//! Python's algorithm waits for every woken sleeper's acknowledgement; the cost is one
+//! liveness check (a pidfd) per waiter chosen from more waiters than `n`.
 
 use std::fmt;
 use std::sync::atomic::AtomicU32;
@@ -70,18 +74,30 @@ impl ConditionLock for RLock {
     }
 }
 
-/// `[sequence, waiters, grants, grant generation]`; all but the sequence's readers change
-/// under the condition's lock.
-type State = Shared<[AtomicU32; 4]>;
-const SEQ: usize = 0;
-const WAITERS: usize = 1;
-const GRANTS: usize = 2;
-const GRANT_GEN: usize = 3;
+/// How many processes and threads may wait on one condition at once.
+pub const MAX_WAITERS: usize = 128;
+
+/// `[next ticket, waiting slots, 0, 0]`, then per slot `[state, pid, token, ticket]`; all
+/// but the slots' states (which their waiters read) change under the condition's lock.
+type State = Shared<[AtomicU32; 4 + 4 * MAX_WAITERS]>;
+const NEXT_TICKET: usize = 0;
+const WAITING_SLOTS: usize = 1;
+const SLOT_STATE: usize = 0;
+const SLOT_PID: usize = 1;
+const SLOT_TOKEN: usize = 2;
+const SLOT_TICKET: usize = 3;
+/// Slot states.
+const FREE: u32 = 0;
+const WAITING: u32 = 1;
+const GRANTED: u32 = 2;
 
 /// A condition variable shared by processes (Python's `multiprocessing.Condition`), over an
 /// [`RLock`] (the default, as in Python) or a [`Lock`].
 ///
 /// As in Python, the caller holds the condition's lock around `wait` and `notify`.
+/// `notify(n)` wakes exactly `min(n, live waiters)`, the longest waiting first; a waiter whose
+/// process was killed inside `wait` never takes a live waiter's place and stops counting. At
+/// most [`MAX_WAITERS`] wait at once (beyond: [`Error::TooManyWaiters`]).
 ///
 /// ```
 /// use multiproc_sync::Condition;
@@ -121,25 +137,57 @@ impl<L: ConditionLock> Condition<L> {
         &self.lock
     }
 
-    /// Takes one grant, if the waiter that started at sequence `since` may (it started before
-    /// the latest notify) and one is left.
-    fn take_grant(&self, since: u32) -> bool {
-        let st = &*self.state;
-        if (st[GRANT_GEN].load(Acquire).wrapping_sub(since) as i32) <= 0 {
-            return false;
+    /// Word `field` of slot `i`.
+    fn slot(&self, i: usize, field: usize) -> &AtomicU32 {
+        &self.state[4 + 4 * i + field]
+    }
+
+    /// Whether the process that took slot `i` still lives (`me`: the caller's pid, whose
+    /// own threads need no check).
+    fn slot_alive(&self, i: usize, me: u32) -> bool {
+        let pid = self.slot(i, SLOT_PID).load(Relaxed);
+        pid == me
+            || futex::owner(pid, self.slot(i, SLOT_TOKEN).load(Relaxed)) == futex::Owner::Alive
+    }
+
+    /// Frees slot `i` (the lock is held).
+    fn free_slot(&self, i: usize) {
+        if self.slot(i, SLOT_STATE).swap(FREE, Release) == WAITING {
+            self.state[WAITING_SLOTS].fetch_sub(1, Relaxed);
         }
-        let mut g = st[GRANTS].load(Acquire);
-        while g > 0 {
-            match st[GRANTS].compare_exchange_weak(g, g - 1, Acquire, Acquire) {
-                Ok(_) => return true,
-                Err(now) => g = now,
-            }
-        }
-        false
+        self.slot(i, SLOT_PID).store(0, Relaxed);
+    }
+
+    /// Takes a free slot for the caller (the lock is held), freeing the slots of dead
+    /// processes first if none is free.
+    fn register(&self) -> Result<usize, Error> {
+        let me = multiproc_core::current_pid();
+        let free = (0..MAX_WAITERS)
+            .find(|&i| self.slot(i, SLOT_STATE).load(Relaxed) == FREE)
+            .or_else(|| {
+                for i in 0..MAX_WAITERS {
+                    if !self.slot_alive(i, me) {
+                        self.free_slot(i);
+                    }
+                }
+                (0..MAX_WAITERS).find(|&i| self.slot(i, SLOT_STATE).load(Relaxed) == FREE)
+            })
+            .ok_or(Error::TooManyWaiters(MAX_WAITERS))?;
+        let ticket = self.state[NEXT_TICKET].fetch_add(1, Relaxed);
+        self.slot(free, SLOT_PID).store(me, Relaxed);
+        self.slot(free, SLOT_TOKEN)
+            .store(futex::own_token(), Relaxed);
+        self.slot(free, SLOT_TICKET).store(ticket, Relaxed);
+        // Counted before it is marked: a process killed in between leaves the count one
+        // high (harmless: a notify finds no slot to grant), never below the waiting slots.
+        self.state[WAITING_SLOTS].fetch_add(1, Relaxed);
+        self.slot(free, SLOT_STATE).store(WAITING, Release);
+        Ok(free)
     }
 
     /// Releases the lock, waits for a notification, takes the lock back; `Ok(true)` when
-    /// notified. [`Error::NotOwner`] if the caller does not hold the lock.
+    /// notified. [`Error::NotOwner`] if the caller does not hold the lock,
+    /// [`Error::TooManyWaiters`] if [`MAX_WAITERS`] live waiters wait already.
     pub fn wait(&self) -> Result<bool, Error> {
         self.wait_until(None)
     }
@@ -153,35 +201,28 @@ impl<L: ConditionLock> Condition<L> {
         if !self.lock.held_by_caller() {
             return Err(Error::NotOwner);
         }
-        let st = &*self.state;
-        st[WAITERS].fetch_add(1, Relaxed);
-        // Read under the lock: a notify after this changes the word, so the futex wait below
-        // returns at once instead of missing it.
-        let since = st[SEQ].load(Acquire);
-        let mut seq = since;
+        let slot = self.register()?;
+        let word = self.slot(slot, SLOT_STATE);
         let saved = self.lock.release_all();
-        let notified = loop {
-            if self.take_grant(since) {
-                break true;
+        loop {
+            if word.load(Acquire) != WAITING {
+                break;
             }
             let left = futex::left(deadline);
             if left == Some(Duration::ZERO) {
-                break false;
+                break;
             }
-            if let Woke::TimedOut = futex::wait(&st[SEQ], seq, left) {
+            if let Woke::TimedOut = futex::wait(word, WAITING, left) {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break false;
+                    break;
                 }
             }
-            seq = st[SEQ].load(Acquire);
-        };
-        self.lock.reacquire(saved);
-        if notified || self.take_grant(since) {
-            // (A grant given while the timeout fired is ours: we were counted.)
-            return Ok(true);
         }
-        st[WAITERS].fetch_sub(1, Relaxed);
-        Ok(false)
+        self.lock.reacquire(saved);
+        // Under the lock: a grant given while the timeout fired is ours.
+        let notified = word.load(Acquire) == GRANTED;
+        self.free_slot(slot);
+        Ok(notified)
     }
 
     /// Waits until `predicate()` holds, re-checking it after every wake-up, for at most
@@ -203,19 +244,50 @@ impl<L: ConditionLock> Condition<L> {
         Ok(result)
     }
 
-    /// Wakes up to `n` waiters. [`Error::NotOwner`] if the caller does not hold the lock.
+    /// Grants slot `i` if its process lives (or without looking, if not `check`), else frees
+    /// it; whether it was granted.
+    fn grant(&self, i: usize, me: u32, check: bool) -> bool {
+        if check && !self.slot_alive(i, me) {
+            self.free_slot(i);
+            return false;
+        }
+        let word = self.slot(i, SLOT_STATE);
+        word.store(GRANTED, Release);
+        self.state[WAITING_SLOTS].fetch_sub(1, Relaxed);
+        futex::wake(word, 1);
+        true
+    }
+
+    /// Wakes up to `n` waiters, the longest waiting first; a waiter whose process died is
+    /// skipped (and forgotten). [`Error::NotOwner`] if the caller does not hold the lock.
     pub fn notify(&self, n: u32) -> Result<(), Error> {
         if !self.lock.held_by_caller() {
             return Err(Error::NotOwner);
         }
-        let st = &*self.state;
-        let k = n.min(st[WAITERS].load(Relaxed));
-        if k > 0 {
-            st[WAITERS].fetch_sub(k, Relaxed);
-            st[GRANTS].fetch_add(k, Release);
-            let generation = st[SEQ].fetch_add(1, Release).wrapping_add(1);
-            st[GRANT_GEN].store(generation, Release);
-            futex::wake(&st[SEQ], k);
+        let me = multiproc_core::current_pid();
+        let waiting = |i: usize| self.slot(i, SLOT_STATE).load(Relaxed) == WAITING;
+        if n >= self.state[WAITING_SLOTS].load(Relaxed) {
+            // Everyone: no order to keep, and no need to look for dead waiters: one that takes
+            // a grant with it deprives nobody (its slot is freed when the table fills up).
+            for i in (0..MAX_WAITERS).filter(|&i| waiting(i)) {
+                self.grant(i, me, false);
+            }
+            return Ok(());
+        }
+        let mut left = n;
+        while left > 0 && self.state[WAITING_SLOTS].load(Relaxed) > 0 {
+            // The oldest ticket: the largest distance back from the next one (wrapping).
+            let next = self.state[NEXT_TICKET].load(Relaxed);
+            let age = |i: usize| next.wrapping_sub(self.slot(i, SLOT_TICKET).load(Relaxed));
+            let Some(oldest) = (0..MAX_WAITERS)
+                .filter(|&i| waiting(i))
+                .max_by_key(|&i| age(i))
+            else {
+                break;
+            };
+            if self.grant(oldest, me, true) {
+                left -= 1;
+            }
         }
         Ok(())
     }
@@ -223,6 +295,13 @@ impl<L: ConditionLock> Condition<L> {
     /// Wakes every waiter.
     pub fn notify_all(&self) -> Result<(), Error> {
         self.notify(u32::MAX)
+    }
+
+    /// How many waiters are counted as waiting now (a snapshot; dead ones are forgotten only
+    /// when a notify reaches them or the table is full). For tests.
+    #[doc(hidden)]
+    pub fn waiting(&self) -> u32 {
+        self.state[WAITING_SLOTS].load(Relaxed)
     }
 }
 

@@ -21,6 +21,9 @@ pub enum Error {
     /// A value out of range (a semaphore's initial value above `i32::MAX`).
     #[error("invalid value: {0}")]
     InvalidValue(&'static str),
+    /// A `Condition` already has this many live waiters (its table of waiter slots is full).
+    #[error("too many waiters on one condition (at most {0})")]
+    TooManyWaiters(usize),
     /// The shared heap could not provide memory.
     #[error("cannot allocate in the shared heap: {0}")]
     Heap(#[source] std::io::Error),

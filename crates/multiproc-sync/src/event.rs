@@ -1,4 +1,13 @@
-//! [`Event`]: one futex word in the shared heap (0 clear, 1 set, 2 clear with sleepers).
+//! [`Event`]: a futex word holding the flag and a generation, beside a count of sleepers.
+//!
+//! Word layout: bit 0 the flag, bits 1..32 a generation that every `set` of a clear event
+//! bumps. A waiter notes the generation *before* it counts itself as a sleeper and returns
+//! `true` once the flag is set or the generation moved, so a `set()` followed at once by
+//! `clear()` still releases every waiter that was blocked at the time of the `set()` (as in
+//! CPython); it cannot see a clear flag and go back to sleep. The sleeper count lets `set`
+//! skip the system call when nobody waits (the waiter counts itself before reading the word,
+//! the setter writes the word before reading the count, both `SeqCst`: one of them sees the
+//! other).
 
 use std::fmt;
 use std::sync::atomic::AtomicU32;
@@ -11,11 +20,19 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::futex::{self, Woke};
 
-const CLEAR: u32 = 0;
+/// `[flag | generation << 1, sleepers]`.
+type State = Shared<[AtomicU32; 2]>;
+const WORD: usize = 0;
+const SLEEPERS: usize = 1;
 const SET: u32 = 1;
-const SLEEPERS: u32 = 2;
+/// One step of the generation (bits 1..32).
+const GENERATION: u32 = 2;
 
 /// A flag processes can wait for (Python's `multiprocessing.Event`).
+///
+/// Every process blocked in [`wait`](Event::wait) when [`set`](Event::set) is called returns
+/// (`true` from [`wait_timeout`](Event::wait_timeout)), even if the event is cleared again at
+/// once.
 ///
 /// ```
 /// use multiproc_sync::Event;
@@ -29,7 +46,7 @@ const SLEEPERS: u32 = 2;
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Event {
-    state: Shared<AtomicU32>,
+    state: State,
 }
 
 impl Event {
@@ -42,19 +59,33 @@ impl Event {
 
     /// Whether the flag is set.
     pub fn is_set(&self) -> bool {
-        self.state.load(SeqCst) == SET
+        self.state[WORD].load(SeqCst) & SET != 0
     }
 
     /// Sets the flag and wakes every waiter (no system call when nobody waits).
     pub fn set(&self) {
-        if self.state.swap(SET, SeqCst) == SLEEPERS {
-            futex::wake(&self.state, u32::MAX);
+        let word = &self.state[WORD];
+        let mut v = word.load(SeqCst);
+        loop {
+            if v & SET != 0 {
+                return;
+            }
+            // Clear to set, one generation on (wrapping: a waiter would have to sleep through
+            // 2^31 set/clear pairs to miss one).
+            let next = (v & !SET).wrapping_add(GENERATION) | SET;
+            match word.compare_exchange_weak(v, next, SeqCst, SeqCst) {
+                Ok(_) => break,
+                Err(now) => v = now,
+            }
+        }
+        if self.state[SLEEPERS].load(SeqCst) > 0 {
+            futex::wake(word, u32::MAX);
         }
     }
 
-    /// Clears the flag.
+    /// Clears the flag (waiters blocked before the last `set` still return).
     pub fn clear(&self) {
-        let _ = self.state.compare_exchange(SET, CLEAR, SeqCst, SeqCst);
+        self.state[WORD].fetch_and(!SET, SeqCst);
     }
 
     /// Waits until the flag is set.
@@ -62,36 +93,46 @@ impl Event {
         self.wait_until(None);
     }
 
-    /// Waits at most `timeout` for the flag; whether it is set (Python's `wait(timeout)`).
+    /// Waits at most `timeout` for the flag (Python's `wait(timeout)`): `true` if it is set,
+    /// or was set while this call waited.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
         self.wait_until(futex::deadline(timeout))
     }
 
+    /// The number of processes and threads sleeping in `wait` now (a snapshot), for tests
+    /// that must know a waiter is blocked before they act.
+    #[doc(hidden)]
+    pub fn sleepers(&self) -> u32 {
+        self.state[SLEEPERS].load(SeqCst)
+    }
+
     fn wait_until(&self, deadline: Option<Instant>) -> bool {
-        loop {
-            match self.state.load(SeqCst) {
-                SET => return true,
-                // Announce a sleeper, so that `set` knows to wake.
-                CLEAR
-                    if self
-                        .state
-                        .compare_exchange(CLEAR, SLEEPERS, SeqCst, SeqCst)
-                        .is_err() =>
-                {
-                    continue;
-                }
-                _ => {}
+        let word = &self.state[WORD];
+        // The generation is noted before this waiter counts as a sleeper: once it counts, any
+        // `set` moves the generation past the noted one.
+        let start = word.load(SeqCst);
+        if start & SET != 0 {
+            return true;
+        }
+        self.state[SLEEPERS].fetch_add(1, SeqCst);
+        let released = |v: u32| v & SET != 0 || v != start;
+        let got = loop {
+            let v = word.load(SeqCst);
+            if released(v) {
+                break true;
             }
             let left = futex::left(deadline);
             if left == Some(Duration::ZERO) {
-                return self.is_set();
+                break false;
             }
-            if let Woke::TimedOut = futex::wait(&self.state, SLEEPERS, left) {
+            if let Woke::TimedOut = futex::wait(word, v, left) {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return self.is_set();
+                    break released(word.load(SeqCst));
                 }
             }
-        }
+        };
+        self.state[SLEEPERS].fetch_sub(1, SeqCst);
+        got
     }
 }
 

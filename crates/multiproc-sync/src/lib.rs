@@ -43,8 +43,14 @@ mod lock;
 mod semaphore;
 
 pub use crate::barrier::{Barrier, BrokenBarrier};
-pub use crate::condition::{Condition, ConditionLock};
+pub use crate::condition::{Condition, ConditionLock, MAX_WAITERS};
 pub use crate::error::{Error, LockResult, OwnerDied, TryAcquireError, TryLockResult};
 pub use crate::event::Event;
-pub use crate::lock::{Acquired, Lock, LockGuard, RLock, RLockGuard, SLICE};
+pub use crate::lock::{Acquired, Lock, LockGuard, MAX_SLICE, RLock, RLockGuard, SLICE};
+
+/// Hooks for tests of owner-death detection (not a stable API).
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::futex::{START_TIME, force_start_time_tokens};
+}
 pub use crate::semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};

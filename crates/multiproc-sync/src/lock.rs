@@ -2,16 +2,18 @@
 //! process dying with the lock held does not deadlock the others.
 //!
 //! Word layout: bits 0..31 the owning process's pid (0: unlocked), bit 31 "waiters may sleep".
-//! Beside it the owner records a token (its pid and the low bits of its pidfs inode, written
-//! inode first, pid last). A waiter sleeps in slices of [`SLICE`]; after each slice it checks
-//! the owner through a pidfd (gone, exited, or a different process that reused the pid) and
-//! takes the lock over if the owner died. The uncontended path is one compare-and-swap and two
-//! stores.
+//! Beside it the owner records its token (its pid and a 32-bit token, see `futex::own_token`:
+//! the low bits of its pidfs inode, or its start time before Linux 6.9; written token first,
+//! pid last), and a release clears the recorded pid before it frees the word. A waiter sleeps
+//! in slices, starting at [`SLICE`] and doubling up to [`MAX_SLICE`] while the same owner
+//! lives; after each slice it checks the owner through a pidfd (gone, exited, or a different
+//! process that reused the pid) and takes the lock over if the owner died. The uncontended
+//! path is one compare-and-swap and two stores, and a release one store and one swap.
 
 use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use multiproc_core::heap::Shared;
@@ -22,13 +24,18 @@ use crate::futex::{self, Owner, Woke};
 
 const WAITERS: u32 = 1 << 31;
 const PID: u32 = !WAITERS;
-/// How long a waiter sleeps before it checks whether the owner still lives.
+/// How long a waiter first sleeps before it checks whether the owner still lives.
 pub const SLICE: Duration = Duration::from_millis(20);
+/// The longest sleep between two checks: a waiter doubles its slice after each check that
+/// finds the same owner alive, up to this, so that many idle waiters behind a lock held for
+/// long cost a few system calls per second each. A dead owner is noticed within about this
+/// long (within about [`SLICE`] when it dies soon after the waiter started waiting).
+pub const MAX_SLICE: Duration = Duration::from_millis(320);
 
-/// `[word, owner inode, owner pid, RLock owner thread, RLock depth, ..]`.
+/// `[word, owner token, owner pid, RLock owner thread, RLock depth, ..]`.
 type State = Shared<[AtomicU32; 8]>;
 const WORD: usize = 0;
-const TOKEN_INODE: usize = 1;
+const TOKEN: usize = 1;
 const TOKEN_PID: usize = 2;
 const OWNER_TID: usize = 3;
 const DEPTH: usize = 4;
@@ -49,19 +56,84 @@ fn allocate() -> Result<State, Error> {
     Shared::new().map_err(Error::Heap)
 }
 
-/// Records the caller as owner: inode first, pid last, so a reader that sees the pid twice
-/// around the inode read has a consistent pair.
+/// Records the caller as owner: token first, pid last, so a reader that sees the pid twice
+/// around the token read has a consistent pair.
 fn stamp(s: &[AtomicU32; 8], me: u32) {
-    s[TOKEN_INODE].store(futex::own_inode(), Relaxed);
+    s[TOKEN].store(futex::own_token_for(me), Relaxed);
     s[TOKEN_PID].store(me, Release);
 }
 
-/// The owner's recorded inode if the token belongs to `owner`, else 0 (unknown).
-fn recorded_inode(s: &[AtomicU32; 8], owner: u32) -> u32 {
+/// The recorded `(pid, token)`; `(u32::MAX, 0)` when a stamp was being written meanwhile.
+fn recorded(s: &[AtomicU32; 8]) -> (u32, u32) {
     let p1 = s[TOKEN_PID].load(Acquire);
-    let inode = s[TOKEN_INODE].load(Acquire);
+    let token = s[TOKEN].load(Acquire);
     let p2 = s[TOKEN_PID].load(Acquire);
-    if p1 == owner && p2 == owner { inode } else { 0 }
+    if p1 == p2 { (p1, token) } else { (u32::MAX, 0) }
+}
+
+/// Whether the calling process (`me`), which the word names as owner, is the one that
+/// recorded itself (and not a dead process that had its pid): the recorded token is its own.
+/// (While the word names `me`, only `me` writes the record, so its token alone tells.)
+#[inline]
+fn recorded_by_caller(s: &[AtomicU32; 8], me: u32) -> bool {
+    s[TOKEN].load(Relaxed) == futex::own_token_for(me)
+}
+
+/// Whether the owner `owner` of the word, whose record was `rec`, has died.
+fn judge(owner: u32, rec: (u32, u32), me: u32) -> Owner {
+    if owner == me {
+        // Our own pid: either this process holds it (a `Lock` acquired twice, another thread)
+        // or a dead process that had our pid before us does (only one live process has a pid).
+        return if rec.0 == me && rec.1 != futex::own_token_for(me) {
+            Owner::Reused
+        } else {
+            Owner::Alive
+        };
+    }
+    futex::owner(owner, if rec.0 == owner { rec.1 } else { 0 })
+}
+
+/// Takes the lock over from a dead owner: `held` is the exact word value (owner and waiters
+/// bit) that was judged, `rec` the record read before judging. Whether it is now ours.
+///
+/// Two waiters that both judged the owner dead race on one compare-and-swap of the word from
+/// `held`: the loser sees the winner's pid and goes on waiting. The exact value can come
+/// back, though, when the dead owner's pid is reused: a process with that pid took the lock
+/// after the winner released it, or is itself taking it over (its swap from its own pid to
+/// its own pid changes nothing). So the word alone does not decide: the taker then swaps the
+/// recorded token from the judged one to its own, which only one taker can do (a dead
+/// process's token is never written again, every acquisition writes its own token, and every
+/// release clears the recorded pid). A taker that loses this second swap, or finds the
+/// recorded pid changed, undoes its swap of the word; if the word changed under it, the live
+/// holder it displaced has released the lock meanwhile. Either way it goes on waiting, and
+/// nobody is ever admitted twice. What is left needs a reused pid and a take-over in the same
+/// few instructions: a live holder that looks at the word in between sees another pid (an
+/// `RLock` re-entry there would wait for itself); and an owner that died between taking the
+/// word and writing its record, whose lock a third process then released (a release leaves
+/// the token), could be taken twice by a later holder with its pid and a waiter.
+fn take_over(s: &[AtomicU32; 8], held: u32, rec: (u32, u32), me: u32) -> bool {
+    if s[WORD]
+        .compare_exchange(held, me | WAITERS, Acquire, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    let (pid, token) = rec;
+    if pid != u32::MAX
+        && s[TOKEN]
+            .compare_exchange(token, futex::own_token_for(me), AcqRel, Acquire)
+            .is_ok()
+    {
+        if s[TOKEN_PID].load(Acquire) == pid {
+            s[TOKEN_PID].store(me, Release);
+            return true;
+        }
+        // The recorded pid was cleared or rewritten: released (and maybe taken) meanwhile,
+        // not ours. Put the judged token back unless a new holder already wrote its own.
+        let _ = s[TOKEN].compare_exchange(futex::own_token_for(me), token, AcqRel, Acquire);
+    }
+    let _ = s[WORD].compare_exchange(me | WAITERS, held, Release, Relaxed);
+    false
 }
 
 /// Acquires the word for this process, waiting until `deadline` (`None`: forever).
@@ -72,8 +144,9 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
         return Acquired::Yes;
     }
     // A reused pid is believed only when seen twice in a row (a token being rewritten by a
-    // new owner can look inconsistent once).
-    let mut reused = 0;
+    // new owner can look inconsistent once). `alive`: checks that found this owner alive,
+    // for the back-off of the slice.
+    let (mut reused, mut alive, mut last_owner) = (0u32, 0u32, 0u32);
     loop {
         let v = s[WORD].load(Relaxed);
         let owner = v & PID;
@@ -87,6 +160,9 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
             }
             continue;
         }
+        if owner != last_owner {
+            (reused, alive, last_owner) = (0, 0, owner);
+        }
         if v & WAITERS == 0
             && s[WORD]
                 .compare_exchange(v, v | WAITERS, Relaxed, Relaxed)
@@ -97,27 +173,25 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
         let left = futex::left(deadline);
         let expired = left == Some(Duration::ZERO);
         if !expired {
-            let nap = left.map_or(SLICE, |l| l.min(SLICE));
+            let slice = SLICE.saturating_mul(1 << alive.min(4)).min(MAX_SLICE);
+            let nap = left.map_or(slice, |l| l.min(slice));
             if let Woke::Retry = futex::wait(&s[WORD], v | WAITERS, Some(nap)) {
                 continue;
             }
         }
         // A slice passed without a wake-up (or the deadline did): does the owner still live?
-        if owner != me {
-            let verdict = futex::owner(owner, recorded_inode(s, owner));
-            reused = if verdict == Owner::Reused {
-                reused + 1
-            } else {
-                0
-            };
-            if (verdict == Owner::Dead || reused >= 2)
-                && s[WORD]
-                    .compare_exchange(v | WAITERS, me | WAITERS, Acquire, Relaxed)
-                    .is_ok()
-            {
-                stamp(s, me);
-                return Acquired::OwnerDied(owner);
-            }
+        let rec = recorded(s);
+        let verdict = judge(owner, rec, me);
+        reused = if verdict == Owner::Reused {
+            reused + 1
+        } else {
+            0
+        };
+        if verdict == Owner::Alive {
+            alive = alive.saturating_add(1);
+        }
+        if (verdict == Owner::Dead || reused >= 2) && take_over(s, v | WAITERS, rec, me) {
+            return Acquired::OwnerDied(owner);
         }
         if expired {
             return Acquired::TimedOut;
@@ -127,6 +201,11 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
 
 /// Releases the word whoever holds it; an error if nobody does.
 fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
+    if s[WORD].load(Relaxed) & PID == 0 {
+        return Err(Error::NotHeld);
+    }
+    // The record goes first: a record names a holder only while it holds (see `take_over`).
+    s[TOKEN_PID].store(0, Relaxed);
     let v = s[WORD].swap(0, Release);
     if v & PID == 0 {
         return Err(Error::NotHeld);
@@ -142,15 +221,17 @@ fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
 /// Clone it or pass it to a child process (it implements serde): every copy is the same lock.
 /// As in Python, a `Lock` is not owned by a thread: [`release`](Lock::release) may be called by
 /// any thread or process. Beyond Python, if a process dies while holding it, the next acquirer
-/// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`].
+/// takes it over and is told so ([`OwnerDied`]) within about [`SLICE`] to [`MAX_SLICE`]
+/// (see there). A process that got the dead owner's pid is not taken for the owner, on
+/// kernels without pidfs inodes too (the owner's start time tells them apart).
 ///
 /// ```
-/// use multiproc_sync::Lock;
+/// use multiproc_sync::{Lock, TryAcquireError};
 ///
 /// let lock = Lock::new()?;
 /// {
 ///     let _guard = lock.acquire().unwrap();
-///     assert!(lock.try_acquire().is_err());
+///     assert!(matches!(lock.try_acquire(), Err(TryAcquireError::WouldBlock)));
 /// }
 /// assert!(lock.try_acquire().is_ok());
 /// # Ok::<(), multiproc_sync::Error>(())
@@ -210,12 +291,34 @@ impl Lock {
 
     /// Whether the calling process holds the lock (a `Lock` has no owning thread).
     pub(crate) fn is_mine(&self) -> bool {
-        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+        let me = multiproc_core::current_pid();
+        self.state[WORD].load(Relaxed) & PID == me && recorded_by_caller(&self.state, me)
     }
 
     /// Whether some process holds the lock right now (a snapshot).
     pub fn is_locked(&self) -> bool {
         self.state[WORD].load(Relaxed) & PID != 0
+    }
+
+    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
+    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
+    /// a waiter is blocked.
+    #[doc(hidden)]
+    pub fn waiters_flagged(&self) -> bool {
+        self.state[WORD].load(Relaxed) & WAITERS != 0
+    }
+
+    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
+    #[doc(hidden)]
+    pub fn owner_token(&self) -> u32 {
+        self.state[TOKEN].load(Acquire)
+    }
+
+    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
+    /// another process got (the live process at the pid no longer matches the record).
+    #[doc(hidden)]
+    pub fn overwrite_owner_token(&self, token: u32) {
+        self.state[TOKEN].store(token, Release);
     }
 }
 
@@ -286,7 +389,7 @@ fn thread_id() -> u32 {
 /// assert_eq!(lock.depth(), 2);
 /// drop(b);
 /// drop(a);
-/// assert!(lock.release().is_err()); // not held any more
+/// assert!(matches!(lock.release(), Err(multiproc_sync::Error::NotOwner))); // not held any more
 /// # Ok::<(), multiproc_sync::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
@@ -301,8 +404,12 @@ impl RLock {
     }
 
     fn owned_by_caller(&self) -> bool {
-        self.state[WORD].load(Relaxed) & PID == multiproc_core::current_pid()
+        // The record too: a dead process with our pid (and its main thread with our main
+        // thread's id) may be the holder.
+        let me = multiproc_core::current_pid();
+        self.state[WORD].load(Relaxed) & PID == me
             && self.state[OWNER_TID].load(Relaxed) == thread_id()
+            && recorded_by_caller(&self.state, me)
     }
 
     fn lock(&self, deadline: Option<Instant>) -> Acquired {
@@ -398,6 +505,27 @@ impl RLock {
     /// Whether the calling thread owns the lock.
     pub(crate) fn is_mine(&self) -> bool {
         self.owned_by_caller()
+    }
+
+    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
+    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
+    /// a waiter is blocked.
+    #[doc(hidden)]
+    pub fn waiters_flagged(&self) -> bool {
+        self.state[WORD].load(Relaxed) & WAITERS != 0
+    }
+
+    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
+    #[doc(hidden)]
+    pub fn owner_token(&self) -> u32 {
+        self.state[TOKEN].load(Acquire)
+    }
+
+    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
+    /// another process got (the live process at the pid no longer matches the record).
+    #[doc(hidden)]
+    pub fn overwrite_owner_token(&self, token: u32) {
+        self.state[TOKEN].store(token, Release);
     }
 
     /// How many times the owner holds it (0: free; a snapshot when another thread owns it).

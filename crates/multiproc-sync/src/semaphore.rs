@@ -11,13 +11,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::futex::{self, Woke};
 
-/// `[count, sleeping waiters, bound (0: none), ..]`.
+/// `[count, sleeping waiters, bound, bounded (1) or not (0)]`.
 type State = Shared<[AtomicU32; 4]>;
 const COUNT: usize = 0;
 const WAITERS: usize = 1;
 const BOUND: usize = 2;
+const BOUNDED: usize = 3;
 
-fn create(value: u32, bound: u32) -> Result<State, Error> {
+/// A semaphore of `value` units; `bound`: the most units it may ever hold (`None`: up to
+/// `i32::MAX`). A bound is kept beside a flag, so that a bound of 0 (Python's
+/// `BoundedSemaphore(0)`) is a bound and not "none".
+fn create(value: u32, bound: Option<u32>) -> Result<State, Error> {
     if value > i32::MAX as u32 {
         return Err(Error::InvalidValue(
             "a semaphore's value must be at most i32::MAX",
@@ -25,7 +29,8 @@ fn create(value: u32, bound: u32) -> Result<State, Error> {
     }
     let s: State = Shared::new().map_err(Error::Heap)?;
     s[COUNT].store(value, SeqCst);
-    s[BOUND].store(bound, SeqCst);
+    s[BOUND].store(bound.unwrap_or(0), SeqCst);
+    s[BOUNDED].store(u32::from(bound.is_some()), SeqCst);
     Ok(s)
 }
 
@@ -67,10 +72,10 @@ fn take(s: &[AtomicU32; 4], deadline: Option<Instant>) -> bool {
 
 /// Gives one unit back; [`Error::TooManyReleases`] above a bounded semaphore's bound.
 fn give(s: &[AtomicU32; 4]) -> Result<(), Error> {
-    let bound = s[BOUND].load(Relaxed);
+    let bound = (s[BOUNDED].load(Relaxed) != 0).then(|| s[BOUND].load(Relaxed));
     let mut c = s[COUNT].load(Relaxed);
     loop {
-        if (bound != 0 && c >= bound) || c >= i32::MAX as u32 {
+        if bound.is_some_and(|b| c >= b) || c >= i32::MAX as u32 {
             return Err(Error::TooManyReleases);
         }
         match s[COUNT].compare_exchange_weak(c, c + 1, SeqCst, Relaxed) {
@@ -150,7 +155,7 @@ impl Semaphore {
     /// A semaphore with `value` free units.
     pub fn new(value: u32) -> Result<Semaphore, Error> {
         Ok(Semaphore {
-            state: create(value, 0)?,
+            state: create(value, None)?,
         })
     }
 
@@ -166,10 +171,11 @@ semaphore_api!(Semaphore);
 /// `multiprocessing.BoundedSemaphore`).
 ///
 /// ```
-/// use multiproc_sync::BoundedSemaphore;
+/// use multiproc_sync::{BoundedSemaphore, Error};
 ///
 /// let sem = BoundedSemaphore::new(1)?;
-/// assert!(sem.release().is_err()); // already at its initial value
+/// // Already at its initial value:
+/// assert!(matches!(sem.release(), Err(Error::TooManyReleases)));
 /// # Ok::<(), multiproc_sync::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
@@ -178,10 +184,11 @@ pub struct BoundedSemaphore {
 }
 
 impl BoundedSemaphore {
-    /// A bounded semaphore with `value` free units, never more.
+    /// A bounded semaphore with `value` free units, never more (with 0, every `release` that
+    /// is not paired with an `acquire` is refused, as in Python).
     pub fn new(value: u32) -> Result<BoundedSemaphore, Error> {
         Ok(BoundedSemaphore {
-            state: create(value, value.max(1))?,
+            state: create(value, Some(value))?,
         })
     }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use multiproc_core::heap::Shared;
 use multiproc_core::{Process, StartMethod};
 use multiproc_sync::{
-    Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, RLock,
-    Semaphore, TryAcquireError,
+    Acquired, Barrier, BoundedSemaphore, BrokenBarrier, Condition, Error, Event, Lock, MAX_WAITERS,
+    RLock, Semaphore, TryAcquireError,
 };
 use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, start, start_daemon};
 
@@ -32,12 +32,32 @@ fn main() {
             semaphore_2_never_lets_a_third_in,
         ),
         (
+            "semaphore_2_holds_two_at_once",
+            semaphore_2_holds_two_at_once,
+        ),
+        (
             "lock_owner_death_is_recovered",
             lock_owner_death_is_recovered,
         ),
         (
             "rlock_owner_death_is_recovered",
             rlock_owner_death_is_recovered,
+        ),
+        (
+            "lock_owner_death_wakes_a_blocked_acquire",
+            lock_owner_death_wakes_a_blocked_acquire,
+        ),
+        (
+            "two_waiters_take_a_dead_owners_lock_once",
+            two_waiters_take_a_dead_owners_lock_once,
+        ),
+        (
+            "lock_takeover_when_owner_pid_reused",
+            lock_takeover_when_owner_pid_reused,
+        ),
+        (
+            "lock_takeover_when_owner_pid_reused_start_time_tokens",
+            lock_takeover_when_owner_pid_reused_start_time_tokens,
         ),
         (
             "lock_released_by_another_process",
@@ -48,6 +68,14 @@ fn main() {
             rlock_release_by_non_owner_is_an_error,
         ),
         ("event_wait_false_then_true", event_wait_false_then_true),
+        (
+            "event_set_wakes_3_blocked_waiters",
+            event_set_wakes_3_blocked_waiters,
+        ),
+        (
+            "event_set_then_clear_releases_blocked_waiters",
+            event_set_then_clear_releases_blocked_waiters,
+        ),
         (
             "timeouts_return_within_bounds",
             timeouts_return_within_bounds,
@@ -71,9 +99,28 @@ fn main() {
         ("barrier_abort_and_reset", barrier_abort_and_reset),
         ("condition_ping_pong", condition_ping_pong),
         ("condition_no_leftover_grants", condition_no_leftover_grants),
+        (
+            "condition_dead_waiter_is_not_counted",
+            condition_dead_waiter_is_not_counted,
+        ),
+        ("barrier_default_timeout", barrier_default_timeout),
+        ("barrier_panicking_action", barrier_panicking_action),
+        ("barrier_dead_party", barrier_dead_party),
+        (
+            "bounded_semaphore_bound_holds_in_a_child",
+            bounded_semaphore_bound_holds_in_a_child,
+        ),
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("misuse_errors", misuse_errors));
+    trials.push(Trial::test(
+        "condition_full_table_is_a_typed_error",
+        condition_full_table_is_a_typed_error,
+    ));
+    trials.push(Trial::test(
+        "lock_of_a_dead_process_with_our_pid_is_taken_over",
+        lock_of_a_dead_process_with_our_pid_is_taken_over,
+    ));
     multiproc_testkit::run(trials);
 }
 
@@ -161,6 +208,42 @@ fn semaphore_2_never_lets_a_third_in(m: StartMethod) -> Result<(), Failed> {
     Ok(())
 }
 
+/// Takes a unit, then meets the other holder and the parent at the barrier (which opens only
+/// if both children hold a unit at once), and again once the parent has checked that a third
+/// is refused. Exits 0 if both meetings happened.
+fn hold_while_the_other_holds((sem, b): (Semaphore, Barrier)) {
+    let unit = sem.acquire();
+    let both = b.wait_timeout(LONG).is_ok();
+    let checked = b.wait_timeout(LONG).is_ok();
+    drop(unit);
+    std::process::exit(if both && checked { 0 } else { 1 });
+}
+
+fn semaphore_2_holds_two_at_once(m: StartMethod) -> Result<(), Failed> {
+    // If only one unit could be held, the second child would block in `acquire` and the
+    // barrier of three would never open.
+    let sem = Semaphore::new(2)?;
+    let b = Barrier::new(3, None)?;
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, hold_while_the_other_holds, (sem.clone(), b.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        b.wait_timeout(LONG).is_ok(),
+        "the two children never held a unit at once"
+    );
+    check!(
+        sem.get_value() == 0 && sem.try_acquire().is_none(),
+        "a third holder got in (value {})",
+        sem.get_value()
+    );
+    check!(b.wait_timeout(LONG).is_ok(), "second meeting");
+    for p in &ps {
+        check!(join(p)? == 0, "a holder failed");
+    }
+    check!(sem.get_value() == 2, "value {}", sem.get_value());
+    Ok(())
+}
+
 /// Takes the lock, says so through the event, and sleeps holding it.
 fn hold_forever((lock, ready): (Lock, Event)) {
     lock.acquire().unwrap().leak();
@@ -212,33 +295,308 @@ fn hold_rlock_forever((lock, ready): (RLock, Event)) {
     std::thread::sleep(Duration::from_secs(3600));
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: one clock for every process of the machine.
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// Announces itself (`c[3]`), blocks on the RLock, then records when it returned (`c[1]`) and
+/// the dead owner it was told about (`c[0]`); exits 0 only on `OwnerDied` with the lock free
+/// again after the guard.
+fn rlock_waiter((lock, c): (RLock, Cells)) {
+    c[3].store(1, SeqCst);
+    let r = lock.acquire_timeout(LONG);
+    c[1].store(now_ns(), SeqCst);
+    let ok = match r {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            c[0].store(u64::from(e.dead_owner()), SeqCst);
+            let depth = lock.depth();
+            drop(e.into_guard());
+            depth == 1 && lock.depth() == 0
+        }
+        _ => false,
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// As `rlock_waiter`, for a `Lock` and its blocking `acquire()` (no deadline: the test's
+/// `join` is the deadline).
+fn lock_waiter((lock, c): (Lock, Cells)) {
+    c[3].store(1, SeqCst);
+    let r = lock.acquire();
+    c[1].store(now_ns(), SeqCst);
+    let ok = match r {
+        Err(e) => {
+            c[0].store(u64::from(e.dead_owner()), SeqCst);
+            drop(e.into_guard());
+            !lock.is_locked()
+        }
+        Ok(_) => false,
+    };
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// A waiter already blocked when the owner dies: the waiter announces itself and the parent
+/// sees the lock word's waiters bit (set only by a waiter that found the lock held; the
+/// parent itself never contends) before it kills the owner. The waiter must get `OwnerDied`
+/// naming the owner, after the kill, and within 20 s of it.
+fn blocked_waiter_sees_owner_die(
+    c: &Cells,
+    owner: &Process,
+    waiter: &Process,
+    flagged: impl Fn() -> bool,
+) -> Result<(), Failed> {
+    check!(
+        poll_until(|| c[3].load(SeqCst) == 1 && flagged()),
+        "the waiter never blocked"
+    );
+    check!(
+        waiter.is_alive() && c[1].load(SeqCst) == 0,
+        "the waiter returned while the owner lived"
+    );
+    let killed = now_ns();
+    owner.kill()?;
+    check!(join(owner)? == -9, "owner exit code");
+    check!(join(waiter)? == 0, "the waiter did not get OwnerDied");
+    let returned = c[1].load(SeqCst);
+    check!(returned > killed, "the waiter returned before the kill");
+    check!(
+        returned - killed < 20_000_000_000,
+        "recovery took {} ms",
+        (returned - killed) / 1_000_000
+    );
+    check!(
+        Some(c[0].load(SeqCst) as u32) == owner.pid(),
+        "dead owner {} vs {:?}",
+        c[0].load(SeqCst),
+        owner.pid()
+    );
+    Ok(())
+}
+
 fn rlock_owner_death_is_recovered(m: StartMethod) -> Result<(), Failed> {
     let lock = RLock::new()?;
     let ready = Event::new()?;
+    let c = cells()?;
     let p = start_daemon(m, hold_rlock_forever, (lock.clone(), ready.clone()))?;
     check!(ready.wait_timeout(LONG), "holder never took the lock");
-    // A waiter already blocked when the owner dies.
-    let waiter_result = {
-        let t = Instant::now();
-        p.kill()?;
-        let r = lock.acquire_timeout(LONG);
-        (
-            r.is_err_and(|e| matches!(e, TryAcquireError::OwnerDied(_))),
-            t.elapsed(),
-            lock.depth(),
-        )
-    };
-    check!(waiter_result.0, "expected OwnerDied");
+    let w = start_daemon(m, rlock_waiter, (lock.clone(), c.clone()))?;
+    blocked_waiter_sees_owner_die(&c, &p, &w, || lock.waiters_flagged())?;
     check!(
-        waiter_result.2 == 0,
-        "depth after the guard dropped: {}",
-        waiter_result.2
+        lock.depth() == 0,
+        "depth after the waiter left: {}",
+        lock.depth()
     );
-    check!(join(&p)? == -9, "exit code");
     let _a = lock.acquire().map_err(|e| format!("{e}"))?;
     let _b = lock.acquire().map_err(|e| format!("{e}"))?;
     check!(lock.depth() == 2, "depth {}", lock.depth());
     Ok(())
+}
+
+fn lock_owner_death_wakes_a_blocked_acquire(m: StartMethod) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let c = cells()?;
+    let p = start_daemon(m, hold_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let w = start_daemon(m, lock_waiter, (lock.clone(), c.clone()))?;
+    blocked_waiter_sees_owner_die(&c, &p, &w, || lock.waiters_flagged())?;
+    check!(!lock.is_locked(), "still held");
+    Ok(())
+}
+
+/// Arrives (`c[3]`), waits for the lock, holds it 50 ms counting holders (`c[1]` now, `c[2]`
+/// the most seen) and counts `OwnerDied` results (`c[0]`).
+fn contend_after_death((lock, c): (Lock, Cells)) {
+    c[3].fetch_add(1, SeqCst);
+    let (guard, died) = match lock.acquire() {
+        Ok(g) => (g, false),
+        Err(e) => (e.into_guard(), true),
+    };
+    let now = c[1].fetch_add(1, SeqCst) + 1;
+    c[2].fetch_max(now, SeqCst);
+    // Widens the window in which a second taker would overlap.
+    std::thread::sleep(Duration::from_millis(50));
+    c[1].fetch_sub(1, SeqCst);
+    if died {
+        c[0].fetch_add(1, SeqCst);
+    }
+    drop(guard);
+}
+
+fn two_waiters_take_a_dead_owners_lock_once(m: StartMethod) -> Result<(), Failed> {
+    // Both may judge the owner dead; only one may take the lock over, the other waits for it.
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let c = cells()?;
+    let p = start_daemon(m, hold_forever, (lock.clone(), ready.clone()))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let ws: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, contend_after_death, (lock.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        poll_until(|| c[3].load(SeqCst) == 2 && lock.waiters_flagged()),
+        "the waiters never blocked"
+    );
+    p.kill()?;
+    check!(join(&p)? == -9, "owner exit code");
+    for w in &ws {
+        check!(join(w)? == 0, "a waiter failed");
+    }
+    check!(c[0].load(SeqCst) == 1, "{} take-overs", c[0].load(SeqCst));
+    check!(
+        c[2].load(SeqCst) == 1,
+        "{} holders at once",
+        c[2].load(SeqCst)
+    );
+    check!(!lock.is_locked(), "still held");
+    Ok(())
+}
+
+/// Takes the lock (recording start-time tokens if `fallback`), says so, holds it.
+fn hold_with_tokens((lock, ready, fallback): (Lock, Event, bool)) {
+    if fallback {
+        multiproc_sync::testing::force_start_time_tokens(true);
+    }
+    hold_forever((lock, ready));
+}
+
+fn condition_full_table_is_a_typed_error() -> Result<(), Failed> {
+    // MAX_WAITERS threads wait (threads, not processes: cheaper, and the table is the same);
+    // one more gets `TooManyWaiters`, not a hang or a panic. The threads are joined before the
+    // trial returns, so later fork trials see a single-threaded process again.
+    let cond = Condition::new()?;
+    let woken = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..MAX_WAITERS {
+            s.spawn(|| {
+                let _g = cond.lock().acquire().unwrap();
+                if cond.wait_timeout(LONG).unwrap() {
+                    woken.fetch_add(1, SeqCst);
+                }
+            });
+        }
+        let full = until(&cond, || cond.waiting() as usize == MAX_WAITERS);
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        let extra = cond.wait_timeout(Duration::ZERO);
+        cond.notify_all()?;
+        check!(full, "the threads never all waited: {}", cond.waiting());
+        check!(
+            matches!(extra, Err(Error::TooManyWaiters(n)) if n == MAX_WAITERS),
+            "one waiter too many got {extra:?}"
+        );
+        Ok::<(), Failed>(())
+    })?;
+    check!(
+        woken.load(SeqCst) == MAX_WAITERS as u64,
+        "{} of {MAX_WAITERS} notified",
+        woken.load(SeqCst)
+    );
+    check!(cond.waiting() == 0, "{} still counted", cond.waiting());
+    Ok(())
+}
+
+fn lock_of_a_dead_process_with_our_pid_is_taken_over() -> Result<(), Failed> {
+    // Simulated: we hold the lock, then its record names another process with our pid (one
+    // that died holding it before we got its pid). A `Lock` held by ourselves blocks (as in
+    // Python); one held by a dead process with our pid is taken over. Likewise an RLock's
+    // re-entry is refused to a caller that is not the recorded process.
+    let lock = Lock::new()?;
+    lock.acquire().map_err(|e| format!("{e}"))?.leak();
+    check!(
+        matches!(
+            lock.acquire_timeout(Duration::from_millis(100)),
+            Err(TryAcquireError::WouldBlock)
+        ),
+        "a Lock we hold was taken again"
+    );
+    lock.overwrite_owner_token(lock.owner_token() ^ 1);
+    match lock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                e.dead_owner() == std::process::id(),
+                "dead owner {}",
+                e.dead_owner()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(!lock.is_locked(), "still held");
+    let rlock = RLock::new()?;
+    std::mem::forget(rlock.acquire().map_err(|e| format!("{e}"))?);
+    rlock.overwrite_owner_token(rlock.owner_token() ^ 1);
+    match rlock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                rlock.depth() == 1,
+                "depth {} after the take-over",
+                rlock.depth()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(rlock.depth() == 0, "depth {}", rlock.depth());
+    Ok(())
+}
+
+/// Lock take-over when the owner's pid was reused, simulated: the holder lives, but its
+/// recorded token is overwritten with another process's, as if the recorder had died and the
+/// live process had got its pid.
+fn owner_pid_reused(m: StartMethod, fallback: bool) -> Result<(), Failed> {
+    let lock = Lock::new()?;
+    let ready = Event::new()?;
+    let p = start_daemon(m, hold_with_tokens, (lock.clone(), ready.clone(), fallback))?;
+    check!(ready.wait_timeout(LONG), "holder never took the lock");
+    let token = lock.owner_token();
+    check!(token != 0, "no token recorded");
+    if fallback {
+        check!(
+            token & multiproc_sync::testing::START_TIME != 0,
+            "not a start-time token: {token:#x}"
+        );
+    }
+    // The live holder whose record matches is not taken over.
+    check!(
+        matches!(
+            lock.acquire_timeout(Duration::from_millis(300)),
+            Err(TryAcquireError::WouldBlock)
+        ),
+        "a live owner's lock was taken"
+    );
+    lock.overwrite_owner_token(token ^ 1);
+    let t = Instant::now();
+    match lock.acquire_timeout(LONG) {
+        Err(TryAcquireError::OwnerDied(e)) => {
+            check!(
+                Some(e.dead_owner()) == p.pid(),
+                "dead owner {} vs {:?}",
+                e.dead_owner(),
+                p.pid()
+            );
+            drop(e.into_guard());
+        }
+        other => return Err(format!("expected OwnerDied, got {other:?}").into()),
+    }
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "take-over took {:?}",
+        t.elapsed()
+    );
+    check!(p.is_alive(), "the holder died: nothing was simulated");
+    p.kill()?;
+    join(&p)?;
+    Ok(())
+}
+
+fn lock_takeover_when_owner_pid_reused(m: StartMethod) -> Result<(), Failed> {
+    owner_pid_reused(m, false)
+}
+
+fn lock_takeover_when_owner_pid_reused_start_time_tokens(m: StartMethod) -> Result<(), Failed> {
+    owner_pid_reused(m, true)
 }
 
 fn release_it(lock: Lock) {
@@ -295,6 +653,64 @@ fn event_wait_false_then_true(m: StartMethod) -> Result<(), Failed> {
     check!(!ev.is_set(), "clear");
     check!(join(&p)? == 0, "child failed");
     Ok(())
+}
+
+/// Waits for the event: exits 0 if `wait_timeout(LONG)` returned `true`, 1 otherwise.
+fn wait_event(ev: Event) {
+    std::process::exit(if ev.wait_timeout(LONG) { 0 } else { 1 });
+}
+
+/// Polls `f` with `yield_now` until it holds or `LONG` passes.
+fn poll_until(f: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + LONG;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
+}
+
+/// Starts three children blocked in `Event::wait` (proved by the event's sleeper count), runs
+/// `act`, and requires every waiter to return `true` within 20 s.
+fn three_blocked_waiters(m: StartMethod, act: fn(&Event)) -> Result<(), Failed> {
+    let ev = Event::new()?;
+    let ps: Vec<Process> = (0..3)
+        .map(|_| start_daemon(m, wait_event, ev.clone()))
+        .collect::<Result<_, _>>()?;
+    check!(
+        poll_until(|| ev.sleepers() == 3),
+        "the waiters never all blocked: {} sleeping",
+        ev.sleepers()
+    );
+    let t = Instant::now();
+    act(&ev);
+    for p in &ps {
+        check!(
+            join(p)? == 0,
+            "a waiter blocked before the set did not return true"
+        );
+    }
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "waiters took {:?} to return",
+        t.elapsed()
+    );
+    check!(ev.sleepers() == 0, "sleepers left: {}", ev.sleepers());
+    Ok(())
+}
+
+fn event_set_wakes_3_blocked_waiters(m: StartMethod) -> Result<(), Failed> {
+    three_blocked_waiters(m, |ev| ev.set())
+}
+
+fn event_set_then_clear_releases_blocked_waiters(m: StartMethod) -> Result<(), Failed> {
+    // Issue 6 §1b.2: a clear right after the set used to leave the waiters asleep.
+    three_blocked_waiters(m, |ev| {
+        ev.set();
+        ev.clear();
+    })
 }
 
 fn within(t: Instant, d: Duration) -> bool {
@@ -369,7 +785,25 @@ fn misuse_errors() -> Result<(), Failed> {
     let plain = Semaphore::new(0)?;
     plain.release()?;
     check!(plain.get_value() == 1, "plain semaphore grows");
-    check!(Semaphore::new(u32::MAX).is_err(), "huge value");
+    check!(
+        matches!(Semaphore::new(u32::MAX), Err(Error::InvalidValue(_))),
+        "huge value"
+    );
+    check!(
+        matches!(BoundedSemaphore::new(u32::MAX), Err(Error::InvalidValue(_))),
+        "huge bounded value"
+    );
+    // Python's BoundedSemaphore(0) refuses every release not paired with an acquire.
+    let zero = BoundedSemaphore::new(0)?;
+    check!(
+        matches!(zero.release(), Err(Error::TooManyReleases)),
+        "BoundedSemaphore(0) accepted a release"
+    );
+    check!(zero.get_value() == 0, "value {}", zero.get_value());
+    check!(
+        zero.try_acquire().is_none(),
+        "BoundedSemaphore(0) gave a unit"
+    );
     Ok(())
 }
 
@@ -616,10 +1050,19 @@ fn short_wait((cond, c): (Condition, Cells)) {
     c[0].fetch_add(if notified { 1 } else { 1000 }, SeqCst);
 }
 
+/// Waits (counted in `c[1]` under the lock) with a long timeout and reports whether it was
+/// notified (1) or timed out (1000) in `c[0]`.
+fn long_wait((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    c[1].fetch_add(1, SeqCst);
+    let notified = cond.wait_timeout(LONG).unwrap();
+    c[0].fetch_add(if notified { 1 } else { 1000 }, SeqCst);
+}
+
 fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
-    // Waiters that timed out leave no wake-up behind for later ones.
     let cond = Condition::new()?;
     let c = cells()?;
+    // Waiters that time out leave no wake-up behind for later ones.
     let ps: Vec<Process> = (0..2)
         .map(|_| start(m, short_wait, (cond.clone(), c.clone())))
         .collect::<Result<_, _>>()?;
@@ -633,13 +1076,251 @@ fn condition_no_leftover_grants(m: StartMethod) -> Result<(), Failed> {
     );
     {
         let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        check!(cond.waiting() == 0, "timed-out waiters still counted");
         cond.notify_all()?; // nobody waits: must grant nothing
     }
+    // Waiters notified while they wait leave none either.
+    c[0].store(0, SeqCst);
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, long_wait, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        until(&cond, || c[1].load(SeqCst) == 2 && cond.waiting() == 2),
+        "the waiters never waited"
+    );
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify_all()?;
+    }
+    for p in &ps {
+        check!(join(p)? == 0, "waiter failed");
+    }
+    check!(
+        c[0].load(SeqCst) == 2,
+        "both should have been notified: {}",
+        c[0].load(SeqCst)
+    );
     let g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+    check!(cond.waiting() == 0, "notified waiters still counted");
     check!(
         !cond.wait_timeout(Duration::from_millis(100))?,
         "woken by a stale grant"
     );
     drop(g);
+    Ok(())
+}
+
+/// Waits again and again (counted in `c[1]` under the lock before each wait), counting each
+/// notified return in `c[0]`, until `c[2]` says stop.
+fn wait_repeatedly((cond, c): (Condition, Cells)) {
+    let _g = cond.lock().acquire().unwrap();
+    loop {
+        c[1].fetch_add(1, SeqCst);
+        assert!(cond.wait_timeout(LONG).unwrap(), "woken by the timeout");
+        c[0].fetch_add(1, SeqCst);
+        if c[2].load(SeqCst) == 1 {
+            return;
+        }
+    }
+}
+
+/// `notify(n)` under the lock, then requires exactly `expect` notified returns in all, and
+/// `registered` waits begun (the woken ones are back in `wait`); a short pause (with the lock
+/// free) leaves room for a wrong extra wake-up to show.
+fn notify_and_count(
+    cond: &Condition,
+    c: &Cells,
+    n: u32,
+    expect: u64,
+    registered: u64,
+) -> Result<(), Failed> {
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        cond.notify(n)?;
+    }
+    check!(
+        until(cond, || c[0].load(SeqCst) >= expect
+            && c[1].load(SeqCst) >= registered),
+        "notify({n}): {} woken, {} waits begun",
+        c[0].load(SeqCst),
+        c[1].load(SeqCst)
+    );
+    // Only widens the window for a wrong wake-up; nothing waits on it.
+    std::thread::sleep(Duration::from_millis(200));
+    check!(
+        c[0].load(SeqCst) == expect,
+        "notify({n}) woke {} in all, expected {expect}",
+        c[0].load(SeqCst)
+    );
+    Ok(())
+}
+
+fn condition_dead_waiter_is_not_counted(m: StartMethod) -> Result<(), Failed> {
+    // Issue 6 §1b.4: a waiter killed inside `wait` stayed counted, so after a notify_all a
+    // later notify(1) woke two live waiters.
+    let cond = Condition::new()?;
+    let c = cells()?;
+    // The doomed waiter waits first: the oldest, the first a notify(1) would pick.
+    let doomed = start_daemon(m, wait_repeatedly, (cond.clone(), c.clone()))?;
+    check!(until(&cond, || c[1].load(SeqCst) == 1), "first waiter");
+    let live: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, wait_repeatedly, (cond.clone(), c.clone())))
+        .collect::<Result<_, _>>()?;
+    check!(
+        until(&cond, || c[1].load(SeqCst) == 3),
+        "the waiters never all waited"
+    );
+    doomed.kill()?;
+    check!(join(&doomed)? == -9, "exit code");
+    // A live waiter wakes although the dead one is the oldest; it waits again.
+    notify_and_count(&cond, &c, 1, 1, 4)?;
+    // Both live ones wake, and wait again.
+    notify_and_count(&cond, &c, u32::MAX, 3, 6)?;
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        check!(cond.waiting() == 2, "{} counted as waiting", cond.waiting());
+    }
+    // Exactly one of the two live waiters.
+    notify_and_count(&cond, &c, 1, 4, 7)?;
+    {
+        let _g = cond.lock().acquire().map_err(|e| format!("{e}"))?;
+        c[2].store(1, SeqCst);
+        cond.notify_all()?;
+    }
+    for p in &live {
+        check!(join(p)? == 0, "a live waiter failed");
+    }
+    check!(c[0].load(SeqCst) == 6, "woken {}", c[0].load(SeqCst));
+    check!(cond.waiting() == 0, "{} counted as waiting", cond.waiting());
+    Ok(())
+}
+
+/// Releases twice: exits 0 if the first release is accepted exactly when `first_ok` and the
+/// second is refused with `TooManyReleases`.
+fn release_twice((sem, first_ok): (BoundedSemaphore, bool)) {
+    let first = sem.release();
+    let ok = match first {
+        Ok(()) => first_ok,
+        Err(Error::TooManyReleases) => !first_ok,
+        Err(_) => false,
+    };
+    let second = matches!(sem.release(), Err(Error::TooManyReleases));
+    std::process::exit(if ok && second { 0 } else { 1 });
+}
+
+fn bounded_semaphore_bound_holds_in_a_child(m: StartMethod) -> Result<(), Failed> {
+    // BoundedSemaphore(0): no release at all (issue 6 §1.5: it used to accept one).
+    let zero = BoundedSemaphore::new(0)?;
+    let p = start(m, release_twice, (zero.clone(), false))?;
+    check!(
+        join(&p)? == 0,
+        "BoundedSemaphore(0) accepted a release in the child"
+    );
+    check!(zero.get_value() == 0, "value {}", zero.get_value());
+    // BoundedSemaphore(1) taken here: the child may give the unit back once.
+    let one = BoundedSemaphore::new(1)?;
+    one.acquire().leak();
+    let p = start(m, release_twice, (one.clone(), true))?;
+    check!(
+        join(&p)? == 0,
+        "BoundedSemaphore(1): wrong release results in the child"
+    );
+    check!(one.get_value() == 1, "value {}", one.get_value());
+    Ok(())
+}
+
+/// Waits alone with the barrier's default timeout (given to the constructor, travelled with
+/// the handle); exits 0 if that broke it after at least 200 ms and within 20 s.
+fn wait_default_timeout(b: Barrier) {
+    let t = Instant::now();
+    let r = b.wait();
+    let ok = r == Err(BrokenBarrier) && within(t, Duration::from_millis(200));
+    std::process::exit(if ok { 0 } else { 1 });
+}
+
+fn barrier_default_timeout(m: StartMethod) -> Result<(), Failed> {
+    // Python's Barrier(n, timeout=t): `wait()` without a timeout uses t.
+    let b = Barrier::new(2, Some(Duration::from_millis(200)))?;
+    let p = start_daemon(m, wait_default_timeout, b.clone())?;
+    check!(
+        join(&p)? == 0,
+        "the child's wait() did not break after the default timeout"
+    );
+    check!(b.broken(), "not broken");
+    check!(b.wait() == Err(BrokenBarrier), "still broken for wait()");
+    b.reset();
+    let t = Instant::now();
+    check!(
+        b.wait() == Err(BrokenBarrier),
+        "the parent's wait() passed alone"
+    );
+    check!(
+        within(t, Duration::from_millis(200)),
+        "default timeout took {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+fn barrier_panicking_action(m: StartMethod) -> Result<(), Failed> {
+    // The last party's action panics: that party gets the error, the barrier breaks for
+    // the two parties already waiting in other processes.
+    let b = Barrier::new(3, None)?;
+    let ps: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, expect_broken, b.clone()))
+        .collect::<Result<_, _>>()?;
+    check!(wait_until_waiting(&b, 2), "the children never waited");
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = b.wait_with(|| panic!("the action failed"));
+    std::panic::set_hook(hook);
+    check!(r == Err(BrokenBarrier), "the panicking party got {r:?}");
+    check!(b.broken(), "not broken");
+    for p in &ps {
+        check!(join(p)? == 0, "a waiting party was not told");
+    }
+    Ok(())
+}
+
+/// A party that never arrives (it is killed first).
+fn never_arrive(_b: Barrier) {
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+fn barrier_dead_party(m: StartMethod) -> Result<(), Failed> {
+    // A party killed after it arrived still counts as arrived: the others complete the cycle.
+    let b = Barrier::new(3, Some(LONG))?;
+    let c = cells()?;
+    let dead = start_daemon(m, party, (b.clone(), c.clone()))?;
+    check!(wait_until_waiting(&b, 1), "the first party never waited");
+    dead.kill()?;
+    check!(join(&dead)? == -9, "exit code");
+    let other = start_daemon(m, party, (b.clone(), c.clone()))?;
+    let mine = b.wait();
+    check!(join(&other)? == 0, "the other party failed");
+    check!(matches!(mine, Ok(0..=2)), "index {mine:?}");
+    check!(!b.broken() && b.n_waiting() == 0, "{b:?}");
+    // A party killed before it arrives cannot be told from a slow one: the others are
+    // released by the barrier's timeout, broken, instead of hanging.
+    let b = Barrier::new(3, Some(Duration::from_millis(300)))?;
+    let absent = start_daemon(m, never_arrive, b.clone())?;
+    let waiting = start_daemon(m, expect_broken, b.clone())?;
+    check!(wait_until_waiting(&b, 1), "the waiting party never waited");
+    let t = Instant::now();
+    absent.kill()?;
+    check!(join(&absent)? == -9, "exit code");
+    check!(
+        b.wait() == Err(BrokenBarrier),
+        "passed without the dead party"
+    );
+    check!(
+        join(&waiting)? == 0,
+        "the waiting party was not released broken"
+    );
+    check!(
+        t.elapsed() < Duration::from_secs(20),
+        "released after {:?}",
+        t.elapsed()
+    );
     Ok(())
 }
