@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
+use multiproc_core::FnRef;
 use multiproc_core::heap::Shared;
 use serde::{Deserialize, Serialize};
 
@@ -47,15 +48,23 @@ pub struct BrokenBarrier;
 /// (here or per call, as in Python), and the others are released, broken, when it passes,
 /// instead of waiting forever.
 ///
-/// Python's `action` argument is given to [`wait_with`](Barrier::wait_with) instead: the last
-/// party to arrive runs its action before the others are released (a function value cannot be
-/// stored in shared memory for every process to call).
+/// Python's `action` argument: [`with_action`](Barrier::with_action) stores a function that
+/// the last party to arrive runs before the others are released, in whichever process that
+/// party is (the function travels with the barrier as a checked
+/// [`FnRef`](multiproc_core::FnRef)). A panic in it breaks the barrier for every party.
+/// [`wait_with`](Barrier::wait_with) gives a one-off action (a closure) instead.
 ///
 /// ```
 /// use multiproc_sync::Barrier;
 ///
 /// let b = Barrier::new(1, None)?;
 /// assert_eq!(b.wait(), Ok(0)); // one party: released at once
+///
+/// fn announce(_: ()) {
+///     println!("all here");
+/// }
+/// let b = Barrier::with_action(1, announce, None)?;
+/// assert_eq!(b.wait(), Ok(0)); // prints "all here" first
 /// # Ok::<(), multiproc_sync::Error>(())
 /// ```
 #[derive(Clone, Serialize, Deserialize)]
@@ -64,6 +73,7 @@ pub struct Barrier {
     state: State,
     outcomes: Outcomes,
     timeout: Option<Duration>,
+    action: Option<FnRef<(), ()>>,
 }
 
 impl Barrier {
@@ -81,7 +91,24 @@ impl Barrier {
             state,
             outcomes,
             timeout,
+            action: None,
         })
+    }
+
+    /// A barrier whose last arriving party runs `action` before the others are released
+    /// (Python's `Barrier(parties, action, timeout)`); a panic in it breaks the barrier.
+    ///
+    /// `action` is a function or non-capturing closure of this program taking `()`; it can be
+    /// called in any process of the program that receives the barrier
+    /// ([`Error::Action`] if it is not code of the main executable).
+    pub fn with_action(
+        parties: u32,
+        action: fn(()),
+        timeout: Option<Duration>,
+    ) -> Result<Barrier, Error> {
+        let mut b = Barrier::new(parties, timeout)?;
+        b.action = Some(FnRef::new(action).map_err(Error::Action)?);
+        Ok(b)
     }
 
     /// Waits for all parties, with the barrier's default timeout; this party's index.
@@ -95,8 +122,8 @@ impl Barrier {
     }
 
     /// Like [`wait`](Barrier::wait); if this party is the last to arrive, it runs `action`
-    /// before releasing the others (a panic in it breaks the barrier and propagates as
-    /// [`BrokenBarrier`] to every party).
+    /// (after the stored action, if any) before releasing the others (a panic in it breaks the
+    /// barrier and propagates as [`BrokenBarrier`] to every party).
     pub fn wait_with(&self, action: impl FnOnce()) -> Result<u32, BrokenBarrier> {
         self.wait_full(self.timeout, action)
     }
@@ -152,7 +179,17 @@ impl Barrier {
         let index = self.word(COUNT).load(Relaxed);
         self.word(COUNT).store(index + 1, Relaxed);
         if index + 1 >= self.word(PARTIES).load(Relaxed) {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(action)).is_err() {
+            let stored = self.action;
+            let run = move || {
+                if let Some(stored) = stored {
+                    // The call catches a panic (quietly) and returns it as a value.
+                    if let Err(e) = stored.call(()) {
+                        std::panic::resume_unwind(Box::new(e.to_string()));
+                    }
+                }
+                action();
+            };
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).is_err() {
                 self.break_locked();
                 return Err(BrokenBarrier);
             }

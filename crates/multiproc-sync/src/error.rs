@@ -24,6 +24,9 @@ pub enum Error {
     /// A `Condition` already has this many live waiters (its table of waiter slots is full).
     #[error("too many waiters on one condition (at most {0})")]
     TooManyWaiters(usize),
+    /// A Barrier's action cannot be named across processes (not code of the main executable).
+    #[error("invalid barrier action: {0}")]
+    Action(#[source] multiproc_core::FnRefError),
     /// The shared heap could not provide memory.
     #[error("cannot allocate in the shared heap: {0}")]
     Heap(#[source] std::io::Error),

@@ -107,6 +107,14 @@ fn main() {
         ("barrier_panicking_action", barrier_panicking_action),
         ("barrier_dead_party", barrier_dead_party),
         (
+            "barrier_stored_action_runs_in_the_last_party",
+            barrier_stored_action_runs_in_the_last_party,
+        ),
+        (
+            "barrier_stored_action_panic_breaks_it",
+            barrier_stored_action_panic_breaks_it,
+        ),
+        (
             "bounded_semaphore_bound_holds_in_a_child",
             bounded_semaphore_bound_holds_in_a_child,
         ),
@@ -1322,5 +1330,62 @@ fn barrier_dead_party(m: StartMethod) -> Result<(), Failed> {
         "released after {:?}",
         t.elapsed()
     );
+    Ok(())
+}
+
+/// Where `record_last_party` writes: a file named after the test process.
+fn action_file(test_pid: u32) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("multiproc-barrier-action-{test_pid}"))
+}
+
+/// A Barrier action: records which process ran it.
+fn record_last_party(_: ()) {
+    let test_pid = multiproc_core::parent_process().map_or(std::process::id(), |p| p.pid());
+    let me = multiproc_core::current_process();
+    std::fs::write(action_file(test_pid), format!("{} {}", me.name, me.pid)).unwrap();
+}
+
+fn wait_ok(b: Barrier) {
+    std::process::exit(if b.wait().is_ok() { 0 } else { 1 });
+}
+
+fn barrier_stored_action_runs_in_the_last_party(m: StartMethod) -> Result<(), Failed> {
+    let file = action_file(std::process::id());
+    let _ = std::fs::remove_file(&file);
+    let b = Barrier::with_action(3, record_last_party, None)?;
+    let first: Vec<Process> = (0..2)
+        .map(|_| start_daemon(m, wait_ok, b.clone()))
+        .collect::<Result<_, _>>()?;
+    check!(wait_until_waiting(&b, 2), "the children never waited");
+    // The third party arrives last, in its own process: the action travelled with the barrier.
+    let last = start_daemon(m, wait_ok, b.clone())?;
+    for p in first.iter().chain([&last]) {
+        check!(join(p)? == 0, "{} was not released", p.name());
+    }
+    let said = std::fs::read_to_string(&file)?;
+    let _ = std::fs::remove_file(&file);
+    check!(
+        said == format!("{} {}", last.name(), last.pid().unwrap()),
+        "the action ran in {said:?}, not in the last party {}",
+        last.name()
+    );
+    Ok(())
+}
+
+fn panicking_action(_: ()) {
+    panic!("the stored action failed")
+}
+
+fn barrier_stored_action_panic_breaks_it(m: StartMethod) -> Result<(), Failed> {
+    let b = Barrier::with_action(2, panicking_action, None)?;
+    let p = start_daemon(m, expect_broken, b.clone())?;
+    check!(wait_until_waiting(&b, 1), "the child never waited");
+    // The panic is caught quietly and breaks the barrier for both parties.
+    check!(
+        b.wait() == Err(BrokenBarrier),
+        "the last party was not told"
+    );
+    check!(b.broken(), "not broken");
+    check!(join(&p)? == 0, "the waiting party was not told");
     Ok(())
 }
