@@ -10,7 +10,7 @@
 //! ```
 //! use multiproc_ipc::pipe;
 //!
-//! let (mut parent, mut child) = pipe(true)?;
+//! let (mut parent, mut child) = pipe()?;
 //! parent.send_bytes(b"hello")?;
 //! assert_eq!(child.recv_bytes()?, b"hello");
 //!
@@ -43,8 +43,12 @@
 mod connection;
 mod error;
 pub mod frame;
+mod oneway;
 #[cfg(test)]
 mod tests;
+mod wait;
 
-pub use connection::{Connection, pipe};
+pub use connection::{Connection, MAX_HANDLE_FDS, pipe, simplex, socketpair};
 pub use error::Error;
+pub use oneway::{Reader, Writer};
+pub use wait::{Waitable, wait};
