@@ -420,9 +420,7 @@ impl Connection {
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
         self.recv_frame(|rbuf, fd, len, at| {
             rbuf.fill_to(fd, len)?;
-            let ReadBuf {
-                buf, pos, fds, ..
-            } = rbuf;
+            let ReadBuf { buf, pos, fds, .. } = rbuf;
             let result = decode_message(&buf[*pos..*pos + len], |count| fds.take(at, count));
             rbuf.consume(len);
             rbuf.shrink();
@@ -1010,7 +1008,8 @@ impl ReadBuf {
             self.buf = data;
             return result;
         }
-        let n = retry_on_intr(|| rustix::io::read(fd, spare_capacity(&mut self.buf))).map_err(os)?;
+        let n =
+            retry_on_intr(|| rustix::io::read(fd, spare_capacity(&mut self.buf))).map_err(os)?;
         self.total += n as u64;
         Ok(n)
     }
@@ -1222,8 +1221,9 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool, 
 }
 
 fn is_socket(fd: &OwnedFd) -> bool {
-    rustix::fs::fstat(fd)
-        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
+    })
 }
 
 /// What an fd is, for an error message (`pipe:[1234]`, `/memfd:multiproc-heap (deleted)` …).

@@ -820,14 +820,16 @@ fn wait_reports_ready_objects_and_buffered_messages() {
     let mut d = d;
     assert_eq!(d.recv_bytes().unwrap(), b"1");
     // "2" came in the same read: the fd is empty, yet d is ready.
-    assert!(!rustix::event::poll(
-        &mut [rustix::event::PollFd::new(
-            &d.read_fd().unwrap(),
-            rustix::event::PollFlags::IN
-        )],
-        Some(&rustix::event::Timespec::default())
-    )
-    .is_ok_and(|n| n > 0));
+    assert!(
+        !rustix::event::poll(
+            &mut [rustix::event::PollFd::new(
+                &d.read_fd().unwrap(),
+                rustix::event::PollFlags::IN
+            )],
+            Some(&rustix::event::Timespec::default())
+        )
+        .is_ok_and(|n| n > 0)
+    );
     assert_eq!(wait(&[&b, &d], None).unwrap(), [1]);
     assert_eq!(d.recv_bytes().unwrap(), b"2");
     a.send_bytes(b"x").unwrap();

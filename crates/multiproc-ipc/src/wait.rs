@@ -95,7 +95,10 @@ pub fn wait<T: Waitable + ?Sized>(
         .iter()
         .map(|o| o.wait_fd())
         .collect::<Result<Vec<_>, _>>()?;
-    let mut polls: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    let mut polls: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd, PollFlags::IN))
+        .collect();
     let buffered: Vec<bool> = objects.iter().map(|o| o.ready_now()).collect();
     // Something already buffered: report it with whatever else is ready now.
     let deadline = if buffered.contains(&true) {

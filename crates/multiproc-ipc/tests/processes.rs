@@ -253,8 +253,7 @@ fn wait_sees_a_message_and_an_exited_process(m: StartMethod) -> Result<(), Faile
     {
         let quitter_sentinel = quitter.sentinel()?;
         let sleeper_sentinel = sleeper.sentinel()?;
-        let objects: [&dyn Waitable; 4] =
-            [&talk, &quiet, &quitter_sentinel, &sleeper_sentinel];
+        let objects: [&dyn Waitable; 4] = [&talk, &quiet, &quitter_sentinel, &sleeper_sentinel];
         while !(seen.contains(&0) && seen.contains(&2)) {
             check!(Instant::now() < deadline, "wait saw only {seen:?}");
             let ready = wait(&objects, Some(LONG))?;
@@ -292,7 +291,9 @@ fn lock_user(mut ctl: Connection) {
     let (lock, mut reply): (Lock, Connection) = ctl.recv().unwrap();
     let held = lock.try_acquire().is_err();
     reply.send(&("held by the parent", held)).unwrap();
-    let guard = lock.acquire_timeout(LONG).ok().expect("the parent never released the lock");
+    let Ok(guard) = lock.acquire_timeout(LONG) else {
+        panic!("the parent never released the lock");
+    };
     reply.send(&("acquired", true)).unwrap();
     // Holds it until the parent has checked that it is held.
     let _: String = reply.recv().unwrap();
@@ -306,7 +307,9 @@ fn a_connection_and_a_lock_sent_to_a_running_child_work_there(
     let (mut ctl, ctl_child) = socketpair()?;
     let p = start(m, lock_user, ctl_child)?;
     let lock = Lock::new()?;
-    let guard = lock.acquire().ok().expect("a new lock");
+    let Ok(guard) = lock.acquire() else {
+        return Err("a new lock could not be acquired".into());
+    };
     let (mut mine, theirs) = pipe()?;
     // The child is already running: the fds go over the socket, not through start().
     ctl.send(&(&lock, &theirs))?;
