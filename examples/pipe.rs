@@ -30,7 +30,7 @@ fn f(mut conn: Connection) {
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();
-    let (mut parent_conn, child_conn) = pipe(true)?;
+    let (mut parent_conn, child_conn) = pipe()?;
     let mut p = Process::new(f, child_conn);
     p.start()?;
     let msg: (i32, Option<i32>, String) = parent_conn.recv()?;

@@ -191,14 +191,15 @@ impl Bench for RoundTrip {
         let ctx = get_context(StartMethod::Forkserver);
         let total = (self.iters * rounds + 1) as u64; // +1: warm-up
         self.state = Some(if self.duplex {
-            let (a, b) = multiproc_ipc::pipe(true)?;
+            let (a, b) = multiproc_ipc::pipe()?;
             let p = start(ctx.process(echo, (b, total)))?;
             (a, None, p)
         } else {
-            let (r1, w1) = multiproc_ipc::pipe(false)?;
-            let (r2, w2) = multiproc_ipc::pipe(false)?;
+            let (r1, w1) = multiproc_ipc::simplex()?;
+            let (r2, w2) = multiproc_ipc::simplex()?;
+            let (r1, w2) = (r1.into_connection(), w2.into_connection());
             let p = start(ctx.process(echo_simplex, (r1, w2, total)))?;
-            (w1, Some(r2), p)
+            (w1.into_connection(), Some(r2.into_connection()), p)
         });
         self.send()?;
         self.recv()
@@ -256,7 +257,12 @@ impl Bench for Throughput {
     }
     fn setup(&mut self, rounds: usize) -> Res<()> {
         let ctx = get_context(StartMethod::Forkserver);
-        let (r, w) = multiproc_ipc::pipe(self.duplex)?;
+        let (r, w) = if self.duplex {
+            multiproc_ipc::pipe()?
+        } else {
+            let (r, w) = multiproc_ipc::simplex()?;
+            (r.into_connection(), w.into_connection())
+        };
         let args = (w, self.size as u64, self.count as u64, rounds as u64);
         let p = start(ctx.process(stream_sender, args))?;
         // The writer end went to the child; ours was dropped with `args` (Python: w.close()).
@@ -722,7 +728,8 @@ impl Bench for ShmBig {
     fn measure_all(&mut self) -> Res<Vec<f64>> {
         let size = self.size;
         let mut shm = SharedMemory::create(None, size)?;
-        let (mut r, w) = multiproc_ipc::pipe(false)?;
+        let (mut r, w) = multiproc_ipc::simplex()?;
+        let w = w.into_connection();
         let gate = make_gate()?;
         let ctx = get_context(StartMethod::Forkserver);
         let p = start(ctx.process(

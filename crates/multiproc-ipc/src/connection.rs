@@ -1,18 +1,27 @@
 //! [`Connection`] and [`pipe`].
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::io::IoSlice;
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::buffer::spare_capacity;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::{Errno, retry_on_intr};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 use rustix::pipe::{PipeFlags, pipe_with};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::Error;
+use multiproc_core::reduction;
+
+use crate::{Error, Reader, Writer};
+
 use crate::frame::{self, Header, MAX_HEADER_LEN};
 
 /// Messages up to this size go out as one `write()` of header and payload (Python's rule).
@@ -26,20 +35,102 @@ const RETAIN: usize = 1024 * 1024;
 /// The largest pipe buffer a connection asks for (Linux's default `pipe-max-size`).
 const MAX_PIPE_CAPACITY: usize = 1024 * 1024;
 
-/// Creates a pair of connected [`Connection`]s (Python's `multiprocessing.Pipe(duplex)`).
+/// The most fds one message can carry (the kernel's `SCM_MAX_FD`).
+pub const MAX_HANDLE_FDS: usize = 253;
+/// The most received fds a connection keeps queued for messages not yet received; fds a
+/// peer sends beyond it (without messages that claim them) are closed.
+const MAX_QUEUED_FDS: usize = 1024;
+
+/// Creates a pair of connected duplex [`Connection`]s (Python's `multiprocessing.Pipe()`).
 ///
-/// With `duplex`, both ends can send and receive: they are two OS pipes, the first end
-/// reading pipe A and writing pipe B, the second the reverse (faster than the socketpair
-/// Python uses; the messages on the wire are the same). Without `duplex`, the first end is
-/// read-only and the second write-only, in Python's order: `let (r, w) = pipe(false)?`.
+/// Both ends can send and receive. They are two OS pipes, the first end reading pipe A and
+/// writing pipe B, the second the reverse: faster for small messages than the socketpair
+/// Python uses (the bytes on the wire are the same). Pipes cannot pass file descriptors, so
+/// a value holding a handle (a `Connection`, a `Lock` …) cannot be sent over them: use
+/// [`socketpair`] for that. For a one-way channel whose ends are typed, use [`simplex`].
 ///
 /// All fds are close-on-exec; hand a connection to a child process as a `Process` argument.
 ///
 /// ```
-/// let (mut r, mut w) = multiproc_ipc::pipe(false)?;
+/// let (mut a, mut b) = multiproc_ipc::pipe()?;
+/// a.send_bytes(b"ping")?;
+/// assert_eq!(b.recv_bytes()?, b"ping");
+/// b.send(&7u8)?;
+/// assert_eq!(a.recv::<u8>()?, 7);
+/// # Ok::<(), multiproc_ipc::Error>(())
+/// ```
+///
+/// ```python
+/// a, b = multiprocessing.Pipe()
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Io`] when the pipes cannot be created (for example too many open files).
+pub fn pipe() -> Result<(Connection, Connection), Error> {
+    let (read_a, write_a) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
+    let (read_b, write_b) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
+    Ok((
+        Connection::from_fds(Some(read_a), Some(write_b)),
+        Connection::from_fds(Some(read_b), Some(write_a)),
+    ))
+}
+
+/// Creates a pair of connected duplex [`Connection`]s over a Unix socketpair, exactly what
+/// Python's `multiprocessing.Pipe()` creates; these can carry handles.
+///
+/// A value holding handles that own file descriptors (a `Connection`, a
+/// `multiproc_sync::Lock`, a shared value …) sent with [`Connection::send`] arrives as a
+/// working handle: its fds travel with the message (`SCM_RIGHTS`), as Python can send a
+/// `Connection` over a `Connection`. [`send_bytes`](Connection::send_bytes) /
+/// [`recv_bytes`](Connection::recv_bytes) frame messages as Python does, as over [`pipe`].
+/// Small messages are slower than over [`pipe`]'s two pipes (see `docs/benchmarks.md`).
+///
+/// ```
+/// let (mut a, mut b) = multiproc_ipc::socketpair()?;
+/// let (mut x, mut y) = multiproc_ipc::pipe()?;
+/// a.send(&x)?; // a Connection travels over a Connection
+/// let mut x2: multiproc_ipc::Connection = b.recv()?;
+/// x2.send_bytes(b"through the received end")?;
+/// assert_eq!(y.recv_bytes()?, b"through the received end");
+/// # drop(x);
+/// # Ok::<(), multiproc_ipc::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Io`] when the sockets cannot be created.
+pub fn socketpair() -> Result<(Connection, Connection), Error> {
+    let (a, b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os)?;
+    let a2 = rustix::io::fcntl_dupfd_cloexec(&a, 0).map_err(os)?;
+    let b2 = rustix::io::fcntl_dupfd_cloexec(&b, 0).map_err(os)?;
+    Ok((
+        Connection::from_fds(Some(a), Some(a2)),
+        Connection::from_fds(Some(b), Some(b2)),
+    ))
+}
+
+/// Creates a one-way channel: a [`Reader`] and a [`Writer`] (Python's
+/// `multiprocessing.Pipe(duplex=False)`, reader first as in Python).
+///
+/// The ends are distinct types, so the wrong direction does not compile:
+///
+/// ```compile_fail
+/// let (r, mut w) = multiproc_ipc::simplex()?;
+/// let _ = w.recv_bytes(); // a Writer cannot receive
+/// # Ok::<(), multiproc_ipc::Error>(())
+/// ```
+///
+/// ```
+/// let (mut r, mut w) = multiproc_ipc::simplex()?;
 /// w.send_bytes(b"one way")?;
 /// assert_eq!(r.recv_bytes()?, b"one way");
-/// assert!(w.recv_bytes().is_err()); // write-only
 /// # Ok::<(), multiproc_ipc::Error>(())
 /// ```
 ///
@@ -49,21 +140,13 @@ const MAX_PIPE_CAPACITY: usize = 1024 * 1024;
 ///
 /// # Errors
 ///
-/// [`Error::Io`] when the pipes cannot be created (for example too many open files).
-pub fn pipe(duplex: bool) -> Result<(Connection, Connection), Error> {
-    let (read_a, write_a) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
-    if duplex {
-        let (read_b, write_b) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
-        Ok((
-            Connection::from_fds(Some(read_a), Some(write_b)),
-            Connection::from_fds(Some(read_b), Some(write_a)),
-        ))
-    } else {
-        Ok((
-            Connection::from_fds(Some(read_a), None),
-            Connection::from_fds(None, Some(write_a)),
-        ))
-    }
+/// [`Error::Io`] when the pipe cannot be created.
+pub fn simplex() -> Result<(Reader, Writer), Error> {
+    let (read, write) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
+    Ok((
+        Reader(Connection::from_fds(Some(read), None)),
+        Writer(Connection::from_fds(None, Some(write))),
+    ))
 }
 
 /// One end of a message channel, framed as Python's `multiprocessing.connection.Connection`.
@@ -71,7 +154,8 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection), Error> {
 /// [`send_bytes`](Self::send_bytes) / [`recv_bytes`](Self::recv_bytes) exchange raw messages
 /// byte-for-byte compatible with Python's; [`send`](Self::send) / [`recv`](Self::recv) carry
 /// any serde type encoded with postcard (Python's `send`/`recv` pickle instead). Message
-/// boundaries are preserved; an empty message is a message.
+/// boundaries are preserved; an empty message is a message. Over a [`socketpair`] a sent
+/// value may hold handles (their fds travel with the message).
 ///
 /// A connection is not safe for concurrent use by several readers (or several writers) on the
 /// same underlying pipe, in one process or several: like Python's, it needs an outside lock
@@ -80,7 +164,7 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection), Error> {
 /// Dropping a connection closes its fds; [`close`](Self::close) does so early.
 ///
 /// ```
-/// let (mut a, mut b) = multiproc_ipc::pipe(true)?;
+/// let (mut a, mut b) = multiproc_ipc::pipe()?;
 /// a.send(&("ping", 1u32))?;
 /// let (word, n): (String, u32) = b.recv()?;
 /// b.send_bytes(format!("{word}-pong {n}").as_bytes())?;
@@ -90,6 +174,8 @@ pub fn pipe(duplex: bool) -> Result<(Connection, Connection), Error> {
 pub struct Connection {
     read: Option<OwnedFd>,
     write: Option<OwnedFd>,
+    /// The write fd is a socket: handles can travel (`SCM_RIGHTS`).
+    write_socket: bool,
     rbuf: ReadBuf,
     wbuf: Vec<u8>,
     limit: Option<usize>,
@@ -102,18 +188,61 @@ impl Connection {
     /// Makes a connection from an fd to read messages from and an fd to write them to.
     ///
     /// Either may be `None` (a write-only or read-only end). For a socket, which carries both
-    /// directions on one fd, pass the socket and a duplicate of it (`try_clone`). The fds
+    /// directions on one fd, pass the socket and a duplicate of it (`try_clone`); a Unix
+    /// socket is recognised and then carries handles as [`socketpair`]'s ends do. The fds
     /// must be in blocking mode; a connection with neither fd is closed.
     pub fn from_fds(read: Option<OwnedFd>, write: Option<OwnedFd>) -> Self {
+        let read_socket = read.as_ref().is_some_and(is_socket);
+        let write_socket = write.as_ref().is_some_and(is_socket);
         Connection {
             read,
             write,
-            rbuf: ReadBuf::default(),
+            write_socket,
+            rbuf: ReadBuf {
+                socket: read_socket,
+                ..ReadBuf::default()
+            },
             wbuf: Vec::new(),
             limit: None,
             poisoned: false,
             pipe_capacity: 0,
         }
+    }
+
+    /// Duplicates this end: a second `Connection` on the same channel (new fds, the same size
+    /// limit), for example to hand one end to several children while keeping it.
+    ///
+    /// Bytes this end has already read ahead stay with this end. As with the original, only
+    /// one process at a time should read (and one write) each direction.
+    ///
+    /// ```
+    /// let (mut a, mut b) = multiproc_ipc::pipe()?;
+    /// let mut a2 = a.try_clone()?;
+    /// a2.send_bytes(b"from the clone")?;
+    /// drop(a2);
+    /// a.send_bytes(b"from the original")?;
+    /// assert_eq!(b.recv_bytes()?, b"from the clone");
+    /// assert_eq!(b.recv_bytes()?, b"from the original");
+    /// # Ok::<(), multiproc_ipc::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] on a closed connection; [`Error::Io`] when an fd cannot be
+    /// duplicated (too many open files).
+    pub fn try_clone(&self) -> Result<Connection, Error> {
+        if self.is_closed() && !self.poisoned {
+            return Err(Error::Closed);
+        }
+        let dup = |fd: &Option<OwnedFd>| -> Result<Option<OwnedFd>, Error> {
+            fd.as_ref()
+                .map(|fd| rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(os))
+                .transpose()
+        };
+        let mut clone = Connection::from_fds(dup(&self.read)?, dup(&self.write)?);
+        clone.limit = self.limit;
+        clone.poisoned = self.poisoned;
+        Ok(clone)
     }
 
     /// Sends `buf` as one message (Python's `send_bytes`), byte-for-byte as Python frames it.
@@ -143,31 +272,86 @@ impl Connection {
     /// Sends `value` encoded with postcard as one message (Python's `send`, with postcard
     /// in place of pickle).
     ///
+    /// The payload is the number of file descriptors the message carries (a postcard varint,
+    /// one byte `0` for plain data) followed by the postcard encoding of `value`. Over a
+    /// socket ([`socketpair`]) the value may hold handles that own fds (a `Connection`, a
+    /// `multiproc_sync::Lock`, a shared value …): the fds travel with the message and the
+    /// receiver gets working handles. For a large `Vec<u8>` or `&[u8]`, wrap it in
+    /// `serde_bytes` or use [`send_bytes`](Self::send_bytes): serde encodes a plain
+    /// `Vec<u8>` element by element (several times slower).
+    ///
     /// # Errors
     ///
-    /// [`Error::Encode`] when serde or postcard refuse the value (for example a handle that
-    /// owns an fd, which can only travel as a `Process` argument), and the errors of
-    /// [`send_bytes`](Self::send_bytes).
+    /// [`Error::HandlesNeedSocket`] when the value holds handles and this connection is a pipe;
+    /// [`Error::Encode`] when serde or postcard refuse the value, or it holds more than
+    /// [`MAX_HANDLE_FDS`] fds; and the errors of [`send_bytes`](Self::send_bytes).
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
         let (_, wbuf) = self.writer()?;
-        // Room for the longest header, patched once the payload length is known.
+        // Room for the longest header, patched once the payload length is known, and the fd
+        // count (0: plain data).
         wbuf.clear();
-        wbuf.resize(MAX_HEADER_LEN, 0);
-        postcard::serialize_with_flavor(value, VecFlavor(wbuf))
-            .map_err(|e| Error::Encode(e.to_string()))?;
+        wbuf.resize(MAX_HEADER_LEN + 1, 0);
+        let fds = match postcard::serialize_with_flavor(value, VecFlavor(wbuf)) {
+            Ok(()) => Vec::new(),
+            // Perhaps a handle that owns an fd: those serialise only into an fd table.
+            Err(plain) => self.encode_with_handles(value, plain)?,
+        };
+        let (fd, wbuf) = self.writer()?;
         let (header, used) = frame::header(wbuf.len() - MAX_HEADER_LEN);
         let start = MAX_HEADER_LEN - used;
         wbuf[start..MAX_HEADER_LEN].copy_from_slice(&header[..used]);
         let len = wbuf.len();
-        if len > SMALL_MESSAGE {
-            self.grow_pipe(len);
-        }
-        let (fd, wbuf) = self.writer()?;
-        let result = write_all(fd, &wbuf[start..]);
+        let result = if fds.is_empty() {
+            if len > SMALL_MESSAGE {
+                self.grow_pipe(len);
+            }
+            let (fd, wbuf) = self.writer()?;
+            write_all(fd, &wbuf[start..])
+        } else {
+            send_with_fds(fd, &wbuf[start..], &fds)
+        };
+        let (_, wbuf) = self.writer()?;
         if wbuf.capacity() > RETAIN {
             *wbuf = Vec::new();
         }
         result
+    }
+
+    /// Encodes `value` through `multiproc_core::reduction`, collecting the fds of its handles,
+    /// into `wbuf` after the header room; returns the fds. `plain` is the error of the plain
+    /// encoding, reported when the value holds no handle.
+    fn encode_with_handles<T: Serialize + ?Sized>(
+        &mut self,
+        value: &T,
+        plain: postcard::Error,
+    ) -> Result<Vec<OwnedFd>, Error> {
+        let (bytes, fds) = match reduction::encode(value) {
+            Ok(encoded) => encoded,
+            Err(_) => return Err(Error::Encode(describe_postcard_error(&plain))),
+        };
+        if fds.is_empty() {
+            return Err(Error::Encode(describe_postcard_error(&plain)));
+        }
+        if !self.write_socket {
+            return Err(Error::HandlesNeedSocket {
+                value_type: std::any::type_name::<T>(),
+                fds: fds.iter().map(describe_fd).collect(),
+            });
+        }
+        if fds.len() > MAX_HANDLE_FDS {
+            return Err(Error::Encode(format!(
+                "the value holds {} file descriptors; one message carries at most {MAX_HANDLE_FDS}",
+                fds.len()
+            )));
+        }
+        let (_, wbuf) = self.writer()?;
+        wbuf.truncate(MAX_HEADER_LEN);
+        // `fds.len() <= 253`: the varint is one or two bytes.
+        let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
+        postcard::serialize_with_flavor(&count, VecFlavor(wbuf))
+            .map_err(|e| Error::Encode(e.to_string()))?;
+        wbuf.extend_from_slice(&bytes);
+        Ok(fds)
     }
 
     /// Receives one message (Python's `recv_bytes`).
@@ -182,7 +366,7 @@ impl Connection {
     /// reads fail with [`Error::Poisoned`]; [`Error::NotReadable`] / [`Error::Closed`] on a
     /// write-only or closed connection; [`Error::Io`] otherwise.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>, Error> {
-        self.recv_frame(|rbuf, fd, len| {
+        self.recv_frame(|rbuf, fd, len, _| {
             let mut out = Vec::new();
             rbuf.read_to_vec(fd, len, &mut out)?;
             Ok(out)
@@ -198,7 +382,7 @@ impl Connection {
     /// consumed), and the errors of [`recv_bytes`](Self::recv_bytes).
     ///
     /// ```
-    /// let (mut a, mut b) = multiproc_ipc::pipe(true)?;
+    /// let (mut a, mut b) = multiproc_ipc::pipe()?;
     /// a.send_bytes(&[1, 2, 3])?;
     /// let mut buf = [0u8; 8];
     /// assert_eq!(b.recv_bytes_into(&mut buf)?, 3);
@@ -208,7 +392,7 @@ impl Connection {
     /// # Ok::<(), multiproc_ipc::Error>(())
     /// ```
     pub fn recv_bytes_into(&mut self, buf: &mut [u8]) -> Result<usize, Error> {
-        self.recv_frame(|rbuf, fd, len| match buf.get_mut(..len) {
+        self.recv_frame(|rbuf, fd, len, _| match buf.get_mut(..len) {
             Some(dst) => rbuf.read_to_slice(fd, dst).map(|()| len),
             None => {
                 let mut message = Vec::new();
@@ -221,67 +405,113 @@ impl Connection {
     /// Receives one message and decodes it with postcard (Python's `recv`).
     ///
     /// The message is decoded straight from the connection's read buffer: nothing is
-    /// allocated per message beyond what `T` itself needs.
+    /// allocated per message beyond what `T` itself needs. Handles in the value (sent over a
+    /// [`socketpair`]) come back working, with the fds that travelled with the message.
+    ///
+    /// postcard is not self-describing: a message decodes as any type of the same shape (a
+    /// `-1i32` read as `u32` gives a number, not an error), so both ends must agree on `T`.
     ///
     /// # Errors
     ///
-    /// [`Error::Decode`] when the message is not a valid encoding of `T` (wrong type, corrupt,
-    /// or bytes left over); the message is consumed and the connection stays usable. Also the
-    /// errors of [`recv_bytes`](Self::recv_bytes).
+    /// [`Error::Decode`] when the message is not a valid encoding of `T` (corrupt, too short,
+    /// bytes left over, or its fds did not arrive with it); the message and its fds are
+    /// consumed and the connection stays usable. Also the errors of
+    /// [`recv_bytes`](Self::recv_bytes).
     pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, Error> {
-        self.recv_frame(|rbuf, fd, len| {
+        self.recv_frame(|rbuf, fd, len, at| {
             rbuf.fill_to(fd, len)?;
-            let result = match postcard::take_from_bytes(&rbuf.pending()[..len]) {
-                Ok((value, [])) => Ok(value),
-                Ok((_, rest)) => Err(Error::Decode(format!(
-                    "{} bytes left over after the value",
-                    rest.len()
-                ))),
-                Err(e) => Err(Error::Decode(e.to_string())),
-            };
+            let ReadBuf { buf, pos, fds, .. } = rbuf;
+            let result = decode_message(&buf[*pos..*pos + len], |count| fds.take(at, count));
             rbuf.consume(len);
             rbuf.shrink();
             result
         })
     }
 
-    /// Receives one message like [`recv`](Self::recv), waiting at most `timeout` for it to
-    /// start arriving; `Ok(None)` if nothing came.
+    /// Receives one message like [`recv`](Self::recv), waiting at most `timeout` for all of
+    /// it.
     ///
-    /// Once the first bytes are there the rest is read to the end; a peer that dies in the
-    /// middle of a message ends the wait with [`Error::Truncated`], never a hang.
+    /// The deadline covers the whole message, not only its start: a peer that stalls in the
+    /// middle of a message cannot hold the call past it. What arrived of an incomplete
+    /// message stays buffered, and the next receive continues from there, so a timeout never
+    /// desynchronises the stream. (The message passes through the connection's read buffer,
+    /// one copy more than [`recv`](Self::recv) makes for large messages.)
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let (mut a, mut b) = multiproc_ipc::pipe()?;
+    /// let err = b.recv_timeout::<u32>(Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, multiproc_ipc::Error::Timeout(_)));
+    /// a.send(&5u32)?;
+    /// assert_eq!(b.recv_timeout::<u32>(Duration::from_secs(60))?, 5);
+    /// # Ok::<(), multiproc_ipc::Error>(())
+    /// ```
     ///
     /// # Errors
     ///
-    /// Those of [`recv`](Self::recv) and [`poll`](Self::poll).
-    pub fn recv_timeout<T: DeserializeOwned>(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<T>, Error> {
-        if !self.poll(Some(timeout))? {
-            return Ok(None);
-        }
-        self.recv().map(Some)
+    /// [`Error::Timeout`] when the message is not all there by the deadline, and those of
+    /// [`recv`](Self::recv).
+    pub fn recv_timeout<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, Error> {
+        self.buffer_message(timeout)?;
+        let result = self.recv();
+        self.rbuf.shrink();
+        result
     }
 
     /// Receives one message like [`recv_bytes`](Self::recv_bytes), waiting at most `timeout`
-    /// for it to start arriving; `Ok(None)` if nothing came.
+    /// for all of it (see [`recv_timeout`](Self::recv_timeout): an incomplete message stays
+    /// buffered for the next call).
     ///
     /// # Errors
     ///
-    /// Those of [`recv_bytes`](Self::recv_bytes) and [`poll`](Self::poll).
-    pub fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Option<Vec<u8>>, Error> {
-        if !self.poll(Some(timeout))? {
-            return Ok(None);
+    /// [`Error::Timeout`] when the message is not all there by the deadline, and those of
+    /// [`recv_bytes`](Self::recv_bytes).
+    pub fn recv_bytes_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>, Error> {
+        self.buffer_message(timeout)?;
+        let result = self.recv_bytes();
+        self.rbuf.shrink();
+        result
+    }
+
+    /// Reads until a whole message (or the end of the stream, or a bad header) is buffered;
+    /// [`Error::Timeout`] if that does not happen within `timeout`. Consumes nothing.
+    fn buffer_message(&mut self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now().checked_add(timeout);
+        let max = self.limit.unwrap_or(isize::MAX as usize);
+        let (fd, rbuf) = self.reader()?;
+        loop {
+            let want = match frame::decode_header(rbuf.pending()) {
+                Ok(Header::Needed(n)) => n,
+                Ok(Header::Len { len, header_len }) => match usize::try_from(len) {
+                    Ok(n) if n <= max => match n.checked_add(header_len) {
+                        Some(total) => total,
+                        None => return Ok(()),
+                    },
+                    // The receive reports the bad header.
+                    _ => return Ok(()),
+                },
+                Err(_) => return Ok(()),
+            };
+            if rbuf.pending().len() >= want {
+                return Ok(());
+            }
+            if !wait_readable(fd, deadline)? {
+                return Err(Error::Timeout(timeout));
+            }
+            if rbuf.fill(fd, want)? == 0 {
+                // The end of the stream: the receive reports `Eof` or `Truncated`.
+                return Ok(());
+            }
         }
-        self.recv_bytes().map(Some)
     }
 
     /// Returns whether a message (or the end of the stream) is ready to be received (Python's
     /// `poll`).
     ///
-    /// `None` waits forever, `Some(Duration::ZERO)` only checks. The end of the stream counts
-    /// as ready, as in Python: the next receive then reports [`Error::Eof`].
+    /// `None` waits forever, `Some(Duration::ZERO)` only checks. A whole message already read
+    /// ahead counts at once; otherwise, as in Python, the connection is ready when its fd has
+    /// bytes (the first of a message: the receive may still wait for the rest) or is at its
+    /// end (the next receive then reports [`Error::Eof`]).
     ///
     /// # Errors
     ///
@@ -289,22 +519,12 @@ impl Connection {
     /// cannot be read; [`Error::Io`] when `poll()` fails.
     pub fn poll(&mut self, timeout: Option<Duration>) -> Result<bool, Error> {
         let (fd, rbuf) = self.reader()?;
-        if !rbuf.pending().is_empty() {
+        if rbuf.has_message() {
             return Ok(true);
         }
         // A deadline too far to represent is no deadline.
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        loop {
-            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let timespec = remaining.and_then(|r| Timespec::try_from(r).ok());
-            match rustix::event::poll(&mut fds, timespec.as_ref()) {
-                // POLLIN, and POLLHUP at the end of the stream, both mean ready.
-                Ok(ready) => return Ok(ready > 0),
-                Err(Errno::INTR) => continue,
-                Err(e) => return Err(os(e)),
-            }
-        }
+        wait_readable(fd, deadline)
     }
 
     /// Sets the largest message this end accepts; `None` (the default, as in Python) means
@@ -347,7 +567,14 @@ impl Connection {
         self.write.is_some()
     }
 
-    /// The fd messages are read from, if any; to wait for readiness together with other fds.
+    /// Returns whether handles can be sent (the write fd is a Unix socket, as with
+    /// [`socketpair`]).
+    pub fn carries_handles(&self) -> bool {
+        self.write.is_some() && self.write_socket
+    }
+
+    /// The fd messages are read from, if any; to wait for readiness together with other fds
+    /// (or use [`wait`](crate::wait()), which also sees messages already read ahead).
     ///
     /// Bytes already buffered by the connection do not show on the fd: check
     /// [`poll`](Self::poll) with [`Duration::ZERO`] before waiting on it.
@@ -360,12 +587,35 @@ impl Connection {
         self.write.as_ref().map(AsFd::as_fd)
     }
 
+    /// Whether a whole message (or a bad header) is already buffered: a receive would not
+    /// block. Used by [`wait`](crate::wait()).
+    pub(crate) fn has_buffered_message(&self) -> bool {
+        self.read.is_some() && self.rbuf.has_message()
+    }
+
+    /// The read fd, or why there is none.
+    pub(crate) fn readable_fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        match &self.read {
+            Some(fd) => Ok(fd.as_fd()),
+            None => Err(self.no_reader()),
+        }
+    }
+
+    fn no_reader(&self) -> Error {
+        if self.poisoned {
+            Error::Poisoned
+        } else if self.is_closed() {
+            Error::Closed
+        } else {
+            Error::NotReadable
+        }
+    }
+
     fn reader(&mut self) -> Result<(BorrowedFd<'_>, &mut ReadBuf), Error> {
+        let err = self.no_reader();
         match &self.read {
             Some(fd) => Ok((fd.as_fd(), &mut self.rbuf)),
-            None if self.poisoned => Err(Error::Poisoned),
-            None if self.is_closed() => Err(Error::Closed),
-            None => Err(Error::NotReadable),
+            None => Err(err),
         }
     }
 
@@ -393,16 +643,22 @@ impl Connection {
         }
     }
 
-    /// Reads a header, checks its length, then lets `payload` read the payload. Errors that
-    /// lose the message boundaries disable the read side.
+    /// Reads a header, checks its length, then lets `payload` read the payload (given the
+    /// stream position of the header, which places the message's fds). Errors that lose the
+    /// message boundaries disable the read side.
     fn recv_frame<T>(
         &mut self,
-        payload: impl FnOnce(&mut ReadBuf, BorrowedFd<'_>, usize) -> Result<T, Error>,
+        payload: impl FnOnce(&mut ReadBuf, BorrowedFd<'_>, usize, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let limit = self.limit;
         let (fd, rbuf) = self.reader()?;
+        let at = rbuf.position();
         let result = match rbuf.read_header(fd, limit) {
-            Ok(len) => payload(rbuf, fd, len),
+            Ok(len) => {
+                // Fds that arrived wholly before this message belong to no message left.
+                rbuf.fds.discard_before(at);
+                payload(rbuf, fd, len, at)
+            }
             // A bad header: the boundaries of every later message are unknown.
             Err(e @ (Error::MessageTooLarge { .. } | Error::InvalidLength(_))) => {
                 self.poison();
@@ -439,8 +695,9 @@ impl fmt::Debug for Connection {
     }
 }
 
-/// The wire form of a [`Connection`] handed to a child: both fds travel through the fd table
-/// of `multiproc_core::reduction`, the bytes read ahead but not yet received travel inline.
+/// The wire form of a [`Connection`] handed to a child or sent over a socket: both fds travel
+/// through the fd table of `multiproc_core::reduction`, the bytes read ahead but not yet
+/// received travel inline, with the fds that arrived for them.
 #[derive(Serialize)]
 struct WireRef<'a> {
     #[serde(serialize_with = "ser_opt_fd")]
@@ -450,6 +707,7 @@ struct WireRef<'a> {
     pending: &'a [u8],
     limit: Option<u64>,
     poisoned: bool,
+    queued: Vec<WireBatchRef<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -461,14 +719,47 @@ struct Wire {
     pending: Vec<u8>,
     limit: Option<u64>,
     poisoned: bool,
+    queued: Vec<WireBatch>,
+}
+
+/// A batch of received fds, its positions relative to the first pending byte.
+#[derive(Serialize)]
+struct WireBatchRef<'a> {
+    start: u64,
+    end: u64,
+    fds: Vec<FdRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireBatch {
+    start: u64,
+    end: u64,
+    fds: Vec<FdOwned>,
+}
+
+struct FdRef<'a>(&'a OwnedFd);
+
+impl Serialize for FdRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        reduction::serialize_fd(self.0.as_fd(), serializer)
+    }
+}
+
+struct FdOwned(OwnedFd);
+
+impl<'de> Deserialize<'de> for FdOwned {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        reduction::deserialize_fd(deserializer).map(FdOwned)
+    }
 }
 
 fn ser_opt_fd<S: Serializer>(fd: &&Option<OwnedFd>, serializer: S) -> Result<S::Ok, S::Error> {
     multiproc_core::reduction::opt_fd::serialize(fd, serializer)
 }
 
-/// A connection is handed to a child process as a `Process` argument: its fds are duplicated
-/// into the child, with the bytes it had read ahead and its size limit. Serialising it outside
+/// A connection is handed to a child process as a `Process` argument, or sent over a
+/// [`socketpair`] connection: its fds are duplicated into the receiver, with the bytes it had
+/// read ahead (and their fds) and its size limit. Serialising it outside
 /// `multiproc_core::reduction::encode` fails.
 ///
 /// A connection given to `Process::new` is moved into the process object and closed in the
@@ -477,12 +768,25 @@ fn ser_opt_fd<S: Serializer>(fd: &&Option<OwnedFd>, serializer: S) -> Result<S::
 /// process should then go on reading (and one writing) each direction.
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let base = self.rbuf.position();
         WireRef {
             read: &self.read,
             write: &self.write,
             pending: self.rbuf.pending(),
             limit: self.limit.map(|l| l as u64),
             poisoned: self.poisoned,
+            queued: self
+                .rbuf
+                .fds
+                .batches
+                .iter()
+                .filter(|b| b.end > base)
+                .map(|b| WireBatchRef {
+                    start: b.start.saturating_sub(base),
+                    end: b.end - base,
+                    fds: b.fds.iter().map(FdRef).collect(),
+                })
+                .collect(),
         }
         .serialize(serializer)
     }
@@ -496,25 +800,148 @@ impl<'de> Deserialize<'de> for Connection {
         conn.limit = wire.limit.and_then(|l| usize::try_from(l).ok());
         conn.poisoned = wire.poisoned;
         if !wire.pending.is_empty() {
+            conn.rbuf.total = wire.pending.len() as u64;
             conn.rbuf.buf = wire.pending;
+        }
+        for batch in wire.queued {
+            let fds = batch.fds.into_iter().map(|f| f.0).collect();
+            conn.rbuf.fds.push(batch.start, batch.end, fds);
         }
         Ok(conn)
     }
 }
 
+/// Fds received with messages and not yet claimed, in arrival order, each batch with the
+/// stream positions of the read that brought it (`start..end`).
+///
+/// A sender attaches a message's fds to the first bytes of its frame, and the kernel hands
+/// them over with the first read that touches those bytes, ending that read there. So a
+/// message whose header starts at position `at` owns the batch whose read covered `at`; a
+/// batch that ended before `at` belongs to an earlier message that did not claim it (a
+/// misbehaving peer) and is closed.
+#[derive(Default)]
+struct FdQueue {
+    batches: VecDeque<FdBatch>,
+    queued: usize,
+}
+
+struct FdBatch {
+    start: u64,
+    end: u64,
+    fds: Vec<OwnedFd>,
+}
+
+impl FdQueue {
+    /// Queues a batch; beyond [`MAX_QUEUED_FDS`] the batch is closed instead.
+    fn push(&mut self, start: u64, end: u64, fds: Vec<OwnedFd>) {
+        if fds.is_empty() || self.queued + fds.len() > MAX_QUEUED_FDS {
+            return;
+        }
+        self.queued += fds.len();
+        self.batches.push_back(FdBatch { start, end, fds });
+    }
+
+    /// Closes every batch that arrived wholly before position `at`.
+    fn discard_before(&mut self, at: u64) {
+        while self.batches.front().is_some_and(|b| b.end <= at) {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) -> Option<FdBatch> {
+        let batch = self.batches.pop_front()?;
+        self.queued -= batch.fds.len();
+        Some(batch)
+    }
+
+    /// Takes the `count` fds of the message whose header starts at `at`.
+    fn take(&mut self, at: u64, count: usize) -> Result<Vec<OwnedFd>, Error> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        self.discard_before(at);
+        let front = self.batches.front();
+        let arrived = match front {
+            Some(b) if b.start <= at && at < b.end => b.fds.len(),
+            _ => 0,
+        };
+        if arrived != count {
+            if arrived > 0 {
+                self.pop();
+            }
+            return Err(Error::Decode(format!(
+                "the message announces {count} file descriptors but {arrived} arrived with it"
+            )));
+        }
+        Ok(self.pop().map(|b| b.fds).unwrap_or_default())
+    }
+}
+
+/// Decodes a typed message: its fd count, then the value (through `reduction::decode` when
+/// it carries fds, which `take_fds` supplies).
+fn decode_message<T: DeserializeOwned>(
+    payload: &[u8],
+    take_fds: impl FnOnce(usize) -> Result<Vec<OwnedFd>, Error>,
+) -> Result<T, Error> {
+    let (count, rest) = postcard::take_from_bytes::<u32>(payload).map_err(|e| {
+        Error::Decode(format!(
+            "not a typed message (no file-descriptor count): {e}"
+        ))
+    })?;
+    if count == 0 {
+        return match postcard::take_from_bytes(rest) {
+            Ok((value, [])) => Ok(value),
+            Ok((_, left)) => Err(Error::Decode(format!(
+                "{} bytes left over after the value",
+                left.len()
+            ))),
+            Err(e) => Err(Error::Decode(e.to_string())),
+        };
+    }
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    if count > MAX_HANDLE_FDS {
+        return Err(Error::Decode(format!(
+            "the message announces {count} file descriptors (at most {MAX_HANDLE_FDS})"
+        )));
+    }
+    let fds = take_fds(count)?;
+    reduction::decode(rest, fds).map_err(|e| Error::Decode(e.to_string()))
+}
+
 /// Buffered reads: one `read()` normally brings a whole small message, often several.
 ///
-/// `buf[pos..]` holds the bytes read but not yet consumed; bytes are read into the spare
-/// capacity of `buf`, so the buffer is never zero-filled.
+/// `buf[pos..]` holds the bytes read but not yet consumed; from a pipe, bytes are read into
+/// the spare capacity of `buf`, so the buffer is never zero-filled.
 #[derive(Default)]
 struct ReadBuf {
     buf: Vec<u8>,
     pos: usize,
+    /// The fd is a Unix socket: read with `recvmsg`, collecting fds.
+    socket: bool,
+    /// Bytes read from the fd so far (the stream position of the end of `buf`).
+    total: u64,
+    fds: FdQueue,
 }
 
 impl ReadBuf {
     fn pending(&self) -> &[u8] {
         &self.buf[self.pos..]
+    }
+
+    /// The stream position of the first pending byte.
+    fn position(&self) -> u64 {
+        self.total - self.pending().len() as u64
+    }
+
+    /// Whether a whole message, or a header a receive would refuse at once, is buffered.
+    fn has_message(&self) -> bool {
+        match frame::decode_header(self.pending()) {
+            Ok(Header::Needed(_)) => false,
+            Ok(Header::Len { len, header_len }) => {
+                (self.pending().len() - header_len) as u64 >= len
+            }
+            Err(_) => true,
+        }
     }
 
     fn consume(&mut self, n: usize) {
@@ -542,6 +969,18 @@ impl ReadBuf {
         }
     }
 
+    /// Reads once into `dst` (retrying `EINTR`): `recvmsg` on a socket, queueing the fds that
+    /// arrive, `read` otherwise.
+    fn read_into(&mut self, fd: BorrowedFd<'_>, dst: &mut [u8]) -> Result<usize, Error> {
+        let n = if self.socket {
+            recv_with_fds(fd, dst, self.total, &mut self.fds)?
+        } else {
+            retry_on_intr(|| rustix::io::read(fd, &mut *dst)).map_err(os)?
+        };
+        self.total += n as u64;
+        Ok(n)
+    }
+
     /// Reads once (retrying `EINTR`), making room for `want` pending bytes but reserving at
     /// most [`MAX_AHEAD`] beyond what arrived. Returns the number of bytes read, 0 at the end of
     /// the stream. Precondition: fewer than `want` bytes are pending.
@@ -556,7 +995,23 @@ impl ReadBuf {
             self.buf
                 .reserve_exact((target - self.buf.len()).min(MAX_AHEAD));
         }
-        retry_on_intr(|| rustix::io::read(fd, spare_capacity(&mut self.buf))).map_err(os)
+        if self.socket {
+            // `recvmsg` takes initialised memory: zero a window of what is needed (at least
+            // 16 KiB, so that several small messages come in one read).
+            let start = self.buf.len();
+            let needed = want.saturating_sub(self.pending().len()).max(16 * 1024);
+            let window = (self.buf.capacity() - start).min(needed);
+            self.buf.resize(start + window, 0);
+            let mut data = std::mem::take(&mut self.buf);
+            let result = self.read_into(fd, &mut data[start..]);
+            data.truncate(start + *result.as_ref().unwrap_or(&0));
+            self.buf = data;
+            return result;
+        }
+        let n =
+            retry_on_intr(|| rustix::io::read(fd, spare_capacity(&mut self.buf))).map_err(os)?;
+        self.total += n as u64;
+        Ok(n)
     }
 
     /// Makes sure at least `want` bytes are pending.
@@ -622,7 +1077,7 @@ impl ReadBuf {
                 self.fill(fd, rest.len())?;
                 self.take_pending(rest)
             } else {
-                retry_on_intr(|| rustix::io::read(fd, &mut *rest)).map_err(os)?
+                self.read_into(fd, rest)?
             };
             if read == 0 {
                 return Err(Error::Truncated {
@@ -659,7 +1114,7 @@ impl ReadBuf {
                 if out.len() == out.capacity() {
                     out.reserve_exact(rest.min(MAX_AHEAD));
                 }
-                read_within(fd, out, rest)?
+                self.read_within(fd, out, rest)?
             };
             if read == 0 {
                 return Err(Error::Truncated {
@@ -670,19 +1125,125 @@ impl ReadBuf {
         }
         Ok(())
     }
+
+    /// Reads into the spare capacity of `out`, at most `max` bytes (never past the message).
+    fn read_within(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        out: &mut Vec<u8>,
+        max: usize,
+    ) -> Result<usize, Error> {
+        if !self.socket && out.capacity() - out.len() <= max {
+            let n = retry_on_intr(|| rustix::io::read(fd, spare_capacity(out))).map_err(os)?;
+            self.total += n as u64;
+            return Ok(n);
+        }
+        // An initialised window of at most `max` bytes (the allocator gave more than asked,
+        // or `recvmsg` needs initialised memory).
+        let start = out.len();
+        let window = (out.capacity() - start).clamp(1, max);
+        out.resize(start + window, 0);
+        let result = self.read_into(fd, &mut out[start..]);
+        out.truncate(start + *result.as_ref().unwrap_or(&0));
+        result
+    }
 }
 
-/// Reads into the spare capacity of `out`, at most `max` bytes (never past the message).
-fn read_within(fd: BorrowedFd<'_>, out: &mut Vec<u8>, max: usize) -> Result<usize, Error> {
-    if out.capacity() - out.len() <= max {
-        return retry_on_intr(|| rustix::io::read(fd, spare_capacity(out))).map_err(os);
+/// One `recvmsg` into `dst` (retrying `EINTR`) with `MSG_CMSG_CLOEXEC`; the fds that arrive
+/// are queued with the stream positions this read covers (`at..at + n`).
+fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    dst: &mut [u8],
+    at: u64,
+    queue: &mut FdQueue,
+) -> Result<usize, Error> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLE_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = retry_on_intr(|| {
+        rustix::net::recvmsg(
+            fd,
+            &mut [IoSliceMut::new(&mut *dst)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })
+    .map_err(os)?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
     }
-    // The allocator gave more than asked: read into an initialised window of `max` bytes.
-    let start = out.len();
-    out.resize(start + max, 0);
-    let result = retry_on_intr(|| rustix::io::read(fd, &mut out[start..])).map_err(os);
-    out.truncate(start + *result.as_ref().unwrap_or(&0));
-    result
+    queue.push(at, at + msg.bytes as u64, fds);
+    Ok(msg.bytes)
+}
+
+/// Writes `bytes` with `fds` attached to the first `sendmsg`, then the rest.
+fn send_with_fds(fd: BorrowedFd<'_>, bytes: &[u8], fds: &[OwnedFd]) -> Result<(), Error> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLE_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(Error::Encode(format!(
+            "cannot attach {} file descriptors to one message",
+            fds.len()
+        )));
+    }
+    let sent = loop {
+        match rustix::net::sendmsg(
+            fd,
+            &[IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        ) {
+            Ok(n) => break n,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(write_error(e)),
+        }
+    };
+    write_all(fd, &bytes[sent..])
+}
+
+/// Waits until `fd` is readable or at its end; `false` when `deadline` passed first (`None`:
+/// no deadline).
+fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool, Error> {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timespec = remaining.and_then(|r| Timespec::try_from(r).ok());
+        match rustix::event::poll(&mut fds, timespec.as_ref()) {
+            // POLLIN, and POLLHUP at the end of the stream, both mean ready.
+            Ok(ready) => return Ok(ready > 0),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(os(e)),
+        }
+    }
+}
+
+fn is_socket(fd: &OwnedFd) -> bool {
+    rustix::fs::fstat(fd).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
+    })
+}
+
+/// What an fd is, for an error message (`pipe:[1234]`, `/memfd:multiproc-heap (deleted)` …).
+fn describe_fd(fd: &OwnedFd) -> String {
+    let raw = fd.as_raw_fd();
+    match std::fs::read_link(format!("/proc/self/fd/{raw}")) {
+        Ok(target) => target.to_string_lossy().into_owned(),
+        Err(_) => format!("fd {raw}"),
+    }
+}
+
+/// postcard's message for an error, with the reason its serde custom errors drop.
+fn describe_postcard_error(e: &postcard::Error) -> String {
+    match e {
+        postcard::Error::SerdeSerCustom => format!(
+            "{e}: a Serialize implementation refused the value (postcard does not keep its \
+             reason)"
+        ),
+        _ => e.to_string(),
+    }
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Result<(), Error> {

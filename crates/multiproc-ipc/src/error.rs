@@ -1,6 +1,7 @@
 //! The error type of this crate.
 
-/// An error of a [`Connection`](crate::Connection) operation or of [`pipe`](crate::pipe()).
+/// An error of a [`Connection`](crate::Connection) operation, of its constructors
+/// ([`pipe`](crate::pipe()) …) or of [`wait`](crate::wait()).
 ///
 /// Python raises `EOFError`, `OSError`, `BrokenPipeError` and `BufferTooShort` for these
 /// cases; here each one is a variant that can be matched on.
@@ -64,10 +65,35 @@ pub enum Error {
     /// The value could not be encoded with postcard.
     #[error("cannot encode the message: {0}")]
     Encode(String),
-    /// The message could not be decoded with postcard into the requested type (corrupt data
-    /// or a type mismatch). The message was consumed; the connection stays usable.
+    /// The value holds handles that own file descriptors (a `Connection`, a `Lock`, a shared
+    /// value …), and this connection cannot pass fds: it is a pipe. Nothing was sent.
+    ///
+    /// Send handles over a [`socketpair`](crate::socketpair()) connection, or hand them to a
+    /// child as a `Process` argument.
+    #[error(
+        "cannot send a `{value_type}` over this connection: it holds {} handle file          descriptor(s) ({}), and a pipe cannot pass file descriptors; send it over a          connection from `socketpair()`, or hand it to the child as a Process argument",
+        .fds.len(), .fds.join(", ")
+    )]
+    HandlesNeedSocket {
+        /// The type of the value given to `send`.
+        value_type: &'static str,
+        /// What each fd the value holds is (from `/proc/self/fd`, e.g. `pipe:[1234]`).
+        fds: Vec<String>,
+    },
+    /// The message could not be decoded with postcard into the requested type: corrupt data,
+    /// a message too short or too long for the type, or fds announced but not received. The
+    /// message was consumed; the connection stays usable.
+    ///
+    /// postcard is not self-describing, so a value sent as another type of the same shape
+    /// (`-1i32` read as `u32`) decodes without an error: both ends must agree on the type.
     #[error("cannot decode the message: {0}")]
     Decode(String),
+    /// No whole message arrived within the timeout of
+    /// [`recv_timeout`](crate::Connection::recv_timeout) or
+    /// [`recv_bytes_timeout`](crate::Connection::recv_bytes_timeout). Whatever part of a
+    /// message arrived stays buffered for the next receive; the connection stays usable.
+    #[error("no whole message arrived within {0:?}")]
+    Timeout(std::time::Duration),
     /// An operating-system error.
     #[error("I/O error on the connection: {0}")]
     Io(#[from] std::io::Error),

@@ -1,5 +1,12 @@
-//! Message channels between processes: [`pipe`] and [`Connection`], Python's
-//! `multiprocessing.Pipe` and `multiprocessing.connection.Connection`.
+//! Message channels between processes: [`pipe`], [`socketpair`], [`simplex`] and
+//! [`Connection`], Python's `multiprocessing.Pipe` and `multiprocessing.connection.Connection`,
+//! and [`wait`], Python's `multiprocessing.connection.wait`.
+//!
+//! | Python | here |
+//! |---|---|
+//! | `a, b = Pipe()` | [`pipe()`] (two OS pipes, fastest) or [`socketpair()`] (can send handles) |
+//! | `r, w = Pipe(duplex=False)` | [`simplex()`] → ([`Reader`], [`Writer`]) |
+//! | `wait([a, p.sentinel], t)` | [`wait(&[&a as &dyn Waitable, &sentinel], Some(t))`](wait()) → indices |
 //!
 //! A [`Connection`] sends and receives whole messages. The framing on the wire is Python's
 //! (see [`frame`]), so [`Connection::send_bytes`] / [`Connection::recv_bytes`] talk to a Python
@@ -10,7 +17,7 @@
 //! ```
 //! use multiproc_ipc::pipe;
 //!
-//! let (mut parent, mut child) = pipe(true)?;
+//! let (mut parent, mut child) = pipe()?;
 //! parent.send_bytes(b"hello")?;
 //! assert_eq!(child.recv_bytes()?, b"hello");
 //!
@@ -24,7 +31,25 @@
 //! # Ok::<(), multiproc_ipc::Error>(())
 //! ```
 //!
-//! The same in Python:
+//! Over a [`socketpair`], a value holding handles (a `Connection`, a `multiproc_sync::Lock` …)
+//! arrives as working handles, as Python sends a `Connection` over a `Connection`:
+//!
+//! ```
+//! use std::time::Duration;
+//! use multiproc_ipc::{Connection, pipe, socketpair, wait};
+//!
+//! let (mut a, mut b) = socketpair()?;
+//! let (mut x, y) = pipe()?;
+//! a.send(&("take this end", &y))?;
+//! drop(y);
+//! let (_, mut y2): (String, Connection) = b.recv()?;
+//! x.send(&1u8)?;
+//! assert_eq!(wait(&[&b, &y2], Some(Duration::from_secs(60)))?, [1]);
+//! assert_eq!(y2.recv::<u8>()?, 1);
+//! # Ok::<(), multiproc_ipc::Error>(())
+//! ```
+//!
+//! The first example in Python:
 //!
 //! ```python
 //! from multiprocessing import Pipe
@@ -43,8 +68,12 @@
 mod connection;
 mod error;
 pub mod frame;
+mod oneway;
 #[cfg(test)]
 mod tests;
+mod wait;
 
-pub use connection::{Connection, pipe};
+pub use connection::{Connection, MAX_HANDLE_FDS, pipe, simplex, socketpair};
 pub use error::Error;
+pub use oneway::{Reader, Writer};
+pub use wait::{Waitable, wait};

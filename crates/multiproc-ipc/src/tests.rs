@@ -8,7 +8,7 @@ use multiproc_core::reduction;
 use rustix::pipe::{PipeFlags, pipe_with};
 use serde::{Deserialize, Serialize};
 
-use crate::{Connection, Error, pipe};
+use crate::{Connection, Error, pipe, simplex, socketpair};
 
 const MIB: usize = 1024 * 1024;
 
@@ -46,9 +46,15 @@ fn across(
     duplex: bool,
     write: impl FnOnce(&mut Connection) + Send + 'static,
 ) -> (Connection, JoinHandle<()>) {
-    let (reader, mut writer) = pipe(duplex).unwrap();
+    let (reader, mut writer) = if duplex { pipe() } else { oneway() }.unwrap();
     let handle = thread::spawn(move || write(&mut writer));
     (reader, handle)
+}
+
+/// A one-way pipe as two untyped connections (read-only, write-only).
+fn oneway() -> Result<(Connection, Connection), Error> {
+    let (r, w) = simplex()?;
+    Ok((r.into_connection(), w.into_connection()))
 }
 
 fn payload(len: usize) -> Vec<u8> {
@@ -83,7 +89,11 @@ fn send_uses_the_same_framing_around_postcard() {
     conn.send("hi").unwrap();
     conn.send(&()).unwrap();
     drop(conn);
-    assert_eq!(read_all(r), b"\x00\x00\x00\x03\x02hi\x00\x00\x00\x00");
+    // The payload: the fd count (0), then postcard.
+    assert_eq!(
+        read_all(r),
+        b"\x00\x00\x00\x04\x00\x02hi\x00\x00\x00\x01\x00"
+    );
 }
 
 #[test]
@@ -110,7 +120,7 @@ fn round_trip_through_a_real_pipe() {
 
 #[test]
 fn both_directions_of_a_duplex_pipe() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     a.send_bytes(b"to b").unwrap();
     b.send_bytes(b"to a").unwrap();
     assert_eq!(b.recv_bytes().unwrap(), b"to b");
@@ -168,7 +178,7 @@ fn a_stream_of_mixed_sizes_keeps_its_boundaries() {
 
 #[test]
 fn messages_written_together_stay_apart() {
-    let (mut r, mut w) = pipe(false).unwrap();
+    let (mut r, mut w) = oneway().unwrap();
     w.send_bytes(b"a").unwrap();
     w.send_bytes(b"").unwrap();
     w.send(&42u64).unwrap();
@@ -193,7 +203,7 @@ fn large_header_form_is_accepted_for_any_length() {
 
 #[test]
 fn end_of_stream_before_a_message_is_eof() {
-    let (mut r, w) = pipe(false).unwrap();
+    let (mut r, w) = oneway().unwrap();
     drop(w);
     assert!(matches!(r.recv_bytes(), Err(Error::Eof)));
     assert!(matches!(r.recv_bytes_into(&mut [0; 4]), Err(Error::Eof)));
@@ -309,7 +319,7 @@ fn a_negative_header_poisons_the_read_side() {
 
 #[test]
 fn a_message_over_the_limit_poisons_the_read_side() {
-    let (mut r, mut w) = pipe(false).unwrap();
+    let (mut r, mut w) = oneway().unwrap();
     assert_eq!(r.max_message_size(), None);
     r.set_max_message_size(Some(100));
     assert_eq!(r.max_message_size(), Some(100));
@@ -350,7 +360,7 @@ fn a_huge_claim_over_the_limit_allocates_nothing() {
 
 #[test]
 fn a_poisoned_duplex_end_can_still_send() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     a.set_max_message_size(Some(1));
     b.send_bytes(b"xx").unwrap();
     assert!(matches!(a.recv_bytes(), Err(Error::MessageTooLarge { .. })));
@@ -361,7 +371,7 @@ fn a_poisoned_duplex_end_can_still_send() {
 
 #[test]
 fn buffer_too_short_carries_the_whole_message() {
-    let (mut r, mut w) = pipe(false).unwrap();
+    let (mut r, mut w) = oneway().unwrap();
     w.send_bytes(b"0123456789").unwrap();
     w.send_bytes(b"next").unwrap();
     let mut buf = [0u8; 9];
@@ -383,7 +393,7 @@ fn buffer_too_short_carries_the_whole_message() {
 
 #[test]
 fn poll_times_out_then_sees_a_message() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     assert!(!a.poll(Some(Duration::ZERO)).unwrap());
     let start = Instant::now();
     assert!(!a.poll(Some(Duration::from_millis(50))).unwrap());
@@ -399,7 +409,7 @@ fn poll_times_out_then_sees_a_message() {
 
 #[test]
 fn poll_sees_messages_already_read_ahead() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     b.send_bytes(b"one").unwrap();
     b.send_bytes(b"two").unwrap();
     assert_eq!(a.recv_bytes().unwrap(), b"one");
@@ -418,7 +428,7 @@ fn poll_waits_for_a_message_from_another_thread() {
 
 #[test]
 fn writing_without_a_reader_is_a_broken_pipe() {
-    let (r, mut w) = pipe(false).unwrap();
+    let (r, mut w) = oneway().unwrap();
     drop(r);
     assert!(matches!(w.send_bytes(b"x"), Err(Error::BrokenPipe)));
     assert!(matches!(
@@ -430,7 +440,7 @@ fn writing_without_a_reader_is_a_broken_pipe() {
 
 #[test]
 fn ends_refuse_the_wrong_direction_and_closed_ends_refuse_everything() {
-    let (mut r, mut w) = pipe(false).unwrap();
+    let (mut r, mut w) = oneway().unwrap();
     assert!(r.readable() && !r.writable() && r.read_fd().is_some() && r.write_fd().is_none());
     assert!(!w.readable() && w.writable() && w.read_fd().is_none() && w.write_fd().is_some());
     assert!(matches!(r.send_bytes(b"x"), Err(Error::NotWritable)));
@@ -466,7 +476,7 @@ struct Record {
 
 #[test]
 fn typed_messages_round_trip() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     let record = Record {
         name: "r".repeat(70_000),
         values: (0..1000).collect(),
@@ -489,7 +499,7 @@ fn typed_messages_round_trip() {
 
 #[test]
 fn undecodable_messages_are_decode_errors_and_are_consumed() {
-    let (mut r, mut w) = pipe(false).unwrap();
+    let (mut r, mut w) = oneway().unwrap();
     w.send("a string").unwrap();
     w.send(&1u8).unwrap();
     w.send_bytes(&[0xff; 12]).unwrap();
@@ -502,17 +512,40 @@ fn undecodable_messages_are_decode_errors_and_are_consumed() {
 
 #[test]
 fn unencodable_values_are_encode_errors() {
-    let (mut r, mut w) = pipe(false).unwrap();
-    let (inner, _) = pipe(false).unwrap();
-    // A connection can only be serialised while it is handed to a child.
-    assert!(matches!(w.send(&inner), Err(Error::Encode(_))));
+    let (mut r, mut w) = oneway().unwrap();
+    let (inner, _) = oneway().unwrap();
+    // A pipe cannot pass the fds of a handle: a typed error names the value and its fds.
+    match w.send(&(1u8, &inner)) {
+        Err(Error::HandlesNeedSocket { value_type, fds }) => {
+            assert!(value_type.contains("Connection"), "{value_type}");
+            assert_eq!(fds.len(), 1);
+            assert!(fds[0].starts_with("pipe:"), "{fds:?}");
+        }
+        other => panic!("expected HandlesNeedSocket, got {other:?}"),
+    }
+    let message = w.send(&inner).unwrap_err().to_string();
+    assert!(
+        message.contains("Connection") && message.contains("socketpair()"),
+        "{message}"
+    );
+    // A Serialize impl that fails for its own reason is `Encode`, said so.
+    struct Refuses;
+    impl Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("no"))
+        }
+    }
+    match w.send(&Refuses) {
+        Err(Error::Encode(msg)) => assert!(msg.contains("refused"), "{msg}"),
+        other => panic!("expected Encode, got {other:?}"),
+    }
     w.send(&5u8).unwrap();
     assert_eq!(r.recv::<u8>().unwrap(), 5);
 }
 
 #[test]
 fn a_connection_handed_over_keeps_what_it_read_ahead() {
-    let (mut a, mut b) = pipe(true).unwrap();
+    let (mut a, mut b) = pipe().unwrap();
     b.send_bytes(b"first").unwrap();
     b.send_bytes(b"second").unwrap();
     assert_eq!(a.recv_bytes().unwrap(), b"first");
@@ -532,7 +565,7 @@ fn a_connection_handed_over_keeps_what_it_read_ahead() {
 
 #[test]
 fn one_way_and_closed_connections_hand_over_too() {
-    let (r, mut w) = pipe(false).unwrap();
+    let (r, mut w) = oneway().unwrap();
     let (bytes, fds) = reduction::encode(&r).unwrap();
     assert_eq!(fds.len(), 1);
     drop(r);
@@ -550,13 +583,13 @@ fn one_way_and_closed_connections_hand_over_too() {
 
 #[test]
 fn serialising_outside_a_handover_fails() {
-    let (a, _b) = pipe(true).unwrap();
+    let (a, _b) = pipe().unwrap();
     assert!(postcard::to_allocvec(&a).is_err());
 }
 
 #[test]
 fn debug_shows_fds_and_state() {
-    let (mut r, w) = pipe(false).unwrap();
+    let (mut r, w) = oneway().unwrap();
     let shown = format!("{r:?}");
     assert!(shown.starts_with("Connection {"), "{shown}");
     assert!(
@@ -566,4 +599,250 @@ fn debug_shows_fds_and_state() {
     assert!(format!("{w:?}").contains("read: None"));
     r.close();
     assert!(format!("{r:?}").contains("closed: true"));
+}
+
+/// A writer thread sends a header and 10 bytes of a 100-byte message, then waits to be told to
+/// send the rest: the timeout receive must return at its deadline and keep the partial message.
+fn stalled_peer_is_bounded(a: Connection, mut b: Connection, bytes: bool) {
+    let (go, wait_go) = std::sync::mpsc::channel::<()>();
+    let writer = thread::spawn(move || {
+        let mut a = a;
+        let body = payload(100);
+        let mut frame = Vec::new();
+        crate::frame::encode_header(body.len(), &mut frame);
+        frame.extend_from_slice(&body);
+        write_raw(a.write_fd().unwrap(), &frame[..14]);
+        // After 30 s the rest goes anyway: a receive that ignores its deadline then fails the
+        // 20 s bound below instead of hanging the test.
+        let _ = wait_go.recv_timeout(Duration::from_secs(30));
+        write_raw(a.write_fd().unwrap(), &frame[14..]);
+        a.send_bytes(b"next").unwrap();
+        a
+    });
+    let timeout = Duration::from_millis(300);
+    for _ in 0..2 {
+        let start = Instant::now();
+        let err = if bytes {
+            b.recv_bytes_timeout(timeout).unwrap_err()
+        } else {
+            b.recv_timeout::<Vec<u8>>(timeout).unwrap_err()
+        };
+        let took = start.elapsed();
+        assert!(matches!(err, Error::Timeout(t) if t == timeout), "{err:?}");
+        assert!(took >= timeout, "returned early after {took:?}");
+        assert!(took < Duration::from_secs(20), "held for {took:?}");
+        // Nothing of the partial message is lost, nor shown as ready.
+        assert!(!b.poll(Some(Duration::ZERO)).unwrap());
+    }
+    let _ = go.send(());
+    let long = Duration::from_secs(60);
+    assert_eq!(b.recv_bytes_timeout(long).unwrap(), payload(100));
+    assert_eq!(b.recv_bytes_timeout(long).unwrap(), b"next");
+    let _a = writer.join().unwrap();
+}
+
+#[test]
+fn recv_timeout_bounds_a_peer_stalled_mid_message_and_keeps_the_part() {
+    let (a, b) = pipe().unwrap();
+    stalled_peer_is_bounded(a, b, true);
+    let (a, b) = pipe().unwrap();
+    stalled_peer_is_bounded(a, b, false);
+    let (a, b) = socketpair().unwrap();
+    stalled_peer_is_bounded(a, b, true);
+}
+
+#[test]
+fn recv_timeout_returns_whole_messages_and_reports_eof() {
+    for make in [pipe, socketpair] {
+        let (mut a, mut b) = make().unwrap();
+        let t = Duration::from_millis(20);
+        assert!(matches!(b.recv_bytes_timeout(t), Err(Error::Timeout(_))));
+        assert!(matches!(b.recv_timeout::<u8>(t), Err(Error::Timeout(_))));
+        a.send(&(1u8, "x".to_string())).unwrap();
+        let writer = thread::spawn(move || {
+            a.send_bytes(&payload(3 * MIB)).unwrap();
+            a.send_bytes(b"tail").unwrap();
+            a.send(&payload(200_000)).unwrap();
+            a
+        });
+        let long = Duration::from_secs(60);
+        assert_eq!(
+            b.recv_timeout::<(u8, String)>(long).unwrap(),
+            (1, "x".to_string())
+        );
+        assert_eq!(b.recv_bytes_timeout(long).unwrap(), payload(3 * MIB));
+        assert_eq!(b.recv_bytes_timeout(long).unwrap(), b"tail");
+        assert_eq!(b.recv_timeout::<Vec<u8>>(long).unwrap(), payload(200_000));
+        drop(writer.join().unwrap());
+        assert!(matches!(b.recv_bytes_timeout(long), Err(Error::Eof)));
+    }
+}
+
+#[test]
+fn recv_timeout_on_a_truncated_message_is_truncated() {
+    let (mut r, w) = raw_pipe_conns();
+    write_raw(w.write_fd().unwrap(), b"\x00\x00\x00\x10abc");
+    drop(w);
+    match r.recv_bytes_timeout(Duration::from_secs(60)) {
+        Err(Error::Truncated { expected, received }) => assert_eq!((expected, received), (16, 3)),
+        other => panic!("expected Truncated, got {other:?}"),
+    }
+}
+
+fn raw_pipe_conns() -> (Connection, Connection) {
+    oneway().unwrap()
+}
+
+#[test]
+fn handles_travel_over_a_socketpair() {
+    let (mut a, mut b) = socketpair().unwrap();
+    assert!(a.carries_handles() && b.carries_handles());
+    let (mut x, y) = pipe().unwrap();
+    let (r, mut w) = simplex().unwrap();
+    // Plain messages around messages with handles: each message gets its own fds back.
+    a.send(&1u32).unwrap();
+    a.send(&y).unwrap();
+    a.send_bytes(b"raw").unwrap();
+    a.send(&("reader", &r)).unwrap();
+    a.send(&2u32).unwrap();
+    drop((y, r));
+    assert_eq!(b.recv::<u32>().unwrap(), 1);
+    let mut y2: Connection = b.recv().unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"raw");
+    let (label, mut r2): (String, crate::Reader) = b.recv().unwrap();
+    assert_eq!(label, "reader");
+    assert_eq!(b.recv::<u32>().unwrap(), 2);
+    x.send(&"to y").unwrap();
+    assert_eq!(y2.recv::<String>().unwrap(), "to y");
+    y2.send(&"to x").unwrap();
+    assert_eq!(x.recv::<String>().unwrap(), "to x");
+    w.send_bytes(b"to r").unwrap();
+    assert_eq!(r2.recv_bytes().unwrap(), b"to r");
+    // The socket connection itself travels too, and keeps carrying handles.
+    let (c, mut d) = socketpair().unwrap();
+    a.send(&c).unwrap();
+    drop(c);
+    let mut c2: Connection = b.recv().unwrap();
+    assert!(c2.carries_handles());
+    let (e, mut f) = pipe().unwrap();
+    c2.send(&e).unwrap();
+    drop(e);
+    let mut e2: Connection = d.recv().unwrap();
+    e2.send_bytes(b"deep").unwrap();
+    assert_eq!(f.recv_bytes().unwrap(), b"deep");
+}
+
+#[test]
+fn handles_read_ahead_travel_with_the_connection() {
+    let (mut a, mut b) = socketpair().unwrap();
+    let (x, mut y) = pipe().unwrap();
+    a.send(&0u8).unwrap();
+    a.send(&x).unwrap();
+    drop(x);
+    // b reads ahead (often both messages in one read), then is handed over.
+    assert_eq!(b.recv::<u8>().unwrap(), 0);
+    let (bytes, fds) = reduction::encode(&b).unwrap();
+    drop(b);
+    let mut b2: Connection = reduction::decode(&bytes, fds).unwrap();
+    let mut x2: Connection = b2.recv().unwrap();
+    x2.send_bytes(b"ok").unwrap();
+    assert_eq!(y.recv_bytes().unwrap(), b"ok");
+}
+
+#[test]
+fn stray_fds_without_a_message_are_dropped_not_misattributed() {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    use std::mem::MaybeUninit;
+    let (mut a, mut b) = socketpair().unwrap();
+    // A misbehaving peer attaches an fd to a frame that announces none.
+    let (stray_r, _stray_w) = raw_pipe();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds = [stray_r.as_fd()];
+    assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    let frame = b"\x00\x00\x00\x02\x00\x07"; // a typed `7u8` with fd count 0
+    let sent = rustix::net::sendmsg(
+        a.write_fd().unwrap(),
+        &[std::io::IoSlice::new(frame)],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(sent, frame.len());
+    drop(stray_r);
+    let (x, mut y) = pipe().unwrap();
+    a.send(&x).unwrap();
+    assert_eq!(b.recv::<u8>().unwrap(), 7);
+    let mut x2: Connection = b.recv().unwrap();
+    x2.send_bytes(b"right fd").unwrap();
+    assert_eq!(y.recv_bytes().unwrap(), b"right fd");
+    // A message that announces fds that never came is a Decode error, and is consumed.
+    a.send_bytes(b"\x01\x00").unwrap();
+    a.send(&3u8).unwrap();
+    assert!(matches!(b.recv::<u8>(), Err(Error::Decode(m)) if m.contains("announces 1")));
+    assert_eq!(b.recv::<u8>().unwrap(), 3);
+}
+
+#[test]
+fn try_clone_shares_the_channel() {
+    let (mut a, mut b) = pipe().unwrap();
+    a.set_max_message_size(Some(64));
+    let mut a2 = a.try_clone().unwrap();
+    assert_eq!(a2.max_message_size(), Some(64));
+    b.send_bytes(b"one").unwrap();
+    assert_eq!(a2.recv_bytes().unwrap(), b"one");
+    a2.send_bytes(b"two").unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"two");
+    // Closing one copy leaves the other working; EOF only when both are gone.
+    drop(a2);
+    a.send_bytes(b"three").unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"three");
+    drop(a);
+    assert!(matches!(b.recv_bytes(), Err(Error::Eof)));
+    let (r, w) = simplex().unwrap();
+    let (mut r2, mut w2) = (r.try_clone().unwrap(), w.try_clone().unwrap());
+    drop((r, w));
+    w2.send(&4u8).unwrap();
+    assert_eq!(r2.recv::<u8>().unwrap(), 4);
+    let mut c = b.try_clone().unwrap();
+    c.close();
+    assert!(matches!(c.try_clone(), Err(Error::Closed)));
+}
+
+#[test]
+fn wait_reports_ready_objects_and_buffered_messages() {
+    use crate::{Waitable, wait};
+    let (mut a, mut b) = pipe().unwrap();
+    let (mut c, d) = socketpair().unwrap();
+    let t = Some(Duration::from_millis(20));
+    assert!(wait(&[&b, &d], t).unwrap().is_empty());
+    c.send_bytes(b"1").unwrap();
+    c.send_bytes(b"2").unwrap();
+    assert_eq!(wait(&[&b, &d], None).unwrap(), [1]);
+    let mut d = d;
+    assert_eq!(d.recv_bytes().unwrap(), b"1");
+    // "2" came in the same read: the fd is empty, yet d is ready.
+    assert!(
+        !rustix::event::poll(
+            &mut [rustix::event::PollFd::new(
+                &d.read_fd().unwrap(),
+                rustix::event::PollFlags::IN
+            )],
+            Some(&rustix::event::Timespec::default())
+        )
+        .is_ok_and(|n| n > 0)
+    );
+    assert_eq!(wait(&[&b, &d], None).unwrap(), [1]);
+    assert_eq!(d.recv_bytes().unwrap(), b"2");
+    a.send_bytes(b"x").unwrap();
+    let (r, _w) = raw_pipe();
+    let mixed: [&dyn Waitable; 3] = [&b, &d, &r];
+    assert_eq!(wait(&mixed, t).unwrap(), [0]);
+    drop(c);
+    assert_eq!(wait(&mixed, t).unwrap(), [0, 1]);
+    // A write-only or closed connection cannot be waited on.
+    let (_r, w) = oneway().unwrap();
+    assert!(matches!(wait(&[&w], t), Err(Error::NotReadable)));
+    b.close();
+    assert!(matches!(wait(&[&b], t), Err(Error::Closed)));
 }

@@ -11,7 +11,8 @@
 //! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
 //!
-//! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`, and the
+//! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`,
+//! `multiproc::wait` (Python's `multiprocessing.connection.wait`), and the
 //! common ones in [`prelude`].
 //!
 //! ```
@@ -22,7 +23,7 @@
 //! }
 //!
 //! multiproc::init();
-//! let (mut parent_conn, child_conn) = pipe(true)?;
+//! let (mut parent_conn, child_conn) = pipe()?;
 //! let mut p = Process::new(f, child_conn);
 //! p.start()?;
 //! let got: (i32, Option<i32>, String) = parent_conn.recv()?;
@@ -62,7 +63,7 @@ pub use multiproc_core::{
     current_process, force_start_method, get_all_start_methods, get_context, get_start_method,
     init, parent_process, register_after_fork, set_start_method, start_method_if_set,
 };
-pub use multiproc_ipc::{Connection, pipe};
+pub use multiproc_ipc::{Connection, Reader, Waitable, Writer, pipe, simplex, socketpair, wait};
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
@@ -90,7 +91,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BoundedSemaphore, Connection, Event, Lock, Process, RLock, Semaphore, StartMethod,
-        get_context, pipe, set_start_method,
+        BoundedSemaphore, Connection, Event, Lock, Process, RLock, Reader, Semaphore, StartMethod,
+        Writer, get_context, pipe, set_start_method, simplex, socketpair, wait,
     };
 }

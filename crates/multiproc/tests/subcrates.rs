@@ -22,11 +22,12 @@ fn reexports() {
     let e: multiproc::Error = multiproc::sync::Error::NotHeld.into();
     assert!(e.to_string().contains("not held"));
     let _ = multiproc::Process::start;
-    let _: fn(
-        bool,
-    )
-        -> Result<(multiproc::Connection, multiproc::Connection), multiproc::ipc::Error> =
-        multiproc::pipe;
+    type Pair = Result<(multiproc::Connection, multiproc::Connection), multiproc::ipc::Error>;
+    let _: fn() -> Pair = multiproc::pipe;
+    let _: fn() -> Pair = multiproc::socketpair;
+    let _: fn() -> Result<(multiproc::Reader, multiproc::Writer), multiproc::ipc::Error> =
+        multiproc::simplex;
+    let _ = multiproc::wait::<dyn multiproc::Waitable>;
     assert_eq!(
         multiproc::get_all_start_methods()[0],
         multiproc::DEFAULT_START_METHOD
