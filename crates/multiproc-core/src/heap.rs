@@ -154,6 +154,11 @@ struct Header {
     refs: AtomicU64,
 }
 
+/// Where a block's kind (chosen by the layer that allocates it, see [`Region::new_kind`]) sits
+/// in its header's generation word: bits 48..56, below the size class.
+const KIND_SHIFT: u32 = 48;
+const KIND_MASK: u64 = 0xff << KIND_SHIFT;
+
 /// One reference in the low half of `refs`.
 const REF: u64 = 1;
 /// One encoded handle in flight: a reference and an in-flight mark.
@@ -681,13 +686,18 @@ impl State {
 impl State {
     /// A new zeroed object of `len` bytes aligned to `align` (a power of two, at most 4096),
     /// with one reference held by this process.
-    fn allocate(&mut self, len: usize, align: usize) -> std::io::Result<Block> {
+    fn allocate(&mut self, len: usize, align: usize, kind: u8) -> std::io::Result<Block> {
         let (seg, offset) = if len >= LARGE {
             self.allocate_large(len)?
         } else {
             self.allocate_small(len, align.max(ALIGN))?
         };
         let header = seg.header_off(offset);
+        // The block is ours alone (just allocated, count 1): set its kind for receivers.
+        let h = seg.header(header);
+        let g = h.generation.load(SeqCst);
+        h.generation
+            .store(g & !KIND_MASK | u64::from(kind) << KIND_SHIFT, SeqCst);
         let slot = self.register(&seg, header);
         Ok(Block {
             seg,
@@ -941,18 +951,45 @@ pub struct Region {
 }
 
 impl Region {
-    /// `len` zeroed bytes aligned to `align` (a power of two, at most 4096).
+    /// `len` zeroed bytes aligned to `align` (a power of two, at most 4096), of kind 0.
     pub fn new(len: usize, align: usize) -> std::io::Result<Region> {
+        Region::new_kind(len, align, 0)
+    }
+
+    /// `len` zeroed bytes aligned to `align`, of `kind`: a tag the allocating layer chooses
+    /// and checks when it receives a region ([`kind`](Region::kind)), so that bytes one type
+    /// of handle owns can never be decoded as another type's (a `Value`'s elements as a
+    /// `RawArray`, or a lock's words as a `Value`). Kind 0 is [`Shared`]'s. The kind lives in
+    /// the heap's own header, out of reach of the region's bytes.
+    pub fn new_kind(len: usize, align: usize, kind: u8) -> std::io::Result<Region> {
         if !align.is_power_of_two() || align > 4096 {
             return Err(std::io::Error::other(
                 "region alignment must be a power of two up to 4096",
             ));
         }
-        let block = with_state(|st| st.allocate(len.max(1), align))?;
+        let block = with_state(|st| st.allocate(len.max(1), align, kind))?;
         Ok(Region {
             block: Arc::new(block),
             len,
         })
+    }
+
+    /// The kind the region was created with ([`new_kind`](Region::new_kind)), read from the
+    /// heap's header in shared memory (so a received handle cannot claim another).
+    pub fn kind(&self) -> u8 {
+        let g = self
+            .block
+            .seg
+            .header(self.block.header)
+            .generation
+            .load(SeqCst);
+        ((g & KIND_MASK) >> KIND_SHIFT) as u8
+    }
+
+    /// An identity of the object, equal in every process that holds a handle to it (its
+    /// segment's random id and its offset), to record which object another one belongs to.
+    pub fn identity(&self) -> u128 {
+        u128::from(self.block.seg.id) << 64 | self.block.offset as u128
     }
 
     /// The first byte. Valid for [`len`](Region::len) bytes as long as this handle (or a clone)
@@ -1127,6 +1164,11 @@ impl<T: ShmSafe> Shared<T> {
     pub fn ptr_eq(a: &Shared<T>, b: &Shared<T>) -> bool {
         Region::ptr_eq(&a.region, &b.region)
     }
+
+    /// The object's identity, the same in every process ([`Region::identity`]).
+    pub fn identity(&self) -> u128 {
+        self.region.identity()
+    }
 }
 
 impl<T: ShmSafe> Deref for Shared<T> {
@@ -1168,7 +1210,8 @@ impl<'de, T: ShmSafe> Deserialize<'de> for Shared<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         use serde::de::Error as _;
         let region = Region::deserialize(deserializer)?;
-        if region.len != std::mem::size_of::<T>()
+        if region.kind() != 0
+            || region.len != std::mem::size_of::<T>()
             || (region.as_ptr() as usize) % std::mem::align_of::<T>() != 0
         {
             return Err(D::Error::custom("shared heap handle of another type"));

@@ -34,20 +34,30 @@ pub(crate) struct Elements<T: Pod> {
     _t: PhantomData<T>,
 }
 
-/// The bytes in front of a locked array's elements: the borrow word, padded to the elements'
-/// alignment.
+/// The heap kind of a locked array's region (`Value`, `Array`): only `Locked` decodes it.
+const LOCKED_KIND: u8 = 1;
+/// The heap kind of a raw array's region (`RawValue`, `RawArray`).
+const RAW_KIND: u8 = 2;
+
+/// Where the identities of a locked array's lock and epoch sit in its header.
+const IDENTITY_AT: usize = 16;
+
+/// The bytes in front of a locked array's elements: the borrow word (at 0), then the
+/// identities of the lock and of its epoch counter (at 16 and 32, written once at creation,
+/// checked when the region is received), padded to the elements' alignment.
 fn header<T: Pod>() -> usize {
-    std::mem::align_of::<T>().max(std::mem::size_of::<AtomicU32>())
+    (IDENTITY_AT + 32).next_multiple_of(std::mem::align_of::<T>().max(8))
 }
 
 impl<T: Pod> Elements<T> {
-    /// Zeroed room for `len` elements after `offset` bytes (0, or [`header`]).
-    fn zeroed_at(len: usize, offset: usize) -> std::io::Result<Elements<T>> {
+    /// Zeroed room for `len` elements after `offset` bytes (0, or [`header`]), in a region
+    /// of heap kind `kind`.
+    fn zeroed_at(len: usize, offset: usize, kind: u8) -> std::io::Result<Elements<T>> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
             .and_then(|b| b.checked_add(offset))
             .ok_or_else(|| std::io::Error::other("array too large"))?;
-        let region = Region::new(bytes, std::mem::align_of::<T>().max(8))?;
+        let region = Region::new_kind(bytes, std::mem::align_of::<T>().max(8), kind)?;
         Ok(Elements {
             region,
             offset,
@@ -58,13 +68,16 @@ impl<T: Pod> Elements<T> {
 
     /// Zeroed room for `len` elements.
     pub(crate) fn zeroed(len: usize) -> std::io::Result<Elements<T>> {
-        Elements::zeroed_at(len, 0)
+        Elements::zeroed_at(len, 0, RAW_KIND)
     }
 
-    /// Elements over a region received from another process, if it fits `T` after `offset`.
-    fn from_region_at(region: Region, offset: usize) -> Option<Elements<T>> {
+    /// Elements over a region received from another process, if it is of heap kind `kind`
+    /// (made by the same kind of handle: the bytes of a locked array never become a raw one's,
+    /// nor a lock's words an array's) and fits `T` after `offset`.
+    fn from_region_at(region: Region, offset: usize, kind: u8) -> Option<Elements<T>> {
         let size = std::mem::size_of::<T>();
-        let fits = size != 0
+        let fits = region.kind() == kind
+            && size != 0
             && region.len() >= offset
             && (region.len() - offset) % size == 0
             && (region.as_ptr() as usize).wrapping_add(offset) % std::mem::align_of::<T>() == 0;
@@ -78,7 +91,7 @@ impl<T: Pod> Elements<T> {
 
     /// Elements over a region received from another process, if it fits `T`.
     pub(crate) fn from_region(region: Region) -> Option<Elements<T>> {
-        Elements::from_region_at(region, 0)
+        Elements::from_region_at(region, 0, RAW_KIND)
     }
 
     pub(crate) fn region(&self) -> &Region {
@@ -188,18 +201,54 @@ pub(crate) struct Locked<T: Pod> {
 impl<T: Pod> Locked<T> {
     /// `len` zeroed elements behind a clear borrow word, guarded by `lock`.
     pub(crate) fn zeroed(len: usize, lock: AnyLock) -> std::io::Result<Locked<T>> {
-        Ok(Locked {
-            elems: Elements::zeroed_at(len, header::<T>())?,
+        let locked = Locked {
+            elems: Elements::zeroed_at(len, header::<T>(), LOCKED_KIND)?,
             lock,
-        })
+        };
+        let (l, e) = locked.lock.identity();
+        for (word, v) in locked.identity_words().iter().zip([
+            l as u64,
+            (l >> 64) as u64,
+            e as u64,
+            (e >> 64) as u64,
+        ]) {
+            word.store(v, Relaxed);
+        }
+        Ok(locked)
     }
 
-    /// Over a region received from another process, if it fits a borrow word and `T`s.
+    /// Over a region received from another process, if it is a locked array's region that
+    /// fits a header and `T`s, and `lock` is the lock it was made with. A value paired with
+    /// another lock (bytes spliced together) would let two guards hand out `&mut` to the same
+    /// elements: refused.
     pub(crate) fn from_region(region: Region, lock: AnyLock) -> Option<Locked<T>> {
-        Some(Locked {
-            elems: Elements::from_region_at(region, header::<T>())?,
+        let locked = Locked {
+            elems: Elements::from_region_at(region, header::<T>(), LOCKED_KIND)?,
             lock,
-        })
+        };
+        let w = locked.identity_words();
+        let recorded = (
+            u128::from(w[0].load(Relaxed)) | u128::from(w[1].load(Relaxed)) << 64,
+            u128::from(w[2].load(Relaxed)) | u128::from(w[3].load(Relaxed)) << 64,
+        );
+        (recorded == locked.lock.identity()).then_some(locked)
+    }
+
+    /// The four words of the lock's and epoch's identities in the header.
+    fn identity_words(&self) -> &[AtomicU64; 4] {
+        // SAFETY: the region (of the locked kind, so made by `Locked::zeroed`) starts with a
+        // header of at least `IDENTITY_AT + 32` bytes, aligned to at least 8 (the heap aligns
+        // regions to 64, `IDENTITY_AT` is 16); these bytes are accessed only through these
+        // atomics, by every process, and no `&mut` covers them (guards cover the elements
+        // after the header).
+        unsafe {
+            &*self
+                .elems
+                .region
+                .as_ptr()
+                .add(IDENTITY_AT)
+                .cast::<[AtomicU64; 4]>()
+        }
     }
 
     pub(crate) fn elems(&self) -> &Elements<T> {

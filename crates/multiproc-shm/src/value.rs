@@ -117,6 +117,15 @@ impl AnyLock {
         })
     }
 
+    /// The identities of the lock and of its epoch counter, the same in every process.
+    pub(crate) fn identity(&self) -> (u128, u128) {
+        let lock = match &self.kind {
+            Kind::RLock(l) => l.identity(),
+            Kind::Lock(l) => l.identity(),
+        };
+        (lock, self.epoch.identity())
+    }
+
     /// Whether it is an `RLock` (the owning thread may take it again).
     pub fn is_reentrant(&self) -> bool {
         matches!(self.kind, Kind::RLock(_))
@@ -663,6 +672,40 @@ impl<T: Pod + fmt::Debug> fmt::Debug for RawArray<T> {
 mod tests {
     //! One-thread rules of the guards (no processes: the heap and the locks only).
     use super::*;
+    use multiproc_core::heap::Shared;
+    use multiproc_core::reduction::{decode, encode};
+    use std::sync::atomic::AtomicU32;
+
+    #[test]
+    fn a_value_decoded_as_another_handle_type_is_refused() {
+        let v = Value::new(7u32).unwrap();
+        let (bytes, fds) = encode(&v).unwrap();
+        // Same shape on the wire (a region first): a raw array over the value's bytes would
+        // write them atomically under a live guard's `&mut`.
+        assert!(decode::<RawArray<u32>>(&bytes, fds).is_err());
+        let (bytes, fds) = encode(&v).unwrap();
+        assert!(decode::<Shared<AtomicU32>>(&bytes, fds).is_err());
+        // And the other way: a raw array or a lock's words never become a locked value.
+        let raw = RawArray::<u32>::zeroed(16).unwrap();
+        let (bytes, fds) = encode(&(raw, AnyLock::new_rlock().unwrap())).unwrap();
+        assert!(decode::<Value<u32>>(&bytes, fds).is_err());
+        assert_eq!(v.get(), 7);
+    }
+
+    #[test]
+    fn a_value_spliced_with_another_lock_is_refused() {
+        let v = Value::new(7u32).unwrap();
+        let (bytes, fds) = encode(&v).unwrap();
+        // The wire is (region, lock): take the region, pair it with another lock.
+        let (region, own): (multiproc_core::heap::Region, AnyLock) = decode(&bytes, fds).unwrap();
+        let other = AnyLock::new_rlock().unwrap();
+        let (bytes, fds) = encode(&(&region, &other)).unwrap();
+        assert!(decode::<Value<u32>>(&bytes, fds).is_err());
+        // With the lock it was made with, the same region decodes.
+        let (bytes, fds) = encode(&(&region, &own)).unwrap();
+        let back: Value<u32> = decode(&bytes, fds).unwrap();
+        assert_eq!(back.get(), 7);
+    }
 
     #[test]
     #[should_panic(expected = "already locked")]

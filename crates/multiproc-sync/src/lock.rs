@@ -247,6 +247,13 @@ impl Lock {
         Ok(Lock { state: allocate()? })
     }
 
+    /// The lock's identity, the same in every process that holds it (its object in the shared
+    /// heap): what a `Value` records to check, when it is received, that it comes with the
+    /// lock it was made with.
+    pub fn identity(&self) -> u128 {
+        self.state.identity()
+    }
+
     fn guard(&self, got: Acquired) -> TryLockResult<LockGuard<'_>> {
         match got {
             Acquired::Yes => Ok(LockGuard { lock: self }),
@@ -401,6 +408,11 @@ impl RLock {
     /// A new, unlocked re-entrant lock in the shared heap.
     pub fn new() -> Result<RLock, Error> {
         Ok(RLock { state: allocate()? })
+    }
+
+    /// The lock's identity, the same in every process that holds it (see [`Lock::identity`]).
+    pub fn identity(&self) -> u128 {
+        self.state.identity()
     }
 
     fn owned_by_caller(&self) -> bool {
