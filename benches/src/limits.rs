@@ -198,6 +198,68 @@ impl Bench for PosixSpawnTrue {
     }
 }
 
+/// The argument with which this binary exits at once, first thing in `main`: the exec floor of
+/// the spawn start method (loading this executable and its libraries, std's start-up).
+pub(crate) const EXIT_AT_ONCE: &str = "--exit-at-once";
+
+/// `proc.posix_spawn_self_wait`: posix_spawn of this very executable (`/proc/self/exe`,
+/// argv `[argv0, --exit-at-once]`), which leaves in `main` at once, then waitpid. What a spawn
+/// child costs before multiproc does anything in it.
+pub(crate) struct PosixSpawnSelf {
+    /// Processes per repetition.
+    pub(crate) n: usize,
+    /// Name suffix (`""` or `".rss256MiB"`).
+    pub(crate) suffix: &'static str,
+}
+
+impl Bench for PosixSpawnSelf {
+    fn name(&self) -> String {
+        format!("proc.posix_spawn_self_wait{}", self.suffix)
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let path = c"/proc/self/exe";
+        let arg = std::ffi::CString::new(EXIT_AT_ONCE).expect("no NUL");
+        let argv: [*mut libc::c_char; 3] = [
+            c"multiproc-benches".as_ptr().cast_mut(),
+            arg.as_ptr().cast_mut(),
+            ptr::null_mut(),
+        ];
+        let t0 = Instant::now();
+        for _ in 0..self.n {
+            let mut pid: libc::pid_t = 0;
+            // SAFETY: `path` and `argv` are NUL-terminated and outlive the call; null file
+            // actions and attributes are allowed; `environ` is the process's environment,
+            // which nothing in this program modifies.
+            let rc = unsafe {
+                libc::posix_spawn(
+                    &mut pid,
+                    path.as_ptr(),
+                    ptr::null(),
+                    ptr::null(),
+                    argv.as_ptr(),
+                    libc::environ.cast_const(),
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc).into());
+            }
+            let st = reap(pid)?;
+            if st != 0 {
+                return Err(
+                    format!("this binary with {EXIT_AT_ONCE} exited with status {st:#x}").into(),
+                );
+            }
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+    }
+}
+
 // ----------------------------------------------------------------- ping-pong ----
 
 /// The kind of channel between parent and child.

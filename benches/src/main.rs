@@ -204,6 +204,13 @@ impl Args {
 }
 
 fn main() {
+    // The exec floor of the spawn method (`proc.posix_spawn_self_wait`): leave at once.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == limits::EXIT_AT_ONCE)
+    {
+        std::process::exit(0);
+    }
     // Children started with the spawn method re-execute this binary; they are dispatched
     // here (or by the pre-main hook) and never reach the benchmarks.
     multiproc_core::init();
@@ -294,6 +301,7 @@ fn proc_group(out: &mut Out, a: &Args, suffix: &'static str) -> Res<()> {
         let ns = a.n(if big { 50 } else { 100 }, 5);
         benches.push(Box::new(limits::ForkExitWait { n: nf, suffix }));
         benches.push(Box::new(limits::PosixSpawnTrue { n: ns, suffix }));
+        benches.push(Box::new(limits::PosixSpawnSelf { n: ns, suffix }));
     }
     if a.mp {
         let nf = if big { a.n(20, 2) } else { a.n(200, 10) };

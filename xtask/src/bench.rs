@@ -660,6 +660,12 @@ const TARGETS: &[Target] = &[
         1.5,
     ),
     at_most(
+        "spawn start ≤ 1.5× posix_spawn of this executable exiting at once (its exec floor; not a target of the issue, shown as the floor of the row above)",
+        "proc.start_join.spawn",
+        "proc.posix_spawn_self_wait",
+        1.5,
+    ),
+    at_most(
         "duplex pipe round trip ≤ 1.3× raw pipe ping-pong",
         "pipe.roundtrip.64B",
         "pingpong.pipe.64B",

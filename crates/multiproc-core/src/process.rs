@@ -159,6 +159,7 @@ impl Process {
         let method = self.method.unwrap_or_else(get_start_method);
         children::reap_finished();
         children::install_exit_handler();
+        bootstrap::install_panic_banner();
         let info = state::child_info(&self.name, &self.identity, self.daemon, method, self.method);
         let target = self.target.take().expect("checked above");
         // A daemon's parent-death signal follows the creating thread: create daemons from a
@@ -271,7 +272,7 @@ fn start_child(
 ) -> std::result::Result<Child, (Error, Box<dyn Target>)> {
     let made = match method {
         StartMethod::Fork => match fork::fork() {
-            Ok(None) => bootstrap::run_forked(&info, target),
+            Ok(None) => bootstrap::run_forked(info, target),
             Ok(Some(pid)) => Child::own(pid, &info),
             Err(e) => Err(e),
         },

@@ -43,8 +43,10 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(guard.get_or_insert_with(main_state))
 }
 
-/// Installs the identity a child received from its parent.
-pub(crate) fn become_child(info: &ChildInfo) {
+/// Installs the identity a child received from its parent (moving its strings in: in a fork
+/// child every allocation and free writes to pages shared with the parent, each a
+/// copy-on-write fault).
+pub(crate) fn become_child(info: ChildInfo) {
     // As CPython's `_bootstrap`: a Process made by a context forces that context's method.
     crate::method::force_start_method(info.context_method.or(info.global_method));
     crate::fnref::set_tree_key(info.fn_key);
@@ -52,24 +54,53 @@ pub(crate) fn become_child(info: &ChildInfo) {
         // As Python's spawn preparation does; a directory that vanished is not fatal.
         let _ = std::env::set_current_dir(cwd);
     }
-    let parent_pid = rustix::process::Pid::from_raw(info.parent_pid);
-    let pidfd = parent_pid
-        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
-        .map(Arc::new);
-    let _fork = crate::atfork::hold();
-    *STATE.write() = Some(State {
-        name: info.name.clone(),
-        identity: info.identity.clone(),
-        daemon: info.daemon,
-        authkey: info.authkey,
+    // A forkserver child's OS parent is the server, so the logical parent's pidfd is opened
+    // now, while the parent is known to be alive (it is waiting for our pid). Fork and spawn
+    // children are the parent's own: their pidfd is opened on first use, and checked then
+    // against getppid() (a parent that died meanwhile re-parented us).
+    let pidfd = match info.method {
+        StartMethod::Forkserver => {
+            let fd = rustix::process::Pid::from_raw(info.parent_pid).and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+            ParentFd::Opened(fd)
+        }
+        StartMethod::Fork | StartMethod::Spawn => ParentFd::Lazy,
+    };
+    let ChildInfo {
+        name,
+        identity,
+        daemon,
+        authkey,
+        parent_pid,
+        parent_name,
+        method,
+        ..
+    } = info;
+    let state = State {
+        name,
+        identity,
+        daemon,
+        authkey,
         parent: Some(ParentProcess {
-            name: info.parent_name.clone(),
-            pid: info.parent_pid as u32,
-            pidfd,
+            name: parent_name,
+            pid: parent_pid as u32,
+            pidfd: Arc::new(parking_lot::Mutex::new(pidfd)),
         }),
-        method: Some(info.method),
+        method: Some(method),
         counter: 0,
-    });
+    };
+    let _fork = crate::atfork::hold();
+    // The parent's copy is not freed: the free would only cost page faults in a fork child.
+    std::mem::forget(STATE.write().replace(state));
+}
+
+/// The name to print above a child's panic (`Process NAME:`), if this process is a child;
+/// `None` also if the state is busy (the panic happened while it was locked).
+pub(crate) fn child_name_for_panic() -> Option<String> {
+    let state = STATE.try_read()?;
+    let state = state.as_ref()?;
+    state.parent.as_ref().map(|_| state.name.clone())
 }
 
 /// The next child identity (`[.., n]`) and the parent's daemon flag.
@@ -171,7 +202,14 @@ pub fn parent_process() -> Option<ParentProcess> {
 pub struct ParentProcess {
     name: String,
     pid: u32,
-    pidfd: Option<Arc<OwnedFd>>,
+    pidfd: Arc<parking_lot::Mutex<ParentFd>>,
+}
+
+/// The parent's pidfd: opened at start (forkserver children), or on first use.
+#[derive(Debug)]
+enum ParentFd {
+    Lazy,
+    Opened(Option<OwnedFd>),
 }
 
 impl ParentProcess {
@@ -192,9 +230,27 @@ impl ParentProcess {
 
     /// Waits up to `timeout` for the parent to exit; returns whether it did.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
-        match &self.pidfd {
+        let fd = {
+            let mut slot = self.pidfd.lock();
+            if let ParentFd::Lazy = *slot {
+                *slot = ParentFd::Opened(self.open_own_parent());
+            }
+            match &*slot {
+                ParentFd::Opened(Some(fd)) => fd.try_clone().ok(),
+                _ => None,
+            }
+        };
+        match fd {
             Some(fd) => crate::wait::readable(fd.as_fd(), Some(timeout)).unwrap_or(true),
             None => true,
         }
+    }
+
+    /// The pidfd of our OS parent (fork and spawn children), if it is still the parent: a
+    /// parent that died re-parented us, and its pid may since name another process.
+    fn open_own_parent(&self) -> Option<OwnedFd> {
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)?;
+        let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+        (rustix::process::getppid() == Some(pid)).then_some(fd)
     }
 }

@@ -66,10 +66,10 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
         Launch::Spawned { parent } => (parent, false),
         Launch::Served { server } => (server, true),
     };
+    let Job { info, entry, args } = job;
     // The forkserver put its own stdin on /dev/null once for all its children.
-    begin(&job.info, os_parent, !served);
-    let Job { entry, args, .. } = job;
-    let code = run_catching(&job.info.name, move || {
+    begin(info, os_parent, !served);
+    let code = run_catching(move || {
         // The reference is checked (executable, tag, image range) before anything is called.
         entry
             .call(&args, fds, false)
@@ -80,9 +80,10 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
 }
 
 /// Runs the target in a fork child. Never returns.
-pub(crate) fn run_forked(info: &ChildInfo, target: Box<dyn Target>) -> ! {
-    begin(info, info.parent_pid, true);
-    let code = run_catching(&info.name, move || {
+pub(crate) fn run_forked(info: ChildInfo, target: Box<dyn Target>) -> ! {
+    let parent = info.parent_pid;
+    begin(info, parent, true);
+    let code = run_catching(move || {
         target.run();
         Ok(())
     });
@@ -90,15 +91,17 @@ pub(crate) fn run_forked(info: &ChildInfo, target: Box<dyn Target>) -> ! {
 }
 
 /// Identity, children table, forkserver client, after-fork hooks, daemon death signal, stdin
-/// and panic hook.
-fn begin(info: &ChildInfo, os_parent: i32, reopen_stdin: bool) {
+/// and panic banner.
+fn begin(info: ChildInfo, os_parent: i32, reopen_stdin: bool) {
+    let daemon = info.daemon;
+    install_panic_banner();
     state::become_child(info);
     children::reset_registry();
     forkserver::forget_inherited();
     crate::launch::fork::forget_library_threads();
     crate::launch::launcher::forget_in_fork_child();
     atfork::run_after_fork_hooks();
-    if info.daemon {
+    if daemon {
         // A daemon dies with its parent. If the parent is already gone, so are we.
         let _ =
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
@@ -109,15 +112,26 @@ fn begin(info: &ChildInfo, os_parent: i32, reopen_stdin: bool) {
     if reopen_stdin {
         stdin_to_dev_null();
     }
-    let name = info.name.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |panic| {
-        // A panic inside a capturing FnRef call (a pool task) is returned, not printed.
-        if !crate::fnref::capturing() {
-            let _ = writeln!(std::io::stderr(), "Process {name}:");
-        }
-        previous(panic);
-    }));
+}
+
+/// Installs, once per process image, the panic hook that prints `Process NAME:` above a
+/// child's panic (Python prints the process name above the traceback). `Process::start` calls
+/// it in the parent, so a fork child inherits it and allocates nothing for it (every page a
+/// fork child writes costs a copy); a spawned child installs it in `begin`.
+pub(crate) fn install_panic_banner() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |panic| {
+            // A panic inside a capturing FnRef call (a pool task) is returned, not printed.
+            if !crate::fnref::capturing()
+                && let Some(name) = state::child_name_for_panic()
+            {
+                let _ = writeln!(std::io::stderr(), "Process {name}:");
+            }
+            previous(panic);
+        }));
+    });
 }
 
 /// Python closes a child's stdin and reopens it on /dev/null.
@@ -132,10 +146,11 @@ pub(crate) fn stdin_to_dev_null() {
 }
 
 /// 0 on return, 1 after a panic (the hook printed it) or a start failure (printed here).
-fn run_catching(name: &str, f: impl FnOnce() -> Result<(), String>) -> i32 {
+fn run_catching(f: impl FnOnce() -> Result<(), String>) -> i32 {
     match std::panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
         Ok(Err(msg)) => {
+            let name = state::current_process().name;
             let _ = writeln!(std::io::stderr(), "Process {name}: {msg}");
             1
         }
