@@ -58,6 +58,7 @@ fn allocate() -> Result<State, Error> {
 
 /// Records the caller as owner: token first, pid last, so a reader that sees the pid twice
 /// around the token read has a consistent pair.
+#[inline]
 fn stamp(s: &[AtomicU32; 8], me: u32) {
     s[TOKEN].store(futex::own_token_for(me), Relaxed);
     s[TOKEN_PID].store(me, Release);
@@ -200,6 +201,7 @@ fn lock_word(s: &[AtomicU32; 8], deadline: Option<Instant>) -> Acquired {
 }
 
 /// Releases the word whoever holds it; an error if nobody does.
+#[inline]
 fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
     if s[WORD].load(Relaxed) & PID == 0 {
         return Err(Error::NotHeld);
@@ -369,6 +371,7 @@ thread_local! {
     static IDS: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
+#[inline]
 fn thread_id() -> u32 {
     let pid = multiproc_core::current_pid();
     IDS.with(|ids| {
@@ -415,6 +418,7 @@ impl RLock {
         self.state.identity()
     }
 
+    #[inline]
     fn owned_by_caller(&self) -> bool {
         // The record too: a dead process with our pid (and its main thread with our main
         // thread's id) may be the holder.
@@ -496,6 +500,23 @@ impl RLock {
         Ok(())
     }
 
+    /// Releases one level held through a guard: the guard proves that this thread acquired
+    /// it, so only the word's owner is checked (a lock taken over meanwhile, because this
+    /// process was judged dead, is not released again).
+    #[inline]
+    fn release_held(&self) {
+        let s = &*self.state;
+        if s[WORD].load(Relaxed) & PID != multiproc_core::current_pid() {
+            return;
+        }
+        let depth = s[DEPTH].load(Relaxed).saturating_sub(1);
+        s[DEPTH].store(depth, Relaxed);
+        if depth == 0 {
+            s[OWNER_TID].store(0, Relaxed);
+            let _ = unlock_word(s);
+        }
+    }
+
     /// Releases every level the calling thread holds (for `Condition::wait`); the depth.
     pub(crate) fn release_all(&self) -> u32 {
         let s = &*self.state;
@@ -569,8 +590,9 @@ pub struct RLockGuard<'a> {
 }
 
 impl Drop for RLockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        let _ = self.lock.release();
+        self.lock.release_held();
     }
 }
 

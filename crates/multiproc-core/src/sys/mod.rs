@@ -191,26 +191,32 @@ pub(crate) fn spawn_self(boot: BorrowedFd<'_>) -> io::Result<Pid> {
 /// The pid of this process, cached (a `getpid` system call costs ~100 ns, a lock's fast path
 /// ~10 ns). The cache is cleared in every fork child, whoever forks (a `pthread_atfork` child
 /// handler), so a fork child never acts under its parent's pid.
+#[inline]
 pub fn current_pid() -> u32 {
-    use std::sync::atomic::AtomicU32;
-    static PID: AtomicU32 = AtomicU32::new(0);
+    match PID.load(Ordering::Relaxed) {
+        0 => current_pid_slow(),
+        pid => pid,
+    }
+}
+
+/// The cached pid, cleared by a `pthread_atfork` child handler.
+static PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+#[cold]
+#[inline(never)]
+fn current_pid_slow() -> u32 {
     static REGISTERED: std::sync::Once = std::sync::Once::new();
     extern "C" fn forget_pid() {
         PID.store(0, Ordering::Relaxed);
     }
-    match PID.load(Ordering::Relaxed) {
-        0 => {
-            REGISTERED.call_once(|| {
-                // SAFETY: `forget_pid` is an `extern "C" fn()` that only stores to an atomic,
-                // which is async-signal-safe and cannot unwind; no prepare/parent handlers.
-                unsafe {
-                    libc::pthread_atfork(None, None, Some(forget_pid));
-                }
-            });
-            let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-            PID.store(pid, Ordering::Relaxed);
-            pid
+    REGISTERED.call_once(|| {
+        // SAFETY: `forget_pid` is an `extern "C" fn()` that only stores to an atomic, which is
+        // async-signal-safe and cannot unwind; no prepare/parent handlers.
+        unsafe {
+            libc::pthread_atfork(None, None, Some(forget_pid));
         }
-        pid => pid,
-    }
+    });
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    PID.store(pid, Ordering::Relaxed);
+    pid
 }
