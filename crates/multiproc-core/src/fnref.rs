@@ -258,7 +258,7 @@ impl RawFnRef {
     /// Checks the reference against this process: executable, tag and image range. The types
     /// are checked by the typed wrapper.
     pub(crate) fn check(&self) -> Result<(usize, usize), FnRefError> {
-        let exe = exe::parent_exe_id().map_err(FnRefError::NotReexecutable)?;
+        let exe = exe::current_id().map_err(FnRefError::NotReexecutable)?;
         if exe != self.exe {
             return Err(FnRefError::OtherExecutable);
         }

@@ -125,6 +125,10 @@ fn main() {
         || child_allocations_do_not_alias_the_parents(StartMethod::Fork),
     ));
     trials.push(Trial::test(
+        "untrackable_child_is_killed_and_reaped",
+        untrackable_child_is_killed_and_reaped,
+    ));
+    trials.push(Trial::test(
         "children_of_a_program_that_ignores_sigchld",
         children_of_a_program_that_ignores_sigchld,
     ));
@@ -753,6 +757,12 @@ fn current_process_in_main() -> Result<(), Failed> {
     check!(
         multiproc_core::parent_process().is_none(),
         "main has no parent"
+    );
+    // The authkey is a secret: `Debug` does not print it (§3).
+    let shown = format!("{me:?}");
+    check!(
+        shown.contains("authkey: \"<hidden>\"") && !shown.contains(&format!("{:?}", me.authkey)),
+        "Debug shows the authkey: {shown}"
     );
     Ok(())
 }
@@ -1514,4 +1524,64 @@ fn children_of_a_program_that_ignores_sigchld() -> Result<(), Failed> {
     // SAFETY: as above.
     unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     result
+}
+
+// ---- a child that cannot be tracked ----
+
+/// With no fd left, starts a fork child: its pidfd cannot be opened, so `start()` must kill
+/// and reap it and return the error. Reports the error and what `waitpid(-1)` finds after.
+fn start_without_fds(w: End) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let max_fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(2);
+    let old = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(max_fd + 1),
+            maximum: old.maximum,
+        },
+    )
+    .unwrap();
+    // Fill the holes below the limit: from now on every new fd is EMFILE.
+    let mut fillers = Vec::new();
+    while let Ok(fd) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        0.into(),
+    ) {
+        fillers.push(fd);
+    }
+    let mut p = get_context(StartMethod::Fork).process(sleep_forever, ());
+    let started = p.start();
+    let after = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG);
+    drop(fillers);
+    w.send(&format!(
+        "{} / {}",
+        match started {
+            Err(Error::Os { op, source }) =>
+                format!("{op}: {}", source.raw_os_error().unwrap_or(0)),
+            other => format!("unexpected {other:?}"),
+        },
+        match after {
+            Err(rustix::io::Errno::CHILD) => "no child left".to_string(),
+            other => format!("waitpid found {other:?}"),
+        }
+    ));
+}
+
+fn untrackable_child_is_killed_and_reaped() -> Result<(), Failed> {
+    // In a spawned process of its own, so the fd limit does not touch this one.
+    let (r, w) = End::pair();
+    let p = start(StartMethod::Spawn, start_without_fds, w)?;
+    let lines = r.lines(1)?;
+    check!(join(&p)? == 0, "middle process exit {:?}", p.exitcode());
+    check!(
+        lines == [format!("pidfd_open: {} / no child left", libc::EMFILE)],
+        "got {lines:?}"
+    );
+    Ok(())
 }

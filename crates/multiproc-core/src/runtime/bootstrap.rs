@@ -13,6 +13,10 @@ use crate::{atfork, fdpass, state, sys};
 #[allow(unsafe_code)] // Taking ownership of the inherited bootstrap fd (one block, below).
 pub(crate) fn run_spawned(fd: Option<RawFd>) -> ! {
     sys::ignore_sigpipe();
+    // This process was dispatched before `main`: its own children (and, for the forkserver,
+    // the children it forks) may be spawned too, also under `manual-dispatch`, where `start()`
+    // otherwise requires that `init()` was called.
+    crate::launch::spawn::INIT_CALLED.store(true, std::sync::atomic::Ordering::Relaxed);
     let outcome = std::panic::catch_unwind(|| -> Result<(), String> {
         // SAFETY: argv says this process was started by `spawn_self` as a multiproc child, which
         // installs the bootstrap socket as fd 3 for this process alone; nothing of ours refers

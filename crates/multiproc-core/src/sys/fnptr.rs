@@ -12,6 +12,13 @@ pub(crate) fn anchor() -> usize {
     std::ptr::addr_of!(ANCHOR) as usize
 }
 
+/// An address inside this crate's code (a function of it), to find the loaded object that holds
+/// it.
+#[inline(never)]
+pub(crate) fn anchor_code() -> usize {
+    anchor_code as fn() -> usize as usize
+}
+
 /// Turns a code address back into a function pointer of type `F`.
 ///
 /// # Safety

@@ -220,3 +220,46 @@ fn current_pid_slow() -> u32 {
     PID.store(pid, Ordering::Relaxed);
     pid
 }
+
+/// The executable (`PF_X`) load segments of the loaded object that contains `addr`, from the
+/// dynamic loader's own table (`dl_iterate_phdr`: no system call, unlike reading
+/// `/proc/self/maps`). Empty if no object contains it.
+pub(crate) fn code_ranges_of_object_containing(addr: usize) -> Vec<std::ops::Range<usize>> {
+    struct Search {
+        addr: usize,
+        found: Vec<std::ops::Range<usize>>,
+    }
+    unsafe extern "C" fn visit(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // SAFETY: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
+        // `data` is the `&mut Search` given below, used by this callback alone.
+        let (info, search) = unsafe { (&*info, &mut *data.cast::<Search>()) };
+        let mut ranges = Vec::new();
+        for i in 0..usize::from(info.dlpi_phnum) {
+            // SAFETY: `dlpi_phdr` points at `dlpi_phnum` program headers of this object.
+            let ph = unsafe { &*info.dlpi_phdr.add(i) };
+            if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
+                let start = (info.dlpi_addr as usize).wrapping_add(ph.p_vaddr as usize);
+                ranges.push(start..start.wrapping_add(ph.p_memsz as usize));
+            }
+        }
+        if ranges.iter().any(|r| r.contains(&search.addr)) {
+            search.found = ranges;
+            return 1; // stop
+        }
+        0
+    }
+    let mut search = Search {
+        addr,
+        found: Vec::new(),
+    };
+    // SAFETY: `visit` matches the callback type, never unwinds (it only reads the headers and
+    // pushes to a Vec; an allocation failure aborts), and `search` outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit), (&raw mut search).cast());
+    }
+    search.found
+}
