@@ -41,7 +41,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::hash::Hasher;
+use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
@@ -378,7 +378,7 @@ fn tag(raw: &RawFnRef) -> u64 {
     h.write_i64(raw.tramp);
     h.write_i64(raw.target);
     h.write_u64(raw.types);
-    h.write(&postcard::to_allocvec(&raw.exe).unwrap_or_default());
+    raw.exe.hash(&mut h);
     h.finish()
 }
 

@@ -94,9 +94,11 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     let me = rustix::process::getpid().as_raw_nonzero().get();
     // Once for all children (Python gives every child a /dev/null stdin).
     bootstrap::stdin_to_dev_null();
-    // Parse the executable image once here, so that every forked child inherits it for the
-    // check of its job's function reference instead of reading /proc/self/maps again.
-    let _ = crate::exe::image_range();
+    // Look the executable up once here (its identity, its code segments, the tree's key), so
+    // that every forked child inherits the answers for the check of its job's function
+    // reference instead of finding them again (every page a fork child writes is a copy).
+    let _ = crate::exe::current_id();
+    let _ = crate::exe::is_code(0);
     let mut children: Vec<Served> = Vec::new();
     let mut spare: Option<Spare> = None;
     loop {
