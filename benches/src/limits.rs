@@ -24,7 +24,7 @@
 
 use std::hint::spin_loop;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::time::Instant;
@@ -257,6 +257,97 @@ impl Bench for PosixSpawnSelf {
             }
         }
         Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+    }
+}
+
+/// `proc.forkserver_raw`: the floor of the forkserver method. A server process (forked once,
+/// in `setup`) waits on a socket; per child the client writes one byte, the server forks a
+/// child that `_exit`s at once, reaps it with `waitpid` and writes its status back, which the
+/// client reads. The same three process wake-ups as multiproc's forkserver (the request, the
+/// child's end, the reply), with nothing else: no record, no fd passing, no spare child.
+pub(crate) struct ForkserverRaw {
+    /// Children per repetition.
+    pub(crate) n: usize,
+    server: Option<(OwnedFd, libc::pid_t)>,
+}
+
+impl ForkserverRaw {
+    pub(crate) fn new(n: usize) -> ForkserverRaw {
+        ForkserverRaw { n, server: None }
+    }
+}
+
+/// The raw server's loop: one request byte in, one fork, the status out; ends at EOF.
+fn raw_forkserver_loop(sock: RawFd) -> i32 {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a local from an fd this process owns.
+        let r = unsafe { libc::read(sock, (&raw mut byte).cast(), 1) };
+        if r <= 0 {
+            return 0;
+        }
+        // SAFETY: this process is single-threaded (a fork of the benchmark's main thread);
+        // the grandchild only calls `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: `_exit` is async-signal-safe and never returns.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status: libc::c_int = 0;
+        // SAFETY: a valid out-pointer; waiting for our own child `pid`.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        // SAFETY: writing 4 bytes from a local to an fd this process owns.
+        unsafe { libc::write(sock, (&raw const status).cast(), 4) };
+    }
+}
+
+impl Bench for ForkserverRaw {
+    fn name(&self) -> String {
+        "proc.forkserver_raw".to_string()
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        let (mine, theirs) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::STREAM,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )?;
+        let (raw, client) = (theirs.as_raw_fd(), mine.as_raw_fd());
+        let pid = fork_child(|| {
+            // SAFETY: closes the server's inherited copy of the client's end (so that it sees
+            // end-of-file when the client closes its own), which nothing else in it uses.
+            unsafe { libc::close(client) };
+            raw_forkserver_loop(raw)
+        })?;
+        drop(theirs);
+        self.server = Some((mine, pid));
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let (sock, _) = self
+            .server
+            .as_ref()
+            .ok_or("the raw forkserver is not running")?;
+        let mut status = [0u8; 4];
+        let t0 = Instant::now();
+        for _ in 0..self.n {
+            rustix::io::write(sock, &[1])?;
+            read_all(sock.as_fd(), &mut status)?;
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+    }
+    fn finish(&mut self) -> Res<()> {
+        if let Some((sock, pid)) = self.server.take() {
+            drop(sock);
+            reap(pid)?;
+        }
+        Ok(())
     }
 }
 

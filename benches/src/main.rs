@@ -302,6 +302,9 @@ fn proc_group(out: &mut Out, a: &Args, suffix: &'static str) -> Res<()> {
         benches.push(Box::new(limits::ForkExitWait { n: nf, suffix }));
         benches.push(Box::new(limits::PosixSpawnTrue { n: ns, suffix }));
         benches.push(Box::new(limits::PosixSpawnSelf { n: ns, suffix }));
+        if !big {
+            benches.push(Box::new(limits::ForkserverRaw::new(a.n(200, 10))));
+        }
     }
     if a.mp {
         let nf = if big { a.n(20, 2) } else { a.n(200, 10) };

@@ -660,6 +660,12 @@ const TARGETS: &[Target] = &[
         1.5,
     ),
     at_most(
+        "forkserver start ≤ 1.5× a raw forkserver round trip (request, fork, reap, status; its floor; not a target of the issue, shown as the floor of the forkserver row)",
+        "proc.start_join.forkserver",
+        "proc.forkserver_raw",
+        1.5,
+    ),
+    at_most(
         "spawn start ≤ 1.5× posix_spawn of this executable exiting at once (its exec floor; not a target of the issue, shown as the floor of the row above)",
         "proc.start_join.spawn",
         "proc.posix_spawn_self_wait",

@@ -125,6 +125,10 @@ fn main() {
         || child_allocations_do_not_alias_the_parents(StartMethod::Fork),
     ));
     trials.push(Trial::test(
+        "fork_allowed_beside_library_threads",
+        fork_allowed_beside_library_threads,
+    ));
+    trials.push(Trial::test(
         "untrackable_child_is_killed_and_reaped",
         untrackable_child_is_killed_and_reaped,
     ));
@@ -1582,6 +1586,53 @@ fn untrackable_child_is_killed_and_reaped() -> Result<(), Failed> {
     check!(
         lines == [format!("pidfd_open: {} / no child left", libc::EMFILE)],
         "got {lines:?}"
+    );
+    Ok(())
+}
+
+/// Waits until the thread `tid` is gone for the kernel too (it no longer counts in
+/// `/proc/self/task`).
+fn wait_thread_gone(tid: rustix::thread::Pid) -> Result<(), Failed> {
+    let task = format!("/proc/self/task/{}", tid.as_raw_nonzero());
+    let deadline = Instant::now() + LONG;
+    while std::path::Path::new(&task).exists() {
+        check!(Instant::now() < deadline, "thread {task} did not end");
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+/// The library's own (fork-safe) threads do not make the fork method unusable; a user thread
+/// still does.
+fn fork_allowed_beside_library_threads() -> Result<(), Failed> {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let library =
+        multiproc_core::spawn_fork_safe_thread("test-library-thread".into(), move || {
+            let _ = rx.recv();
+            rustix::thread::gettid()
+        })?;
+    let beside_library = start(StartMethod::Fork, |_: ()| {}, ()).and_then(|p| join(&p));
+    let (utx, urx) = std::sync::mpsc::channel::<()>();
+    let user = std::thread::spawn(move || {
+        let _ = urx.recv();
+        rustix::thread::gettid()
+    });
+    let mut q = get_context(StartMethod::Fork).process(|_: ()| {}, ());
+    let beside_user = q.start();
+    drop(utx);
+    drop(tx);
+    let user_tid = user.join().map_err(|_| "user thread panicked")?;
+    let library_tid = library.join().map_err(|_| "library thread panicked")?;
+    wait_thread_gone(user_tid)?;
+    wait_thread_gone(library_tid)?;
+    check!(
+        beside_library? == 0,
+        "fork beside a library thread did not run"
+    );
+    // The main thread and the user thread count (the library thread and the launcher do not).
+    check!(
+        matches!(beside_user, Err(Error::ForkWithThreads { threads: 2 })),
+        "fork beside a user thread: {beside_user:?}"
     );
     Ok(())
 }
