@@ -148,6 +148,37 @@ impl Bench for ForkExitWait {
     }
 }
 
+/// `posix_spawn` of `path` with `argv`, then waitpid, `n` times; the mean in µs.
+fn spawn_and_wait(n: usize, path: &std::ffi::CStr, argv: &[&std::ffi::CStr]) -> Res<f64> {
+    let mut args: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    args.push(ptr::null_mut());
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let mut pid: libc::pid_t = 0;
+        // SAFETY: `path` and the `argv` strings are NUL-terminated and outlive the call, and
+        // `args` is NULL-terminated; null file actions and attributes are allowed; `environ`
+        // is the process's environment, which nothing in this program modifies.
+        let rc = unsafe {
+            libc::posix_spawn(
+                &mut pid,
+                path.as_ptr(),
+                ptr::null(),
+                ptr::null(),
+                args.as_ptr(),
+                libc::environ.cast_const(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc).into());
+        }
+        let st = reap(pid)?;
+        if st != 0 {
+            return Err(format!("{path:?} exited with status {st:#x}").into());
+        }
+    }
+    Ok(t0.elapsed().as_secs_f64() / n as f64 * 1e6)
+}
+
 /// `proc.posix_spawn_true_wait`: posix_spawn of `/bin/true` (with `environ`), then waitpid.
 #[derive(Debug)]
 pub(crate) struct PosixSpawnTrue {
@@ -168,33 +199,7 @@ impl Bench for PosixSpawnTrue {
         Family::Limit
     }
     fn measure(&mut self) -> Res<f64> {
-        let path = c"/bin/true";
-        let argv: [*mut libc::c_char; 2] = [c"true".as_ptr().cast_mut(), ptr::null_mut()];
-        let t0 = Instant::now();
-        for _ in 0..self.n {
-            let mut pid: libc::pid_t = 0;
-            // SAFETY: `path` and `argv` are NUL-terminated and outlive the call; null file
-            // actions and attributes are allowed; `environ` is the process's environment,
-            // which nothing in this program modifies.
-            let rc = unsafe {
-                libc::posix_spawn(
-                    &mut pid,
-                    path.as_ptr(),
-                    ptr::null(),
-                    ptr::null(),
-                    argv.as_ptr(),
-                    libc::environ.cast_const(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc).into());
-            }
-            let st = reap(pid)?;
-            if st != 0 {
-                return Err(format!("/bin/true exited with status {st:#x}").into());
-            }
-        }
-        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+        spawn_and_wait(self.n, c"/bin/true", &[c"true"])
     }
 }
 
@@ -223,40 +228,12 @@ impl Bench for PosixSpawnSelf {
         Family::Limit
     }
     fn measure(&mut self) -> Res<f64> {
-        let path = c"/proc/self/exe";
         let arg = std::ffi::CString::new(EXIT_AT_ONCE).expect("no NUL");
-        let argv: [*mut libc::c_char; 3] = [
-            c"multiproc-benches".as_ptr().cast_mut(),
-            arg.as_ptr().cast_mut(),
-            ptr::null_mut(),
-        ];
-        let t0 = Instant::now();
-        for _ in 0..self.n {
-            let mut pid: libc::pid_t = 0;
-            // SAFETY: `path` and `argv` are NUL-terminated and outlive the call; null file
-            // actions and attributes are allowed; `environ` is the process's environment,
-            // which nothing in this program modifies.
-            let rc = unsafe {
-                libc::posix_spawn(
-                    &mut pid,
-                    path.as_ptr(),
-                    ptr::null(),
-                    ptr::null(),
-                    argv.as_ptr(),
-                    libc::environ.cast_const(),
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::from_raw_os_error(rc).into());
-            }
-            let st = reap(pid)?;
-            if st != 0 {
-                return Err(
-                    format!("this binary with {EXIT_AT_ONCE} exited with status {st:#x}").into(),
-                );
-            }
-        }
-        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+        spawn_and_wait(
+            self.n,
+            c"/proc/self/exe",
+            &[c"multiproc-benches", arg.as_c_str()],
+        )
     }
 }
 
