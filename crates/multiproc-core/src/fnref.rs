@@ -51,7 +51,7 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::exe::{self, ExeId};
-use crate::reduction::{self, ReductionError};
+use crate::reduction;
 use crate::sys::fnptr;
 
 /// Why a function reference cannot be made or used here.
@@ -341,7 +341,9 @@ fn fingerprint<A, R>() -> u64 {
 /// The secret of this process tree, made by the main process and inherited by every child.
 static KEY: Mutex<Option<[u64; 2]>> = Mutex::new(None);
 
-fn key() -> [u64; 2] {
+/// The key of this process tree (made on first use in the main process); a child is started
+/// with it.
+pub(crate) fn tree_key() -> [u64; 2] {
     let _fork = crate::atfork::hold();
     *KEY.lock().get_or_insert_with(|| {
         let mut bytes = [0u8; 16];
@@ -361,11 +363,6 @@ fn key() -> [u64; 2] {
     })
 }
 
-/// The key a child is started with.
-pub(crate) fn tree_key() -> [u64; 2] {
-    key()
-}
-
 /// Installs the key received from the parent (in a new child, before any reference is checked).
 pub(crate) fn set_tree_key(k: [u64; 2]) {
     let _fork = crate::atfork::hold();
@@ -373,7 +370,7 @@ pub(crate) fn set_tree_key(k: [u64; 2]) {
 }
 
 fn tag(raw: &RawFnRef) -> u64 {
-    let [k0, k1] = key();
+    let [k0, k1] = tree_key();
     let mut h = siphasher::sip::SipHasher24::new_with_keys(k0, k1);
     h.write_i64(raw.tramp);
     h.write_i64(raw.target);
@@ -442,12 +439,6 @@ fn capture_panic<T>(f: impl FnOnce() -> T) -> Result<T, CallError> {
     })
 }
 
-impl From<ReductionError> for CallError {
-    fn from(e: ReductionError) -> CallError {
-        CallError::Args(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,7 +475,10 @@ mod tests {
         let bytes = postcard::to_allocvec(&f).unwrap();
         let err = reduction::decode::<FnRef<u32, u64>>(&bytes, Vec::new()).unwrap_err();
         assert!(
-            matches!(err, ReductionError::FnRef(FnRefError::TypeMismatch { .. })),
+            matches!(
+                err,
+                reduction::ReductionError::FnRef(FnRefError::TypeMismatch { .. })
+            ),
             "{err}"
         );
         let raw: RawFnRef = postcard::from_bytes(&bytes).unwrap();

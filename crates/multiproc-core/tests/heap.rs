@@ -4,15 +4,12 @@
 //! A `harness = false` binary (libtest-mimic with one test thread), so the process is
 //! single-threaded and the fork method is allowed.
 
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::Instant;
 
+use multiproc_core::StartMethod;
 use multiproc_core::heap::{Region, Shared};
-use multiproc_core::{StartMethod, reduction};
-use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, start};
-use serde::{Deserialize, Serialize};
+use multiproc_testkit::{End, Failed, TestFn, Trial, check, join, start};
 
 fn main() {
     let tests: &[(&str, TestFn)] = &[
@@ -28,43 +25,6 @@ fn main() {
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("memory_bounded", memory_bounded));
     multiproc_testkit::run(trials)
-}
-
-/// One end of a pipe, handed to a child.
-#[derive(Serialize, Deserialize)]
-struct End(#[serde(with = "reduction::fd")] OwnedFd);
-
-impl End {
-    fn pair() -> (End, End) {
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        (End(r), End(w))
-    }
-
-    fn send(&self, msg: &str) {
-        let mut f = std::fs::File::from(self.0.try_clone().unwrap());
-        f.write_all(format!("{msg}\n").as_bytes()).unwrap();
-    }
-
-    /// Reads one line, with a deadline.
-    fn line(&self) -> Result<String, Failed> {
-        let deadline = Instant::now() + LONG;
-        let mut f = std::fs::File::from(self.0.try_clone()?);
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        while !buf.ends_with(b"\n") {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = rustix::event::Timespec::try_from(left).unwrap();
-            let mut fds = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
-            if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(1) == 0 {
-                return Err("timed out reading from a child".into());
-            }
-            match f.read(&mut byte)? {
-                0 => return Err(format!("end of file after {buf:?}").into()),
-                _ => buf.push(byte[0]),
-            }
-        }
-        Ok(String::from_utf8(buf)?.trim_end().to_string())
-    }
 }
 
 type Small = Shared<[AtomicU64; 4]>;

@@ -3,12 +3,12 @@
 //! A `harness = false` binary: libtest-mimic with one test thread runs every trial on the main
 //! thread, so the process is single-threaded and the fork method is allowed.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use multiproc_core::{CallError, Error, FnRef, Process, StartMethod, get_context, reduction};
-use multiproc_testkit::{Failed, LONG, METHODS, TestFn, Trial, check, join, start};
+use multiproc_testkit::{End, Failed, LONG, METHODS, TestFn, Trial, check, join, start};
 use serde::{Deserialize, Serialize};
 
 fn main() {
@@ -145,46 +145,6 @@ fn main() {
         fork_children_never_block_on_core_locks,
     ));
     multiproc_testkit::run(trials);
-}
-
-/// A one-way pipe whose ends can be process arguments (the fds travel in the fd table).
-#[derive(Serialize, Deserialize)]
-struct End(#[serde(with = "reduction::fd")] OwnedFd);
-
-impl End {
-    fn pair() -> (End, End) {
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
-        (End(r), End(w))
-    }
-
-    fn send(&self, msg: &str) {
-        let mut f = std::fs::File::from(self.0.try_clone().unwrap());
-        f.write_all(format!("{msg}\n").as_bytes()).unwrap();
-    }
-
-    /// Reads until EOF or `lines` lines, with a deadline.
-    fn lines(self, lines: usize) -> Result<Vec<String>, Failed> {
-        let deadline = Instant::now() + LONG;
-        let mut f = std::fs::File::from(self.0);
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        while buf.iter().filter(|&&b| b == b'\n').count() < lines {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let ts = rustix::event::Timespec::try_from(left).unwrap();
-            let mut fds = [rustix::event::PollFd::new(&f, rustix::event::PollFlags::IN)];
-            if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(1) == 0 {
-                return Err("timed out reading from a child".into());
-            }
-            match f.read(&mut chunk)? {
-                0 => break,
-                n => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        Ok(String::from_utf8(buf)?
-            .lines()
-            .map(str::to_string)
-            .collect())
-    }
 }
 
 fn sleep_forever(_: ()) {
@@ -902,15 +862,8 @@ fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Fail
     let (r, w) = End::pair();
     let (go_r, go_w) = End::pair();
     let p = start(m, exit_with_children, (m, go_r, w))?;
-    let mut r = std::io::BufReader::new(std::fs::File::from(r.0));
-    let mut line = |what: &str| -> Result<String, Failed> {
-        let mut s = String::new();
-        std::io::BufRead::read_line(&mut r, &mut s)?;
-        check!(!s.is_empty(), "no {what} line");
-        Ok(s.trim().to_string())
-    };
-    let pid: i32 = line("pid")?.parse()?;
-    check!(line("exiting")? == "exiting", "no exiting line");
+    let pid: i32 = r.line()?.parse()?;
+    check!(r.line()? == "exiting", "no exiting line");
     // The middle process is in its exit handler now, which must wait for the non-daemon child,
     // itself waiting for our "go": the middle process cannot have ended.
     check!(
@@ -921,7 +874,7 @@ fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Fail
     go_w.send("go");
     check!(join(&p)? == 0, "parent exit code {:?}", p.exitcode());
     check!(
-        line("non-daemon")? == "non-daemon finished",
+        r.line()? == "non-daemon finished",
         "non-daemon line missing"
     );
     let pid = rustix::process::Pid::from_raw(pid).ok_or("bad pid")?;
@@ -1440,13 +1393,7 @@ fn watch_parent(w: End) {
 fn grandchild_sees_its_parent_die(m: StartMethod) -> Result<(), Failed> {
     let (r, w) = End::pair();
     let p = start(m, parent_of_watcher, (m, w))?;
-    let mut r = std::io::BufReader::new(std::fs::File::from(r.0));
-    let mut first = Vec::new();
-    for _ in 0..2 {
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut r, &mut line)?;
-        first.push(line.trim().to_string());
-    }
+    let mut first = vec![r.line()?, r.line()?];
     first.sort();
     check!(
         first[0].starts_with("ready ") && first[1] == "watching, alive true",
@@ -1454,8 +1401,7 @@ fn grandchild_sees_its_parent_die(m: StartMethod) -> Result<(), Failed> {
     );
     p.kill()?;
     check!(join(&p)? == -9, "parent's code {:?}", p.exitcode());
-    let mut second = String::new();
-    std::io::BufRead::read_line(&mut r, &mut second)?;
+    let second = r.line()?;
     let want = format!("parent {} gone true, alive now false", p.pid().unwrap());
     check!(second.trim() == want, "grandchild said {second:?}");
     Ok(())

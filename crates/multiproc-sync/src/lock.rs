@@ -218,6 +218,32 @@ fn unlock_word(s: &[AtomicU32; 8]) -> Result<(), Error> {
     Ok(())
 }
 
+/// The test hooks `Lock` and `RLock` share (their state has the same layout).
+macro_rules! test_hooks {
+    () => {
+        /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
+        /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
+        /// a waiter is blocked.
+        #[doc(hidden)]
+        pub fn waiters_flagged(&self) -> bool {
+            self.state[WORD].load(Relaxed) & WAITERS != 0
+        }
+
+        /// The token the holder recorded (0: none); see [`testing`](crate::testing).
+        #[doc(hidden)]
+        pub fn owner_token(&self) -> u32 {
+            self.state[TOKEN].load(Acquire)
+        }
+
+        /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
+        /// another process got (the live process at the pid no longer matches the record).
+        #[doc(hidden)]
+        pub fn overwrite_owner_token(&self, token: u32) {
+            self.state[TOKEN].store(token, Release);
+        }
+    };
+}
+
 /// A lock shared by processes (Python's `multiprocessing.Lock`).
 ///
 /// Clone it or pass it to a child process (it implements serde): every copy is the same lock.
@@ -309,26 +335,7 @@ impl Lock {
         self.state[WORD].load(Relaxed) & PID != 0
     }
 
-    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
-    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
-    /// a waiter is blocked.
-    #[doc(hidden)]
-    pub fn waiters_flagged(&self) -> bool {
-        self.state[WORD].load(Relaxed) & WAITERS != 0
-    }
-
-    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
-    #[doc(hidden)]
-    pub fn owner_token(&self) -> u32 {
-        self.state[TOKEN].load(Acquire)
-    }
-
-    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
-    /// another process got (the live process at the pid no longer matches the record).
-    #[doc(hidden)]
-    pub fn overwrite_owner_token(&self, token: u32) {
-        self.state[TOKEN].store(token, Release);
-    }
+    test_hooks!();
 }
 
 impl fmt::Debug for Lock {
@@ -540,26 +547,7 @@ impl RLock {
         self.owned_by_caller()
     }
 
-    /// Whether the word's "waiters may sleep" bit is set: some process or thread found the
-    /// lock held and is waiting (or gave up after a timed attempt). For tests that must know
-    /// a waiter is blocked.
-    #[doc(hidden)]
-    pub fn waiters_flagged(&self) -> bool {
-        self.state[WORD].load(Relaxed) & WAITERS != 0
-    }
-
-    /// The token the holder recorded (0: none); see [`testing`](crate::testing).
-    #[doc(hidden)]
-    pub fn owner_token(&self) -> u32 {
-        self.state[TOKEN].load(Acquire)
-    }
-
-    /// Overwrites the holder's recorded token: simulates a holder that died and whose pid
-    /// another process got (the live process at the pid no longer matches the record).
-    #[doc(hidden)]
-    pub fn overwrite_owner_token(&self, token: u32) {
-        self.state[TOKEN].store(token, Release);
-    }
+    test_hooks!();
 
     /// How many times the owner holds it (0: free; a snapshot when another thread owns it).
     pub fn depth(&self) -> u32 {

@@ -6,12 +6,14 @@
 //! test into one trial per start method. The helpers start children with a deadline on every
 //! wait, and [`check!`] turns a failed condition into a test failure with a message.
 
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 pub use libtest_mimic::{Failed, Trial};
-use multiproc_core::{Process, StartMethod, get_context};
-use serde::Serialize;
+use multiproc_core::{Process, StartMethod, get_context, reduction};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Every start method, in the order the trials run.
 pub const METHODS: [StartMethod; 3] = [
@@ -103,4 +105,72 @@ pub fn join_all(ps: &[Process]) -> Result<(), Failed> {
         }
     }
     Ok(())
+}
+
+/// One end of a close-on-exec pipe that can be a process argument (its fd travels in the fd
+/// table): children report lines through it, with a deadline on every read.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct End(#[serde(with = "reduction::fd")] pub OwnedFd);
+
+impl End {
+    /// A pipe: `(read end, write end)`.
+    pub fn pair() -> (End, End) {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        (End(r), End(w))
+    }
+
+    /// Writes `msg` and a newline.
+    pub fn send(&self, msg: &str) {
+        let mut f = std::fs::File::from(self.0.try_clone().unwrap());
+        f.write_all(format!("{msg}\n").as_bytes()).unwrap();
+    }
+
+    /// Waits (until the [`LONG`] deadline) for the end to be readable.
+    fn wait_readable(&self, deadline: Instant) -> Result<(), Failed> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::event::Timespec::try_from(left).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &self.0,
+            rustix::event::PollFlags::IN,
+        )];
+        if rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(1) == 0 {
+            return Err("timed out reading from a child".into());
+        }
+        Ok(())
+    }
+
+    /// Reads one line (without its newline), a byte at a time so that nothing after it is
+    /// consumed, with the [`LONG`] deadline; end-of-file first is an error.
+    pub fn line(&self) -> Result<String, Failed> {
+        let deadline = Instant::now() + LONG;
+        let mut f = std::fs::File::from(self.0.try_clone()?);
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\n") {
+            self.wait_readable(deadline)?;
+            match f.read(&mut byte)? {
+                0 => return Err(format!("end of file after {buf:?}").into()),
+                _ => buf.push(byte[0]),
+            }
+        }
+        Ok(String::from_utf8(buf)?.trim_end().to_string())
+    }
+
+    /// Reads until end-of-file or `lines` lines, with the [`LONG`] deadline.
+    pub fn lines(self, lines: usize) -> Result<Vec<String>, Failed> {
+        let deadline = Instant::now() + LONG;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while buf.iter().filter(|&&b| b == b'\n').count() < lines {
+            self.wait_readable(deadline)?;
+            match rustix::io::read(&self.0, &mut chunk)? {
+                0 => break,
+                n => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(String::from_utf8(buf)?
+            .lines()
+            .map(str::to_string)
+            .collect())
+    }
 }
