@@ -89,6 +89,21 @@ fn run_spare(sock: OwnedFd, server: i32) -> ! {
     }
 }
 
+/// Does once in the server what every child would otherwise do for itself, so that the
+/// children inherit it done: each page a fork child writes is a copy-on-write fault (~3 µs
+/// here), and `perf record -e page-faults` showed a third of a child's faults in these two.
+fn warm_up_for_children() {
+    // The panic banner's hook (a `Once`, the hook lock, an allocation).
+    bootstrap::install_panic_banner();
+    // glibc binds `calloc` and `_dl_find_dso_for_object` lazily inside
+    // `__cxa_thread_atexit_impl` (on the first thread-local with a destructor): resolving
+    // them in every child wrote the GOT and paged in the loader's lookup code.
+    thread_local!(static REGISTERED: std::cell::RefCell<Vec<u8>> = const {
+        std::cell::RefCell::new(Vec::new())
+    });
+    REGISTERED.with(|v| v.borrow_mut().clear());
+}
+
 /// The server's loop, in a spawned child. Never returns.
 pub(crate) fn serve(control: OwnedFd) -> ! {
     let me = rustix::process::getpid().as_raw_nonzero().get();
@@ -99,6 +114,7 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     // reference instead of finding them again (every page a fork child writes is a copy).
     let _ = crate::exe::current_id();
     let _ = crate::exe::is_code(0);
+    warm_up_for_children();
     let mut children: Vec<Served> = Vec::new();
     let mut spare: Option<Spare> = None;
     loop {
