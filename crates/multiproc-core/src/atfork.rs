@@ -29,7 +29,49 @@
 use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 static FORK_LOCK: RwLock<()> = RwLock::new(());
-static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+static HOOKS: Hooks = Hooks::new("after-fork");
+static EXIT_HOOKS: Hooks = Hooks::new("exit");
+
+/// A list of hooks, each registered once, run in registration order.
+struct Hooks {
+    what: &'static str,
+    hooks: Mutex<Vec<fn()>>,
+}
+
+impl Hooks {
+    const fn new(what: &'static str) -> Hooks {
+        Hooks {
+            what,
+            hooks: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn register(&self, hook: fn()) {
+        let _fork = hold();
+        let mut hooks = self.hooks.lock();
+        if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
+            hooks.push(hook);
+        }
+    }
+
+    /// Runs every hook; one that panics is reported and the next still runs.
+    fn run(&self) {
+        let hooks = {
+            let _fork = hold();
+            self.hooks.lock().clone()
+        };
+        for hook in hooks {
+            if std::panic::catch_unwind(hook).is_err() {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "multiproc: an {} hook panicked",
+                    self.what
+                );
+            }
+        }
+    }
+}
 
 /// Held (shared) by every section of core that holds an internal lock.
 ///
@@ -71,23 +113,26 @@ pub fn fork_guard() -> ForkGuard {
 /// order, on the child's only thread, after the child's identity (`current_process()`) is set.
 /// A hook must not panic (a panic is caught and printed, and the next hook still runs).
 pub fn register_after_fork(hook: fn()) {
-    let _fork = hold();
-    let mut hooks = HOOKS.lock();
-    if !hooks.iter().any(|h| std::ptr::fn_addr_eq(*h, hook)) {
-        hooks.push(hook);
-    }
+    HOOKS.register(hook);
 }
 
 /// Runs the registered hooks (in a new child).
 pub(crate) fn run_after_fork_hooks() {
-    let hooks = {
-        let _fork = hold();
-        HOOKS.lock().clone()
-    };
-    for hook in hooks {
-        if std::panic::catch_unwind(hook).is_err() {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "multiproc: an after-fork hook panicked");
-        }
-    }
+    HOOKS.run();
+}
+
+/// Registers `hook` to run in every multiproc child (under any start method) once its target
+/// has returned or panicked, before the child joins its own children and exits; each function
+/// is registered once.
+///
+/// Python runs its finalizers there (`util._exit_function`): it is where a queue's feeder
+/// thread writes what it still holds. Hooks run in registration order; a hook that panics is
+/// reported and the next one still runs.
+pub fn register_at_child_exit(hook: fn()) {
+    EXIT_HOOKS.register(hook);
+}
+
+/// Runs the registered exit hooks (in a child whose target ended).
+pub(crate) fn run_exit_hooks() {
+    EXIT_HOOKS.run();
 }

@@ -971,8 +971,10 @@ impl Region {
     /// `len` zeroed bytes aligned to `align`, of `kind`: a tag the allocating layer chooses
     /// and checks when it receives a region ([`kind`](Region::kind)), so that bytes one type
     /// of handle owns can never be decoded as another type's (a `Value`'s elements as a
-    /// `RawArray`, or a lock's words as a `Value`). Kind 0 is [`Shared`]'s. The kind lives in
-    /// the heap's own header, out of reach of the region's bytes.
+    /// `RawArray`, or a lock's words as a `Value`). Kind 0 is [`Shared`]'s; kinds from
+    /// [`ATOMIC_KINDS`] up promise that the bytes are only ever accessed atomically (a
+    /// [`SharedSlice`] may be decoded from such a region). The kind lives in the heap's own
+    /// header, out of reach of the region's bytes.
     pub fn new_kind(len: usize, align: usize, kind: u8) -> std::io::Result<Region> {
         if !align.is_power_of_two() || align > 4096 {
             return Err(std::io::Error::other(
@@ -1235,6 +1237,126 @@ impl<'de, T: ShmSafe> Deserialize<'de> for Shared<T> {
             return Err(D::Error::custom("shared heap handle of another type"));
         }
         Ok(Shared {
+            region,
+            _t: PhantomData,
+        })
+    }
+}
+
+/// The first region kind reserved for [`SharedSlice`]s: kinds `ATOMIC_KINDS..=255` name
+/// regions whose bytes are only ever accessed as [`ShmSafe`] values (atomics), so a
+/// `SharedSlice` may be decoded from them; kinds below it (and 0, [`Shared`]'s) may hold bytes
+/// that a layer reads and writes without atomics under its own protocol, and are refused.
+pub const ATOMIC_KINDS: u8 = 0x80;
+
+/// A handle on a slice of `T`s in the shared heap, of a kind the allocating layer chooses;
+/// derefs to `&[T]`.
+///
+/// For shared structures whose size is chosen at run time (a queue's ring of words). Like
+/// [`Shared`] it clones within a process, travels to children through serde, and is freed
+/// when no process holds a handle. Its kind (at least [`ATOMIC_KINDS`]) lives in the heap's
+/// header: a receiver checks it with [`kind`](SharedSlice::kind) so that one layer's slices
+/// are never taken for another's.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use multiproc_core::heap::{ATOMIC_KINDS, SharedSlice};
+///
+/// let words: SharedSlice<AtomicU64> = SharedSlice::new(512, ATOMIC_KINDS + 5).unwrap();
+/// assert_eq!(words.len(), 512);
+/// words[3].store(9, Ordering::Relaxed);
+/// assert_eq!(words.clone()[3].load(Ordering::Relaxed), 9);
+/// assert_eq!(words.kind(), ATOMIC_KINDS + 5);
+/// ```
+pub struct SharedSlice<T: ShmSafe> {
+    region: Region,
+    _t: PhantomData<T>,
+}
+
+impl<T: ShmSafe> SharedSlice<T> {
+    /// `len` zeroed `T`s of `kind` (at least [`ATOMIC_KINDS`]), aligned for `T` and to a cache
+    /// line.
+    pub fn new(len: usize, kind: u8) -> std::io::Result<SharedSlice<T>> {
+        if kind < ATOMIC_KINDS {
+            return Err(std::io::Error::other(
+                "a SharedSlice's kind must be at least ATOMIC_KINDS",
+            ));
+        }
+        let bytes = len
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| std::io::Error::other("shared slice too large"))?;
+        let region = Region::new_kind(bytes, std::mem::align_of::<T>().max(ALIGN), kind)?;
+        Ok(SharedSlice {
+            region,
+            _t: PhantomData,
+        })
+    }
+
+    /// The kind the slice was created with, read from the heap's header.
+    pub fn kind(&self) -> u8 {
+        self.region.kind()
+    }
+
+    /// The slice's identity, the same in every process ([`Region::identity`]).
+    pub fn identity(&self) -> u128 {
+        self.region.identity()
+    }
+
+    /// Whether two handles name the same slice.
+    pub fn ptr_eq(a: &SharedSlice<T>, b: &SharedSlice<T>) -> bool {
+        Region::ptr_eq(&a.region, &b.region)
+    }
+}
+
+impl<T: ShmSafe> Deref for SharedSlice<T> {
+    type Target = [T];
+
+    #[inline]
+    fn deref(&self) -> &[T] {
+        let n = self.region.len() / std::mem::size_of::<T>().max(1);
+        // SAFETY: the region holds `region.len()` bytes inside the mapping (so `n` whole `T`s),
+        // aligned for `T` (checked on allocation and on deserialisation), alive and backed as
+        // long as `self` (sealed segment, block not reused while a handle exists). Its kind is
+        // an atomic-only kind, so no layer accesses these bytes other than as `T`, and
+        // `T: ShmSafe` is valid for every bit pattern and mutated only through atomics: shared
+        // references are sound while other processes write.
+        unsafe { std::slice::from_raw_parts(self.region.as_ptr().cast::<T>(), n) }
+    }
+}
+
+impl<T: ShmSafe> Clone for SharedSlice<T> {
+    fn clone(&self) -> Self {
+        SharedSlice {
+            region: self.region.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: ShmSafe> fmt::Debug for SharedSlice<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SharedSlice").field(&self.region).finish()
+    }
+}
+
+impl<T: ShmSafe> Serialize for SharedSlice<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.region.serialize(serializer)
+    }
+}
+
+impl<'de, T: ShmSafe> Deserialize<'de> for SharedSlice<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let region = Region::deserialize(deserializer)?;
+        let size = std::mem::size_of::<T>().max(1);
+        if region.kind() < ATOMIC_KINDS
+            || region.len % size != 0
+            || (region.as_ptr() as usize) % std::mem::align_of::<T>() != 0
+        {
+            return Err(D::Error::custom("shared heap handle of another type"));
+        }
+        Ok(SharedSlice {
             region,
             _t: PhantomData,
         })

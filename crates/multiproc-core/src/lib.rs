@@ -73,7 +73,7 @@ mod state;
 mod sys;
 mod wait;
 
-pub use crate::atfork::{ForkGuard, fork_guard, register_after_fork};
+pub use crate::atfork::{ForkGuard, fork_guard, register_after_fork, register_at_child_exit};
 pub use crate::error::{Error, Result};
 pub use crate::fnref::{CallError, FnRef, FnRefError, Panicked};
 pub use crate::launch::children::{ProcessHandle, active_children, set_exit_join_timeout};

@@ -69,6 +69,7 @@ mod connection;
 mod error;
 pub mod frame;
 mod oneway;
+pub mod queue;
 #[cfg(test)]
 mod tests;
 mod wait;
@@ -76,4 +77,8 @@ mod wait;
 pub use connection::{Connection, MAX_HANDLE_FDS, pipe, simplex, socketpair};
 pub use error::Error;
 pub use oneway::{Reader, Writer};
+pub use queue::{
+    GetError, JoinThreadError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue,
+    TaskDoneError,
+};
 pub use wait::{Waitable, wait};

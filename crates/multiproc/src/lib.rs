@@ -9,7 +9,7 @@
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
 //! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
 //! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory` |
-//! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `multiprocessing.connection` |
+//! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `multiprocessing.connection` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`,
 //! `multiproc::wait` (Python's `multiprocessing.connection.wait`), and the
@@ -63,7 +63,10 @@ pub use multiproc_core::{
     current_process, force_start_method, get_all_start_methods, get_context, get_start_method,
     init, parent_process, register_after_fork, set_start_method, start_method_if_set,
 };
-pub use multiproc_ipc::{Connection, Reader, Waitable, Writer, pipe, simplex, socketpair, wait};
+pub use multiproc_ipc::{
+    Connection, GetError, JoinableQueue, PutError, Queue, QueueBuilder, Reader, SimpleQueue,
+    Waitable, Writer, pipe, simplex, socketpair, wait,
+};
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
@@ -83,6 +86,19 @@ pub enum Error {
     /// Creating a shared value or array failed.
     #[error(transparent)]
     Shm(#[from] multiproc_shm::Error),
+    /// A queue's `get` returned no item.
+    #[error(transparent)]
+    Get(#[from] multiproc_ipc::GetError),
+    /// A queue's `put` refused its item (the item itself is dropped: match on the
+    /// [`PutError`] before converting to keep it).
+    #[error("{0}")]
+    Put(String),
+}
+
+impl<T> From<PutError<T>> for Error {
+    fn from(e: PutError<T>) -> Error {
+        Error::Put(e.to_string())
+    }
 }
 
 /// `Result` with the umbrella [`Error`].
@@ -91,7 +107,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BoundedSemaphore, Connection, Event, Lock, Process, RLock, Reader, Semaphore, StartMethod,
-        Writer, get_context, pipe, set_start_method, simplex, socketpair, wait,
+        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Process, Queue, RLock, Reader,
+        Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe, set_start_method, simplex,
+        socketpair, wait,
     };
 }

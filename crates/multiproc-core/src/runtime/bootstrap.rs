@@ -162,8 +162,9 @@ fn run_catching(f: impl FnOnce() -> Result<(), String>) -> i32 {
     }
 }
 
-/// Joins the child's own children, flushes stdio and leaves with `_exit`.
+/// Runs the exit hooks, joins the child's own children, flushes stdio and leaves with `_exit`.
 fn finish(code: i32) -> ! {
+    atfork::run_exit_hooks();
     let _ = std::panic::catch_unwind(children::exit_cleanup);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
