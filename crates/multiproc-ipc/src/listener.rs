@@ -23,6 +23,8 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 
+use serde::{Deserialize, Serialize};
+
 use crate::auth::{client_handshake, server_handshake};
 use crate::{Connection, Error};
 
@@ -49,7 +51,8 @@ const MAX_UNIX_NAME: usize = 107;
 /// Parsing a string ([`FromStr`]) reads `\0name` or `@name` as an abstract name (`@` is how
 /// `ss` shows them), `host:port` with a literal IP (or `localhost`) as TCP, and anything
 /// else as a Unix socket path. [`Display`](fmt::Display) writes the same forms (`@name`).
-/// For a host name, use [`Address::tcp`].
+/// For a host name, use [`Address::tcp`]. An address is `Serialize`/`Deserialize`, so it can
+/// be handed to a child process that will connect to it.
 ///
 /// ```
 /// use multiproc_ipc::Address;
@@ -62,7 +65,7 @@ const MAX_UNIX_NAME: usize = 107;
 /// assert_eq!(path.to_string(), "/tmp/my-server.sock");
 /// # Ok::<(), multiproc_ipc::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Address {
     /// A Unix socket bound to a file system path. The peer of an accepted connection, whose
     /// socket has no name, is an empty path (Python's `''`).
