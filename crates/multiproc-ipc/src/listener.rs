@@ -298,7 +298,6 @@ impl From<&Address> for Address {
 /// assert_eq!(server.recv::<String>()?, "over a Unix socket");
 /// # Ok::<(), multiproc_ipc::Error>(())
 /// ```
-#[derive(Debug)]
 pub struct Listener {
     socket: OwnedFd,
     address: Address,
@@ -325,7 +324,7 @@ pub struct Listener {
 /// assert!(matches!(listener.address(), Address::Tcp(a) if a.port() != 0));
 /// # Ok::<(), multiproc_ipc::Error>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ListenerBuilder {
     address: Option<Address>,
     backlog: u32,
@@ -561,6 +560,44 @@ impl Listener {
     }
 }
 
+/// The key is not shown: `Debug` output ends up in logs.
+fn key_shown(key: &Option<Vec<u8>>) -> Option<&'static str> {
+    key.as_ref().map(|_| "<hidden>")
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("socket", &self.socket)
+            .field("address", &self.address)
+            .field("authkey", &key_shown(&self.authkey))
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for ListenerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenerBuilder")
+            .field("address", &self.address)
+            .field("backlog", &self.backlog)
+            .field("authkey", &key_shown(&self.authkey))
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("address", &self.address)
+            .field("authkey", &key_shown(&self.authkey))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
 impl Drop for Listener {
     fn drop(&mut self) {
         self.close();
@@ -633,7 +670,7 @@ impl Client {
 }
 
 /// Options of a [`Client`] connection, made by [`Client::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     address: Address,
     authkey: Option<Vec<u8>>,

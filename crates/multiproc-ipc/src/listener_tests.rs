@@ -409,3 +409,45 @@ fn listener_fd_is_waitable() {
     let _c = Client::connect(listener.address(), None).unwrap();
     assert_eq!(crate::wait(&[&listener.as_fd()], Some(LONG)).unwrap(), [0]);
 }
+
+/// `close` on a TCP listener: a blocked `accept` returns, clients are refused, and the
+/// address can be bound again before the closed listener is dropped.
+#[test]
+fn close_a_tcp_listener() {
+    let listener = Arc::new(Listener::bind(tcp(), Some(KEY)).unwrap());
+    let address = listener.address().clone();
+    let blocked = {
+        let listener = Arc::clone(&listener);
+        thread::spawn(move || listener.accept().map(drop))
+    };
+    listener.close();
+    assert!(matches!(
+        blocked.join().unwrap(),
+        Err(Error::ListenerClosed)
+    ));
+    let err = Client::connect(&address, Some(KEY)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{err}"
+    );
+    let again = Listener::bind(&address, Some(KEY)).unwrap();
+    let client = echo_client(address, Some(KEY), b"again");
+    serve_one(&again).unwrap();
+    assert_eq!(client.join().unwrap().unwrap(), b"echo:again");
+    drop(listener);
+}
+
+#[test]
+fn debug_hides_the_key() {
+    let listener = Listener::bind(tcp(), Some(b"very secret")).unwrap();
+    let shown = format!(
+        "{listener:?} {:?} {:?}",
+        Listener::builder().authkey(b"very secret"),
+        Client::builder(tcp()).authkey(b"very secret")
+    );
+    assert!(
+        !shown.contains("very secret") && !shown.contains("118, 101, 114, 121"),
+        "{shown}"
+    );
+    assert!(shown.contains("<hidden>"));
+}
