@@ -451,3 +451,54 @@ fn debug_hides_the_key() {
     );
     assert!(shown.contains("<hidden>"));
 }
+
+/// Arbitrary bytes from the peer (random, or shaped like handshake frames) make the
+/// handshake functions return, never panic or hang: the fuzz target's property, with a
+/// fixed seed.
+#[test]
+fn handshake_survives_arbitrary_bytes() {
+    use rustix::pipe::{PipeFlags, pipe_with};
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for round in 0..600 {
+        let mut bytes = Vec::new();
+        for _ in 0..next() % 4 {
+            let len = (next() % 300) as usize;
+            let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            match next() % 5 {
+                0 => body = [CHALLENGE, &body].concat(),
+                1 => body
+                    .splice(0..0, b"{sha256}".iter().copied())
+                    .for_each(drop),
+                2 => body = WELCOME.to_vec(),
+                _ => {}
+            }
+            if next() % 4 == 0 {
+                // Raw bytes, no frame.
+                bytes.extend(body);
+            } else {
+                crate::frame::encode_header(body.len(), &mut bytes);
+                bytes.extend(body);
+            }
+        }
+        let (garbage_r, garbage_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let (_sink_r, sink_w) = pipe_with(PipeFlags::CLOEXEC).unwrap();
+        let mut fed = &bytes[..];
+        while !fed.is_empty() {
+            let n = rustix::io::write(&garbage_w, fed).unwrap();
+            fed = &fed[n..];
+        }
+        drop(garbage_w);
+        let mut conn = Connection::from_fds(Some(garbage_r), Some(sink_w));
+        let _ = if round % 2 == 0 {
+            deliver_challenge(&mut conn, KEY)
+        } else {
+            answer_challenge(&mut conn, KEY)
+        };
+    }
+}
