@@ -8,6 +8,7 @@ the output contract and the measurement code are those of the reference harness
   proc.start_join.{fork,forkserver,spawn}             start+join of a no-op child, us per process
   proc.start_join.{fork,forkserver,spawn}.rss256MiB   the same from a parent holding 256 MiB
   pipe.roundtrip.64B, pipe_simplex.roundtrip.64B      send_bytes 64 B, child echoes, us per round trip
+  listener.roundtrip.{unix,tcp}.64B                   the same over Listener/Client with an authkey
   pipe.throughput.{1KiB,64KiB,16MiB}                  child sends, parent recv_bytes, MB/s (10^6)
   pipe_simplex.throughput.{1KiB,64KiB,16MiB}          the same over Pipe(duplex=False)
   lock.uncontended.mp_{Lock,RLock}.acquire_release    acquire(); release(), ns
@@ -93,6 +94,11 @@ def _echo_bytes(conn, total):
     for _ in range(total):
         conn.send_bytes(conn.recv_bytes())
     conn.close()
+
+
+def _echo_client(address, authkey, total):
+    from multiprocessing.connection import Client
+    _echo_bytes(Client(address, authkey=authkey), total)
 
 
 def _echo_simplex(rconn, wconn, total):
@@ -272,6 +278,26 @@ def b_pipe_roundtrip():
         p.start()
         return p
     _roundtrip("pipe_simplex.roundtrip.64B", mk3, lambda: w1.send_bytes(msg), r2.recv_bytes, n)
+
+
+def b_listener_roundtrip():
+    from multiprocessing.connection import Listener
+    n = _n(3000, 200)
+    msg = b"m" * 64
+    for family, address in (("unix", None), ("tcp", ("127.0.0.1", 0))):
+        listener = Listener(address, family="AF_UNIX" if address is None else None,
+                            authkey=b"bench key")
+        conn = []
+
+        def mk(total):
+            p = FORK.Process(target=_echo_client, args=(listener.address, b"bench key", total))
+            p.start()
+            conn.append(listener.accept())
+            return p
+        _roundtrip("listener.roundtrip.%s.64B" % family, mk,
+                   lambda: conn[0].send_bytes(msg), lambda: conn[0].recv_bytes(), n)
+        conn[0].close()
+        listener.close()
 
 
 def b_pipe_throughput():
@@ -481,6 +507,7 @@ BENCHES = [
     ("proc.rss256MiB", b_proc_rss),
     ("pipe.roundtrip", b_pipe_roundtrip),
     ("pipe.throughput", b_pipe_throughput),
+    ("listener.roundtrip", b_listener_roundtrip),
     ("locks.uncontended", b_lock_uncontended),
     ("locks.contended2p", b_lock_contended),
     ("array", b_array),

@@ -337,10 +337,25 @@ pub(crate) enum Chan {
     Pipe,
     /// One `AF_UNIX` `SOCK_STREAM` socketpair, used both ways.
     Socketpair,
+    /// A TCP connection over the loopback interface (`TCP_NODELAY`), used both ways.
+    Tcp,
 }
 
-/// `pingpong.pipe.64B` / `pingpong.socketpair_stream.64B`: the parent writes `msg` bytes,
-/// a forked child reads them and writes them back; us per round trip (pingpong.c).
+/// Two connected TCP sockets over 127.0.0.1, with `TCP_NODELAY` (as multiproc's
+/// `Listener`/`Client` connections): the accepted one first.
+fn tcp_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let client = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (server, _) = listener.accept()?;
+    for s in [&server, &client] {
+        s.set_nodelay(true)?;
+    }
+    Ok((server.into(), client.into()))
+}
+
+/// `pingpong.pipe.64B` / `pingpong.socketpair_stream.64B` / `pingpong.tcp_loopback.64B`: the
+/// parent writes `msg` bytes, a forked child reads them and writes them back; us per round
+/// trip (pingpong.c).
 #[derive(Debug)]
 pub(crate) struct PingPong {
     /// Channel kind.
@@ -378,6 +393,7 @@ impl Bench for PingPong {
         match self.chan {
             Chan::Pipe => format!("pingpong.pipe.{}B", self.msg),
             Chan::Socketpair => format!("pingpong.socketpair_stream.{}B", self.msg),
+            Chan::Tcp => format!("pingpong.tcp_loopback.{}B", self.msg),
         }
     }
     fn unit(&self) -> &'static str {
@@ -394,13 +410,17 @@ impl Bench for PingPong {
                 let (b_r, b_w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
                 (a_w, a_r, b_w, b_r)
             }
-            Chan::Socketpair => {
-                let (s0, s1) = rustix::net::socketpair(
-                    AddressFamily::UNIX,
-                    SocketType::STREAM,
-                    SocketFlags::CLOEXEC,
-                    None,
-                )?;
+            Chan::Socketpair | Chan::Tcp => {
+                let (s0, s1) = if self.chan == Chan::Tcp {
+                    tcp_pair()?
+                } else {
+                    rustix::net::socketpair(
+                        AddressFamily::UNIX,
+                        SocketType::STREAM,
+                        SocketFlags::CLOEXEC,
+                        None,
+                    )?
+                };
                 let (s0b, s1b) = (s0.try_clone()?, s1.try_clone()?);
                 (s0, s1, s1b, s0b)
             }
@@ -532,6 +552,7 @@ impl Bench for Throughput {
         match self.chan {
             Chan::Pipe => format!("pipe.throughput.{}", self.label),
             Chan::Socketpair => format!("socketpair.throughput.{}", self.label),
+            Chan::Tcp => format!("tcp.throughput.{}", self.label),
         }
     }
     fn unit(&self) -> &'static str {
@@ -555,6 +576,7 @@ impl Bench for Throughput {
                 SocketFlags::CLOEXEC,
                 None,
             )?,
+            Chan::Tcp => tcp_pair()?,
         };
         flag.get().store(0, Ordering::SeqCst);
         let wbuf: &[u8] = wbuf;

@@ -49,6 +49,10 @@ const GROUPS: &[(&str, &str)] = &[
         "child sends 1 KiB / 64 KiB / 16 MiB messages; raw pipe and socketpair streams",
     ),
     (
+        "listener.roundtrip",
+        "64 B round trip over Listener/Client connections with an authkey (Unix, TCP); raw socketpair and TCP ping-pong",
+    ),
+    (
         "locks.uncontended",
         "Lock/RLock acquire+release, Value += 1 under its lock; raw sem_t, futex, pthread, spin locks",
     ),
@@ -100,7 +104,7 @@ fn usage() -> String {
          --only       groups and/or families to run (default: all); a group prefix selects its subgroups;\n\
          \x20            groups and families combine: `--only proc,limits` runs the raw limits of `proc`\n\
          --reps N     rounds (repetitions) of every figure; default 15 proc, 7 proc.rss256MiB,\n\
-         \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 locks.uncontended,\n\
+         \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
          \x20            11 sync.pingpong (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
@@ -272,6 +276,7 @@ fn run(a: &Args) -> Res<()> {
             }
             "pipe.roundtrip" => roundtrip_group(&mut out, a)?,
             "pipe.throughput" => throughput_group(&mut out, a)?,
+            "listener.roundtrip" => listener_group(&mut out, a)?,
             "locks.uncontended" => uncontended_group(&mut out, a)?,
             "locks.contended2p" => contended_group(&mut out, a)?,
             "array" => array_group(&mut out, a)?,
@@ -329,8 +334,27 @@ fn roundtrip_group(out: &mut Out, a: &Args) -> Res<()> {
     }
     if a.mp {
         let it = a.n(3000, 200);
-        benches.push(mp::roundtrip(true, 64, it));
-        benches.push(mp::roundtrip(false, 64, it));
+        benches.push(mp::roundtrip(mp::Channel::Duplex, 64, it));
+        benches.push(mp::roundtrip(mp::Channel::Simplex, 64, it));
+    }
+    run_rotated(out, &mut benches, a.rounds(15))
+}
+
+/// 64 B round trips over `Listener`/`Client` connections (Unix socket, TCP loopback), raw
+/// socketpair and TCP ping-pong.
+fn listener_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        let it = a.n(5000, 200);
+        for chan in [limits::Chan::Socketpair, limits::Chan::Tcp] {
+            benches.push(Box::new(limits::PingPong::new(chan, 64, it)));
+        }
+    }
+    if a.mp {
+        let it = a.n(3000, 200);
+        for channel in [mp::Channel::ListenerUnix, mp::Channel::ListenerTcp] {
+            benches.push(mp::roundtrip(channel, 64, it));
+        }
     }
     run_rotated(out, &mut benches, a.rounds(15))
 }

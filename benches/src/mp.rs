@@ -5,6 +5,8 @@
 //!   per process (the `Process` construction is inside the timed loop, as in Python).
 //! - `pipe.roundtrip.64B` / `pipe_simplex.roundtrip.64B`: the parent sends 64 bytes, a child
 //!   echoes them; us per round trip; one warm-up round trip before the first repetition.
+//! - `listener.roundtrip.{unix,tcp}.64B`: the same over a connection accepted from a
+//!   `Listener` with an authkey (a Unix socket path, TCP loopback), the child its `Client`.
 //! - `pipe.throughput.<size>` / `pipe_simplex.throughput.<size>`: a child sends a one-byte
 //!   marker then `count` messages per repetition; the parent's clock starts after the marker;
 //!   MB/s (10^6 bytes) over the messages received (into one reused buffer).
@@ -24,7 +26,7 @@
 //! fork, which only changes what happens before the clock starts.
 
 use multiproc_core::{Process, StartMethod, get_context};
-use multiproc_ipc::Connection;
+use multiproc_ipc::{Address, Client, Connection, Listener};
 use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 use multiproc_sync::{Barrier, Condition, Event, Lock, RLock};
 use std::time::Instant;
@@ -52,6 +54,15 @@ impl Method {
 // ------------------------------------------------------------- child targets ----
 
 fn noop(_: ()) {}
+
+/// The authkey of the `listener.roundtrip` figures.
+const AUTHKEY: &[u8] = b"bench key";
+
+/// Connects to a `Listener` as its `Client`, then echoes `total` messages.
+fn echo_client((address, total): (Address, u64)) {
+    let conn = Client::connect(address, Some(AUTHKEY)).expect("echo_client: connect");
+    echo((conn, total));
+}
 
 /// Echoes `total` messages back on the same (duplex) connection.
 fn echo(args: (Connection, u64)) {
@@ -151,8 +162,21 @@ pub(crate) fn start_join(method: Method, n: usize, suffix: &'static str) -> Box<
 
 // -------------------------------------------------------------- round trip ----
 
+/// The channel of a round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// `pipe()`: a duplex pair of pipes.
+    Duplex,
+    /// `simplex()` twice, one per direction.
+    Simplex,
+    /// A `Listener`/`Client` connection with an authkey over a Unix socket path.
+    ListenerUnix,
+    /// A `Listener`/`Client` connection with an authkey over TCP loopback.
+    ListenerTcp,
+}
+
 struct RoundTrip {
-    duplex: bool,
+    channel: Channel,
     msg: usize,
     iters: usize,
     /// (send end, receive end, echo child).
@@ -178,8 +202,16 @@ impl RoundTrip {
 
 impl Bench for RoundTrip {
     fn name(&self) -> String {
-        let kind = if self.duplex { "pipe" } else { "pipe_simplex" };
-        format!("{kind}.roundtrip.{}B", self.msg)
+        let kind = match self.channel {
+            Channel::Duplex => "pipe",
+            Channel::Simplex => "pipe_simplex",
+            Channel::ListenerUnix => "listener.roundtrip.unix",
+            Channel::ListenerTcp => "listener.roundtrip.tcp",
+        };
+        match self.channel {
+            Channel::Duplex | Channel::Simplex => format!("{kind}.roundtrip.{}B", self.msg),
+            Channel::ListenerUnix | Channel::ListenerTcp => format!("{kind}.{}B", self.msg),
+        }
     }
     fn unit(&self) -> &'static str {
         "us"
@@ -190,10 +222,20 @@ impl Bench for RoundTrip {
     fn setup(&mut self, rounds: usize) -> Res<()> {
         let ctx = get_context(StartMethod::Forkserver);
         let total = (self.iters * rounds + 1) as u64; // +1: warm-up
-        self.state = Some(if self.duplex {
+        self.state = Some(if self.channel == Channel::Duplex {
             let (a, b) = multiproc_ipc::pipe()?;
             let p = start(ctx.process(echo, (b, total)))?;
             (a, None, p)
+        } else if self.channel != Channel::Simplex {
+            let address: Address = if self.channel == Channel::ListenerTcp {
+                "127.0.0.1:0".parse()?
+            } else {
+                Address::arbitrary_unix()?
+            };
+            let listener = Listener::bind(address, Some(AUTHKEY))?;
+            let args = (listener.address().clone(), total);
+            let p = start(ctx.process(echo_client, args))?;
+            (listener.accept()?, None, p)
         } else {
             let (r1, w1) = multiproc_ipc::simplex()?;
             let (r2, w2) = multiproc_ipc::simplex()?;
@@ -220,11 +262,13 @@ impl Bench for RoundTrip {
     }
 }
 
-/// `pipe.roundtrip.<msg>B` (duplex) or `pipe_simplex.roundtrip.<msg>B`: `iters` round trips
-/// per repetition with a forkserver-started echo child.
-pub(crate) fn roundtrip(duplex: bool, msg: usize, iters: usize) -> Box<dyn Bench> {
+/// `pipe.roundtrip.<msg>B` (duplex), `pipe_simplex.roundtrip.<msg>B`,
+/// `listener.roundtrip.{unix,tcp}.<msg>B` (a connection accepted from a `Listener` with an
+/// authkey, the child connected as its `Client`): `iters` round trips per repetition with a
+/// forkserver-started echo child.
+pub(crate) fn roundtrip(channel: Channel, msg: usize, iters: usize) -> Box<dyn Bench> {
     Box::new(RoundTrip {
-        duplex,
+        channel,
         msg,
         iters,
         state: None,

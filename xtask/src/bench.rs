@@ -41,7 +41,8 @@ outputs in target/bench/<UTC label>/, prints every figure, and writes docs/bench
 
   --quick       tiny iteration counts: a smoke test (report kept in the run folder only)
   --reps N      repetitions (rounds) of every figure, in both suites
-  --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput, locks,
+  --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput,
+                listener, listener.roundtrip, locks,
                 locks.uncontended, locks.contended2p, array, shm, shm.1MiB, shm.256MiB,
                 sync, sync.pingpong; a prefix selects its subgroups) and/or families
                 (mp, limits) of multiproc-benches; a partial run (report kept in the run
@@ -675,6 +676,18 @@ const TARGETS: &[Target] = &[
         "duplex pipe round trip ≤ 1.3× raw pipe ping-pong",
         "pipe.roundtrip.64B",
         "pingpong.pipe.64B",
+        1.3,
+    ),
+    at_most(
+        "Listener/Client round trip over a Unix socket ≤ 1.3× raw socketpair ping-pong",
+        "listener.roundtrip.unix.64B",
+        "pingpong.socketpair_stream.64B",
+        1.3,
+    ),
+    at_most(
+        "Listener/Client round trip over TCP loopback ≤ 1.3× raw TCP ping-pong",
+        "listener.roundtrip.tcp.64B",
+        "pingpong.tcp_loopback.64B",
         1.3,
     ),
     at_most(

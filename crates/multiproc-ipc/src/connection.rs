@@ -189,7 +189,8 @@ impl Connection {
     ///
     /// Either may be `None` (a write-only or read-only end). For a socket, which carries both
     /// directions on one fd, pass the socket and a duplicate of it (`try_clone`); a Unix
-    /// socket is recognised and then carries handles as [`socketpair`]'s ends do. The fds
+    /// socket is recognised and then carries handles as [`socketpair`]'s ends do (a TCP
+    /// socket cannot). The fds
     /// must be in blocking mode; a connection with neither fd is closed.
     pub fn from_fds(read: Option<OwnedFd>, write: Option<OwnedFd>) -> Self {
         let read_socket = read.as_ref().is_some_and(is_socket);
@@ -1220,10 +1221,10 @@ fn wait_readable(fd: BorrowedFd<'_>, deadline: Option<Instant>) -> Result<bool, 
     }
 }
 
+/// Whether `fd` is a Unix socket (which can pass fds); a TCP socket is read and written as a
+/// pipe is.
 fn is_socket(fd: &OwnedFd) -> bool {
-    rustix::fs::fstat(fd).is_ok_and(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
-    })
+    rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
 }
 
 /// What an fd is, for an error message (`pipe:[1234]`, `/memfd:multiproc-heap (deleted)` …).

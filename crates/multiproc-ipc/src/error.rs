@@ -94,6 +94,31 @@ pub enum Error {
     /// message arrived stays buffered for the next receive; the connection stays usable.
     #[error("no whole message arrived within {0:?}")]
     Timeout(std::time::Duration),
+    /// The authkey challenge/response failed (Python's `AuthenticationError`): the peer
+    /// used another key, answered with a digest that was rejected, or did not speak the
+    /// handshake protocol (a message that is not a challenge, a malformed or oversized
+    /// handshake message). Nothing of the application was exchanged; the connection should
+    /// be dropped. See [`deliver_challenge`](crate::deliver_challenge).
+    #[error("authentication failed: {0}")]
+    Authentication(String),
+    /// The peer did not complete the authkey handshake within the deadline (see
+    /// [`ListenerBuilder::handshake_timeout`](crate::ListenerBuilder::handshake_timeout)):
+    /// it stalled, or is too slow. The connection was dropped; the listener goes on.
+    #[error("the peer did not complete the authentication handshake within {0:?}")]
+    HandshakeTimeout(std::time::Duration),
+    /// No peer connected within the timeout of
+    /// [`Listener::accept_timeout`](crate::Listener::accept_timeout), or the connection to a
+    /// server was not established within [`ClientBuilder::timeout`](crate::ClientBuilder::timeout).
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(std::time::Duration),
+    /// The listener was closed with [`Listener::close`](crate::Listener::close) (Python's
+    /// `OSError('listener is closed')`).
+    #[error("listener is closed")]
+    ListenerClosed,
+    /// An address that cannot be used: an empty or too long Unix socket path or abstract name
+    /// (at most 107 bytes), or a string that is no address.
+    #[error("invalid address: {0}")]
+    InvalidAddress(String),
     /// An operating-system error.
     #[error("I/O error on the connection: {0}")]
     Io(#[from] std::io::Error),

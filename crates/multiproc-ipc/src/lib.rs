@@ -1,11 +1,15 @@
 //! Message channels between processes: [`pipe`], [`socketpair`], [`simplex`] and
-//! [`Connection`], Python's `multiprocessing.Pipe` and `multiprocessing.connection.Connection`,
-//! and [`wait`], Python's `multiprocessing.connection.wait`.
+//! [`Connection`], Python's `multiprocessing.Pipe` and `multiprocessing.connection.Connection`;
+//! [`Listener`] and [`Client`] with an authkey, Python's `multiprocessing.connection.Listener`
+//! and `Client`; and [`wait`], Python's `multiprocessing.connection.wait`.
 //!
 //! | Python | here |
 //! |---|---|
 //! | `a, b = Pipe()` | [`pipe()`] (two OS pipes, fastest) or [`socketpair()`] (can send handles) |
 //! | `r, w = Pipe(duplex=False)` | [`simplex()`] → ([`Reader`], [`Writer`]) |
+//! | `Listener(address, authkey=k)` | [`Listener::bind(address, Some(k))`](Listener::bind) (Unix path, abstract name or TCP: [`Address`]) |
+//! | `Client(address, authkey=k)` | [`Client::connect(address, Some(k))`](Client::connect) |
+//! | `deliver_challenge(c, k)`, `answer_challenge(c, k)` | [`deliver_challenge`], [`answer_challenge`] |
 //! | `wait([a, p.sentinel], t)` | [`wait(&[&a as &dyn Waitable, &sentinel], Some(t))`](wait()) → indices |
 //!
 //! A [`Connection`] sends and receives whole messages. The framing on the wire is Python's
@@ -65,17 +69,24 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod auth;
 mod connection;
 mod error;
 pub mod frame;
+mod listener;
 mod oneway;
 pub mod queue;
 #[cfg(test)]
 mod tests;
 mod wait;
 
+pub use auth::{answer_challenge, client_handshake, deliver_challenge, server_handshake};
 pub use connection::{Connection, MAX_HANDLE_FDS, pipe, simplex, socketpair};
 pub use error::Error;
+pub use listener::{
+    Address, Client, ClientBuilder, DEFAULT_BACKLOG, DEFAULT_HANDSHAKE_TIMEOUT, Listener,
+    ListenerBuilder,
+};
 pub use oneway::{Reader, Writer};
 pub use queue::{
     GetError, JoinThreadError, JoinableQueue, PutError, Queue, QueueBuilder, SimpleQueue,

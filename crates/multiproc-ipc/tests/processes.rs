@@ -10,9 +10,12 @@ use std::time::Duration;
 use std::time::Instant;
 
 use multiproc_core::StartMethod;
-use multiproc_ipc::{Connection, Error, Reader, Waitable, Writer, pipe, simplex, socketpair, wait};
+use multiproc_ipc::{
+    Address, Client, Connection, Error, Listener, Reader, Waitable, Writer, pipe, simplex,
+    socketpair, wait,
+};
 use multiproc_sync::Lock;
-use multiproc_testkit::{Failed, LONG, TestFn, check, join, start_daemon as start};
+use multiproc_testkit::{End, Failed, LONG, TestFn, check, join, start_daemon as start};
 
 fn main() {
     let tests: &[(&str, TestFn)] = &[
@@ -45,6 +48,14 @@ fn main() {
         (
             "try_clone_hands_one_end_to_two_children",
             try_clone_hands_one_end_to_two_children,
+        ),
+        (
+            "listener_serves_child_clients_over_tcp_and_unix",
+            listener_serves_child_clients_over_tcp_and_unix,
+        ),
+        (
+            "stalled_and_garbage_clients_do_not_block_the_listener",
+            stalled_and_garbage_clients_do_not_block_the_listener,
         ),
     ];
     let trials = multiproc_testkit::trials(tests);
@@ -447,5 +458,142 @@ fn try_clone_hands_one_end_to_two_children(m: StartMethod) -> Result<(), Failed>
     let mut theirs = theirs;
     theirs.send(&3u32)?;
     check!(recv::<u32>(&mut mine)? == 3, "the kept end");
+    Ok(())
+}
+
+const KEY: &[u8] = b"listener test key";
+
+/// Connects to the listener with the right key (or the wrong one), echoes one message with
+/// a prefix, waits for the parent to close, and reports `echoed` (or `refused`).
+fn echo_client((address, key, report): (Address, Vec<u8>, End)) {
+    let connected = Client::builder(&address)
+        .authkey(&key)
+        .timeout(LONG)
+        .connect();
+    let mut conn = match connected {
+        Ok(conn) => conn,
+        Err(Error::Authentication(_)) => return report.send("refused"),
+        Err(e) => panic!("connect to {address}: {e}"),
+    };
+    let message = conn.recv_bytes().unwrap();
+    conn.send_bytes(&[b"child:".as_slice(), &message].concat())
+        .unwrap();
+    assert!(matches!(conn.recv_bytes(), Err(Error::Eof)));
+    report.send("echoed");
+}
+
+/// Starts an `echo_client` child; returns it and the end its report comes on.
+fn start_echo_client(
+    m: StartMethod,
+    listener: &Listener,
+    key: &[u8],
+) -> Result<(multiproc_core::Process, End), Failed> {
+    let (report, report_w) = End::pair();
+    let p = start(
+        m,
+        echo_client,
+        (listener.address().clone(), key.to_vec(), report_w),
+    )?;
+    Ok((p, report))
+}
+
+fn listener_serves_child_clients_over_tcp_and_unix(m: StartMethod) -> Result<(), Failed> {
+    for address in [
+        "127.0.0.1:0".parse::<Address>()?,
+        Address::arbitrary_unix()?,
+    ] {
+        let listener = Listener::bind(address, Some(KEY))?;
+        // Two children one after the other, then one with the wrong key.
+        for n in 0..2u8 {
+            let (p, report) = start_echo_client(m, &listener, KEY)?;
+            let mut conn = listener.accept_timeout(LONG)?;
+            conn.send_bytes(&[b'0' + n])?;
+            check!(conn.poll(Some(LONG))?, "no echo from the child");
+            let echo = conn.recv_bytes()?;
+            check!(
+                echo == [b"child:".as_slice(), &[b'0' + n]].concat(),
+                "echo {echo:?}"
+            );
+            drop(conn);
+            check!(report.line()? == "echoed", "the child did not finish");
+            check!(join(&p)? == 0, "child failed");
+        }
+        let (p, report) = start_echo_client(m, &listener, b"wrong")?;
+        let refused = listener.accept_timeout(LONG);
+        check!(
+            matches!(refused, Err(Error::Authentication(_))),
+            "a wrong key was not refused: {refused:?}"
+        );
+        check!(
+            report.line()? == "refused",
+            "the child saw no authentication error"
+        );
+        check!(join(&p)? == 0, "child failed");
+        let address = listener.address().clone();
+        drop(listener);
+        if let Address::Unix(path) = address {
+            check!(!path.exists(), "socket file left behind");
+        }
+    }
+    Ok(())
+}
+
+/// Connects and then does nothing until killed.
+fn stalled_client((address, ready): (Address, End)) {
+    let _conn = Client::connect(address, None).unwrap();
+    ready.send("connected");
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// Connects and writes a header that announces 2 GiB, then part of a frame, then leaves.
+fn garbage_client(address: Address) {
+    let mut conn = Client::connect(address, None).unwrap();
+    let fd = conn.write_fd().unwrap();
+    rustix::io::write(fd, b"\x7f\xff\xff\xff").unwrap();
+    conn.close();
+}
+
+fn stalled_and_garbage_clients_do_not_block_the_listener(m: StartMethod) -> Result<(), Failed> {
+    let timeout = Duration::from_millis(300);
+    let listener = Listener::builder()
+        .address("127.0.0.1:0".parse::<Address>()?)
+        .authkey(KEY)
+        .handshake_timeout(Some(timeout))
+        .bind()?;
+    let (ready, ready_w) = End::pair();
+    let stalled = start(m, stalled_client, (listener.address().clone(), ready_w))?;
+    check!(
+        ready.line()? == "connected",
+        "the stalled child did not connect"
+    );
+    let started = Instant::now();
+    let err = listener.accept_timeout(LONG).unwrap_err();
+    check!(
+        matches!(err, Error::HandshakeTimeout(t) if t == timeout),
+        "stalled client: {err}"
+    );
+    check!(
+        started.elapsed() >= timeout,
+        "the handshake deadline came early"
+    );
+
+    let garbage = start(m, garbage_client, listener.address().clone())?;
+    let err = listener.accept_timeout(LONG).unwrap_err();
+    check!(
+        matches!(err, Error::Authentication(_)),
+        "garbage client: {err}"
+    );
+    check!(join(&garbage)? == 0, "the garbage child failed");
+
+    let (good, report) = start_echo_client(m, &listener, KEY)?;
+    let mut conn = listener.accept_timeout(LONG)?;
+    conn.send_bytes(b"after")?;
+    check!(conn.poll(Some(LONG))?, "no echo from the child");
+    check!(conn.recv_bytes()? == b"child:after", "wrong echo");
+    drop(conn);
+    check!(report.line()? == "echoed", "the good child did not finish");
+    check!(join(&good)? == 0, "the good child failed");
+    stalled.kill()?;
+    join(&stalled)?;
     Ok(())
 }
