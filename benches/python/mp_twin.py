@@ -18,6 +18,9 @@ the output contract and the measurement code are those of the reference harness
   shm.create_1MiB, shm.attach_1MiB, shm.close_both_unlink                        us
   shm.{child_write_256MiB_fresh,parent_read_256MiB_after_child,write_then_read_256MiB_end_to_end}  GB/s
   event.pingpong, barrier2.wait, condition.pingpong   round trip with a child, us
+  {queue,simplequeue}.throughput.{1p1c,4p1c}          1 or 4 children put 1e5 ints in all, items/s
+  {queue,simplequeue}.roundtrip.int                   put, child gets and puts back, us
+  queue.item_1MiB                                     a child puts 1 MiB bytes objects, GB/s (10^9)
 
 Output contract:
   stdout: one line per figure      name<TAB>median<TAB>unit
@@ -165,6 +168,26 @@ def _cond_child(cond, turn, total):
                 cond.wait()
             turn.value = 0
             cond.notify()
+
+
+def _q_producer(q, n, gate):
+    _gate_child(gate)
+    put = q.put
+    for i in range(n):
+        put(i)
+    put(None)
+
+
+def _q_echo(qin, qout, total):
+    for _ in range(total):
+        qout.put(qin.get())
+
+
+def _q_big_sender(q, size, count, gate):
+    data = b"x" * size
+    _gate_child(gate)
+    for _ in range(count):
+        q.put(data)
 
 
 def _stream_sender(conn, size, count, reps):
@@ -502,6 +525,64 @@ def b_sync():
     _roundtrip("condition.pingpong", mkc, cond_rt, noop, n)
 
 
+def _queue_throughput(name, make_q, producers, total_items):
+    per = total_items // producers
+    vals = []
+    for _ in range(REPS):
+        q = make_q()
+        gate = _make_gate(producers)
+        ps = [FORK.Process(target=_q_producer, args=(q, per, gate)) for _ in range(producers)]
+        for p in ps:
+            p.start()
+        t0 = _gate_open(gate)
+        got = ended = 0
+        get = q.get
+        while ended < producers:
+            if get() is None:
+                ended += 1
+            else:
+                got += 1
+        dt = pc() - t0
+        for p in ps:
+            p.join()
+        assert got == per * producers
+        vals.append(got / dt)
+    emit(name, vals, "items/s")
+
+
+def b_queue():
+    # mp_bench.py's b_queue, plus queue.item_1MiB (not in mp_bench.py: the 1 MiB item).
+    N = _n(100_000, 2_000)
+    _queue_throughput("queue.throughput.1p1c", FORK.Queue, 1, N)
+    _queue_throughput("queue.throughput.4p1c", FORK.Queue, 4, N)
+    _queue_throughput("simplequeue.throughput.1p1c", FORK.SimpleQueue, 1, N)
+    _queue_throughput("simplequeue.throughput.4p1c", FORK.SimpleQueue, 4, N)
+    for qname, mk in (("queue", FORK.Queue), ("simplequeue", FORK.SimpleQueue)):
+        qa, qb = mk(), mk()
+
+        def mkc(total):
+            p = FORK.Process(target=_q_echo, args=(qa, qb, total))
+            p.start()
+            return p
+        _roundtrip("%s.roundtrip.int" % qname, mkc, lambda: qa.put(1), qb.get, _n(1000, 100))
+    size, count = 1 << 20, _n(100, 8)
+    vals = []
+    for _ in range(REPS):
+        q = FORK.Queue()
+        gate = _make_gate(1)
+        p = FORK.Process(target=_q_big_sender, args=(q, size, count, gate))
+        p.start()
+        t0 = _gate_open(gate)
+        got = 0
+        for _ in range(count):
+            got += len(q.get())
+        dt = pc() - t0
+        p.join()
+        assert got == size * count
+        vals.append(got / dt / 1e9)
+    emit("queue.item_1MiB", vals, "GB/s")
+
+
 BENCHES = [
     ("proc", b_proc),
     ("proc.rss256MiB", b_proc_rss),
@@ -514,6 +595,7 @@ BENCHES = [
     ("shm.1MiB", b_shm_ops),
     ("shm.256MiB", b_shm_big),
     ("sync.pingpong", b_sync),
+    ("queue", b_queue),
 ]
 
 

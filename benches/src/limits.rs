@@ -4,10 +4,10 @@
 //! whose figure name it prints: `proc.c` (fork/`_exit`/waitpid, posix_spawn of `/bin/true`),
 //! `pingpong.c` (pipe, socketpair, shared-futex and process-shared-semaphore ping-pong with a
 //! forked child), `stream.c` (pipe and socketpair throughput from a forked child, started by a
-//! spin flag in a shared page), `locks.c` (spinlock, futex mutex, pshared `pthread_mutex_t` and
+//! spin flag in a shared page; the busy-waiting SPSC ring of u64), `locks.c` (spinlock, futex mutex, pshared `pthread_mutex_t` and
 //! `sem_t` in shared memory: uncontended, and two processes incrementing one counter) and
-//! `mem.c` (POSIX shm create/attach/unlink; a child writing 256 MiB into a fresh segment and
-//! the parent reading it; a child filling an 8 MB segment).
+//! `mem.c` (memcpy bandwidth; POSIX shm create/attach/unlink; a child writing 256 MiB into a
+//! fresh segment and the parent reading it; a child filling an 8 MB segment).
 //!
 //! Forked children only make raw system calls (`read`, `write`, `close`, `mmap`, `futex`,
 //! `_exit`), atomics, `memcpy`/`memset`, and glibc's semaphore and mutex calls (futex-based),
@@ -26,7 +26,7 @@ use std::hint::spin_loop;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -1550,5 +1550,151 @@ impl Drop for ShmChildFill {
         if let Some((p, len)) = self.reused.take() {
             unmap(p, len);
         }
+    }
+}
+
+// ------------------------------------------------------------ SPSC ring, memcpy ----
+
+/// The ring of [`SpscRing`]: `RING` u64 slots in a shared mapping, the producer's and the
+/// consumer's counters on their own cache lines (stream.c's `struct ring`).
+const SPSC_SLOTS: usize = 4096;
+
+#[repr(C, align(64))]
+struct SpscLine(AtomicU64);
+
+#[repr(C)]
+struct Spsc {
+    head: SpscLine,
+    tail: SpscLine,
+    flag: SpscLine,
+    slot: [AtomicU64; SPSC_SLOTS],
+}
+
+/// `shm.spsc_ring_u64`: a forked child pushes 2,000,000 u64 through a single-producer
+/// single-consumer ring of 4,096 slots in shared memory, both sides busy-waiting; the parent
+/// sums them; items/s. A fresh child per repetition, released by a spin flag (stream.c).
+#[derive(Debug)]
+pub(crate) struct SpscRing {
+    n: u64,
+    map: Option<AnonShared>,
+}
+
+impl SpscRing {
+    /// The bench, `n` items per repetition.
+    pub(crate) fn new(n: u64) -> Self {
+        Self { n, map: None }
+    }
+}
+
+impl Bench for SpscRing {
+    fn name(&self) -> String {
+        "shm.spsc_ring_u64".into()
+    }
+    fn unit(&self) -> &'static str {
+        "items/s"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.map = Some(AnonShared::new(std::mem::size_of::<Spsc>())?);
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let map = self.map.as_ref().ok_or("not set up")?;
+        // SAFETY: the mapping is zeroed (valid atomics), aligned and as large as `Spsc`, and
+        // lives as long as `map`; it is only accessed atomically.
+        let q: &Spsc = unsafe { &*map.as_ptr::<Spsc>() };
+        let n = self.n;
+        q.head.0.store(0, Ordering::SeqCst);
+        q.tail.0.store(0, Ordering::SeqCst);
+        q.flag.0.store(0, Ordering::SeqCst);
+        let ring = SPSC_SLOTS as u64;
+        let child = fork_child(|| {
+            q.flag.0.store(1, Ordering::SeqCst);
+            while q.flag.0.load(Ordering::Acquire) != 2 {
+                spin_loop();
+            }
+            let (mut h, mut tcache) = (0u64, 0u64);
+            for i in 0..n {
+                while h - tcache >= ring {
+                    tcache = q.tail.0.load(Ordering::Acquire);
+                    if h - tcache >= ring {
+                        spin_loop();
+                    }
+                }
+                q.slot[(h % ring) as usize].store(i, Ordering::Relaxed);
+                h += 1;
+                q.head.0.store(h, Ordering::Release);
+            }
+            0
+        })?;
+        while q.flag.0.load(Ordering::Acquire) != 1 {
+            spin_loop();
+        }
+        let t0 = Instant::now();
+        q.flag.0.store(2, Ordering::SeqCst);
+        let (mut t, mut hcache, mut sum) = (0u64, 0u64, 0u64);
+        while t < n {
+            if t == hcache {
+                hcache = q.head.0.load(Ordering::Acquire);
+                if t == hcache {
+                    spin_loop();
+                    continue;
+                }
+            }
+            sum = sum.wrapping_add(q.slot[(t % ring) as usize].load(Ordering::Relaxed));
+            t += 1;
+            q.tail.0.store(t, Ordering::Release);
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let status = reap(child)?;
+        if status != 0 || sum != n * (n - 1) / 2 {
+            return Err(format!("{}: child status {status:#x} or bad sum", self.name()).into());
+        }
+        Ok(n as f64 / dt)
+    }
+}
+
+/// `mem.memcpy_256MiB_warm`: one `memcpy` of 256 MiB between two warm (touched) private
+/// buffers; GB/s (10^9 bytes) (mem.c's `bandwidth`).
+#[derive(Debug)]
+pub(crate) struct MemcpyWarm {
+    size: usize,
+    bufs: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MemcpyWarm {
+    /// The bench over buffers of `size` bytes (mem.c: 256 MiB).
+    pub(crate) fn new(size: usize) -> Self {
+        Self { size, bufs: None }
+    }
+}
+
+impl Bench for MemcpyWarm {
+    fn name(&self) -> String {
+        "mem.memcpy_256MiB_warm".into()
+    }
+    fn unit(&self) -> &'static str {
+        "GB/s"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.bufs = Some((vec![1u8; self.size], vec![2u8; self.size]));
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let (src, dst) = self.bufs.as_mut().ok_or("not set up")?;
+        let t0 = Instant::now();
+        dst.copy_from_slice(src);
+        let dt = t0.elapsed().as_secs_f64();
+        std::hint::black_box(&dst);
+        Ok(self.size as f64 / dt / 1e9)
+    }
+    fn finish(&mut self) -> Res<()> {
+        self.bufs = None;
+        Ok(())
     }
 }

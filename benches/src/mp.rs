@@ -19,6 +19,13 @@
 //! - `shm.*`: `SharedMemory` create/attach/close+unlink of 1 MiB (us each); a child writing
 //!   256 MiB into a fresh segment and the parent reading it (GB/s).
 //! - `array.fill_from_child.1e6d.*`: a child filling 10^6 doubles; ms.
+//! - `queue.throughput.{1p1c,4p1c}`, `simplequeue.throughput.{1p1c,4p1c}`: 1 or 4 children
+//!   put 100,000 ints in all (then a `None` each) into a fresh `Queue` / `SimpleQueue`; the
+//!   parent gets until it has seen every `None`; items/s from the gate's opening.
+//! - `queue.roundtrip.int`, `simplequeue.roundtrip.int`: the parent puts an int on one queue, a
+//!   child gets it and puts it on a second queue, the parent gets it back; us per round trip.
+//! - `queue.item_1MiB`: a child puts items of 1 MiB of bytes into a `Queue`, the parent gets
+//!   them; GB/s (10^9 bytes) from the gate's opening.
 //!
 //! Children that take part in a timed region wait at mp_bench.py's start gate (a `Barrier(2)`
 //! and an `Event`), so their start-up stays outside it.
@@ -26,9 +33,12 @@
 //! fork, which only changes what happens before the clock starts.
 
 use multiproc_core::{Process, StartMethod, get_context};
-use multiproc_ipc::{Address, Client, Connection, Listener};
+use multiproc_ipc::{Address, Client, Connection, Listener, Queue, SimpleQueue};
 use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 use multiproc_sync::{Barrier, Condition, Event, Lock, RLock};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::report::{Bench, Family, Res};
@@ -361,13 +371,13 @@ pub(crate) fn throughput(
 
 // ------------------------------------------------------------------ start gate ----
 
-/// mp_bench.py's start gate: the child reports ready at a `Barrier(2)` and waits for an
+/// mp_bench.py's start gate: the children report ready at a `Barrier(n + 1)` and wait for an
 /// `Event`; the parent passes the barrier, reads the clock, then sets the event, so no child
 /// work can precede the clock.
 type Gate = (Barrier, Event);
 
-fn make_gate() -> Res<Gate> {
-    Ok((Barrier::new(2, None)?, Event::new()?))
+fn make_gate(children: usize) -> Res<Gate> {
+    Ok((Barrier::new(children as u32 + 1, None)?, Event::new()?))
 }
 
 fn gate_child(gate: &Gate) {
@@ -491,7 +501,7 @@ impl Bench for Contended {
     fn measure(&mut self) -> Res<f64> {
         let n = self.n;
         let v = Value::new(0i32)?;
-        let (gate, done) = (make_gate()?, Event::new()?);
+        let (gate, done) = (make_gate(1)?, Event::new()?);
         let ctx = get_context(StartMethod::Forkserver);
         let p = start(ctx.process(
             lock_incr_child,
@@ -532,12 +542,17 @@ pub(crate) enum PingPong {
     /// `condition.pingpong`: a turn variable under a `Condition` (over an `RLock`), each side
     /// sets it, notifies and waits for its turn back.
     Condition,
+    /// `queue.roundtrip.int` / `simplequeue.roundtrip.int`: the parent puts `1` on one queue;
+    /// the child gets it and puts it on a second queue, where the parent gets it.
+    Queue(QueueKind),
 }
 
 enum PingState {
     Event(Event, Event),
     Barrier(Barrier),
     Condition(Condition, RawValue<i32>),
+    Queue(Queue<i64>, Queue<i64>),
+    SimpleQueue(Box<(SimpleQueue<i64>, SimpleQueue<i64>)>),
 }
 
 fn event_child(args: (Event, Event, u64)) {
@@ -600,14 +615,37 @@ impl SyncRoundTrip {
                     cond.wait()?;
                 }
             }
+            PingState::Queue(a, b) => int_round_trip(a, b)?,
+            PingState::SimpleQueue(ab) => int_round_trip(&ab.0, &ab.1)?,
         }
         Ok(())
     }
 }
 
+/// Puts `1` on `a`, gets it back from `b`.
+fn int_round_trip<Q: BenchQueue<i64>>(a: &Q, b: &Q) -> Res<()> {
+    a.put_item(1);
+    let back = b.get_item()?;
+    if back != 1 {
+        return Err(format!("queue round trip: got {back} back").into());
+    }
+    Ok(())
+}
+
+/// Two new queues and an echo child between them (`total` round trips).
+fn start_queue_echo<Q: BenchQueue<i64>>(
+    ctx: &multiproc_core::Context,
+    total: u64,
+) -> Res<(Q, Q, Process)> {
+    let (a, b) = (Q::create()?, Q::create()?);
+    let p = start(ctx.process(q_echo::<Q>, (a.dup(), b.dup(), total)))?;
+    Ok((a, b, p))
+}
+
 impl Bench for SyncRoundTrip {
     fn name(&self) -> String {
         match self.what {
+            PingPong::Queue(kind) => format!("{}.roundtrip.int", kind.label()),
             PingPong::Event => "event.pingpong".into(),
             PingPong::Barrier => "barrier2.wait".into(),
             PingPong::Condition => "condition.pingpong".into(),
@@ -638,6 +676,14 @@ impl Bench for SyncRoundTrip {
                 let p = start(ctx.process(cond_child, (cond.clone(), turn.clone(), total)))?;
                 (PingState::Condition(cond, turn), p)
             }
+            PingPong::Queue(QueueKind::Queue) => {
+                let (a, b, p) = start_queue_echo(&ctx, total)?;
+                (PingState::Queue(a, b), p)
+            }
+            PingPong::Queue(QueueKind::Simple) => {
+                let (a, b, p) = start_queue_echo(&ctx, total)?;
+                (PingState::SimpleQueue(Box::new((a, b))), p)
+            }
         });
         self.round_trip()
     }
@@ -657,7 +703,8 @@ impl Bench for SyncRoundTrip {
 }
 
 /// A ping-pong with a forkserver-started child living across rounds; us per round trip
-/// (per wait for the barrier), `iters` per repetition, one warm-up round trip.
+/// (per wait for the barrier), `iters` per repetition, one warm-up round trip (the queue
+/// round trips are mp_bench.py's `b_queue` ones).
 pub(crate) fn ping_pong(what: PingPong, iters: usize) -> Box<dyn Bench> {
     Box::new(SyncRoundTrip {
         what,
@@ -774,7 +821,7 @@ impl Bench for ShmBig {
         let mut shm = SharedMemory::create(None, size)?;
         let (mut r, w) = multiproc_ipc::simplex()?;
         let w = w.into_connection();
-        let gate = make_gate()?;
+        let gate = make_gate(1)?;
         let ctx = get_context(StartMethod::Forkserver);
         let p = start(ctx.process(
             shm_write_child,
@@ -886,7 +933,7 @@ impl Bench for ArrayFill {
     fn measure(&mut self) -> Res<f64> {
         let n = self.n;
         let ctx = get_context(StartMethod::Forkserver);
-        let (gate, done) = (make_gate()?, Event::new()?);
+        let (gate, done) = (make_gate(1)?, Event::new()?);
         let (p, last): (Process, Box<dyn Fn() -> f64>) = match self.mode {
             Fill::ElementwiseRaw => {
                 let arr = RawArray::<f64>::zeroed(n)?;
@@ -918,4 +965,230 @@ impl Bench for ArrayFill {
 /// an event; ms from the gate's opening to the event.
 pub(crate) fn array_fill(mode: Fill, n: usize) -> Box<dyn Bench> {
     Box::new(ArrayFill { mode, n })
+}
+
+// ------------------------------------------------------------------- queues ----
+
+/// Which queue a queue figure goes through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum QueueKind {
+    /// [`Queue`] (`queue.*`).
+    Queue,
+    /// [`SimpleQueue`] (`simplequeue.*`).
+    Simple,
+}
+
+impl QueueKind {
+    fn label(self) -> &'static str {
+        match self {
+            QueueKind::Queue => "queue",
+            QueueKind::Simple => "simplequeue",
+        }
+    }
+}
+
+/// `put` and `get` of either queue, for the generic child targets below.
+trait BenchQueue<T>: Serialize + DeserializeOwned + Send + 'static + Sized {
+    fn create() -> Res<Self>;
+    fn put_item(&self, v: T);
+    fn get_item(&self) -> Res<T>;
+    fn dup(&self) -> Self;
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> BenchQueue<T> for Queue<T> {
+    fn create() -> Res<Self> {
+        Ok(Queue::new()?)
+    }
+    fn put_item(&self, v: T) {
+        self.put(v).map_err(|e| e.to_string()).expect("put");
+    }
+    fn get_item(&self) -> Res<T> {
+        Ok(self.get()?)
+    }
+    fn dup(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> BenchQueue<T> for SimpleQueue<T> {
+    fn create() -> Res<Self> {
+        Ok(SimpleQueue::new()?)
+    }
+    fn put_item(&self, v: T) {
+        self.put(v).map_err(|e| e.to_string()).expect("put");
+    }
+    fn get_item(&self) -> Res<T> {
+        Ok(self.get()?)
+    }
+    fn dup(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// mp_bench.py's `_q_producer`: `n` ints, then `None`.
+fn q_producer<Q: BenchQueue<Option<i64>>>(args: (Q, u64, Gate)) {
+    let (q, n, gate) = args;
+    gate_child(&gate);
+    for i in 0..n as i64 {
+        q.put_item(Some(i));
+    }
+    q.put_item(None);
+}
+
+/// mp_bench.py's `_q_echo`: gets from one queue and puts on the other, `total` times.
+fn q_echo<Q: BenchQueue<i64>>(args: (Q, Q, u64)) {
+    let (qin, qout, total) = args;
+    for _ in 0..total {
+        qout.put_item(qin.get_item().expect("q_echo: get"));
+    }
+}
+
+struct QueueThroughput {
+    kind: QueueKind,
+    producers: usize,
+    total: usize,
+}
+
+impl QueueThroughput {
+    fn run<Q: BenchQueue<Option<i64>>>(&self) -> Res<f64> {
+        let per = self.total / self.producers;
+        let q = Q::create()?;
+        let gate = make_gate(self.producers)?;
+        let ctx = get_context(StartMethod::Forkserver);
+        let mut ps = Vec::with_capacity(self.producers);
+        for _ in 0..self.producers {
+            let args = (q.dup(), per as u64, gate.clone());
+            ps.push(start(ctx.process(q_producer::<Q>, args))?);
+        }
+        let t0 = gate_open(&gate)?;
+        let (mut got, mut ended) = (0usize, 0usize);
+        while ended < self.producers {
+            match q.get_item()? {
+                None => ended += 1,
+                Some(_) => got += 1,
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        for p in &ps {
+            join_ok(p, &self.name())?;
+        }
+        if got != per * self.producers {
+            return Err(format!("{}: got {got} items", self.name()).into());
+        }
+        Ok(got as f64 / dt)
+    }
+}
+
+impl Bench for QueueThroughput {
+    fn name(&self) -> String {
+        format!("{}.throughput.{}p1c", self.kind.label(), self.producers)
+    }
+    fn unit(&self) -> &'static str {
+        "items/s"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        match self.kind {
+            QueueKind::Queue => self.run::<Queue<Option<i64>>>(),
+            QueueKind::Simple => self.run::<SimpleQueue<Option<i64>>>(),
+        }
+    }
+}
+
+/// `queue.throughput.<p>p1c` / `simplequeue.throughput.<p>p1c`: per repetition a fresh queue
+/// and `producers` forkserver-started children (released by the gate) putting `total` ints in
+/// all, then a `None` each; the parent gets until it has seen every `None`; items/s
+/// (mp_bench.py's `_queue_throughput`).
+pub(crate) fn queue_throughput(kind: QueueKind, producers: usize, total: usize) -> Box<dyn Bench> {
+    Box::new(QueueThroughput {
+        kind,
+        producers,
+        total,
+    })
+}
+
+/// A byte string encoded as one (`serialize_bytes`: a length and the bytes, copied whole),
+/// what `serde_bytes::ByteBuf` is: the counterpart of Python's `bytes`. (A `Vec<u8>` is a
+/// sequence to serde, encoded and decoded one byte at a time.) Shared, as a Python `bytes`
+/// object is: putting the same one again copies nothing before the encoding.
+pub(crate) struct Bytes(pub(crate) Arc<Vec<u8>>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(Arc::new(v.to_vec())))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(Arc::new(v)))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}
+
+/// Puts `count` items of `size` bytes (built before the gate).
+fn q_big_sender(args: (Queue<Bytes>, u64, u64, Gate)) {
+    let (q, size, count, gate) = args;
+    let data = Arc::new(vec![b'x'; size as usize]);
+    gate_child(&gate);
+    for _ in 0..count {
+        q.put_item(Bytes(Arc::clone(&data)));
+    }
+}
+
+struct QueueBig {
+    size: usize,
+    count: usize,
+}
+
+impl Bench for QueueBig {
+    fn name(&self) -> String {
+        "queue.item_1MiB".into()
+    }
+    fn unit(&self) -> &'static str {
+        "GB/s"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let q: Queue<Bytes> = Queue::new()?;
+        let gate = make_gate(1)?;
+        let ctx = get_context(StartMethod::Forkserver);
+        let args = (q.clone(), self.size as u64, self.count as u64, gate.clone());
+        let p = start(ctx.process(q_big_sender, args))?;
+        let t0 = gate_open(&gate)?;
+        let mut got = 0usize;
+        for _ in 0..self.count {
+            let b = q.get_item()?;
+            if b.0.len() != self.size || b.0[self.size - 1] != b'x' {
+                return Err(format!("{}: bad item", self.name()).into());
+            }
+            got += b.0.len();
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        join_ok(&p, &self.name())?;
+        Ok(got as f64 / dt / 1e9)
+    }
+}
+
+/// `queue.item_1MiB`: per repetition a fresh `Queue` and a forkserver-started child (released
+/// by the gate) putting `count` items of `size` bytes ([`Bytes`], as Python's `bytes`); the
+/// parent gets them; GB/s (10^9 bytes) from the gate's opening to the last `get`.
+pub(crate) fn queue_big(size: usize, count: usize) -> Box<dyn Bench> {
+    Box::new(QueueBig { size, count })
 }

@@ -727,6 +727,48 @@ const TARGETS: &[Target] = &[
         bound: Bound::VsPythonAtLeast(20.0),
     },
     Target {
+        what: "`Queue`: 100,000 ints from one child ≥ 40× Python's items/s",
+        figure: "queue.throughput.1p1c",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(40.0),
+    },
+    Target {
+        what: "`Queue`: 100,000 ints from four children ≥ 20× Python's items/s",
+        figure: "queue.throughput.4p1c",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    Target {
+        what: "`SimpleQueue`: 100,000 ints from one child ≥ 20× Python's items/s",
+        figure: "simplequeue.throughput.1p1c",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    Target {
+        what: "`SimpleQueue`: 100,000 ints from four children ≥ 20× Python's items/s",
+        figure: "simplequeue.throughput.4p1c",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    at_most(
+        "`Queue` int round trip (put → child get → put back) ≤ 1.5× raw shared-futex ping-pong",
+        "queue.roundtrip.int",
+        "pingpong.futex_shared",
+        1.5,
+    ),
+    at_most(
+        "`SimpleQueue` int round trip ≤ 1.5× raw shared-futex ping-pong",
+        "simplequeue.roundtrip.int",
+        "pingpong.futex_shared",
+        1.5,
+    ),
+    Target {
+        what: "1 MiB items through a `Queue` ≥ 0.5× memcpy bandwidth",
+        figure: "queue.item_1MiB",
+        limit: "mem.memcpy_256MiB_warm",
+        bound: Bound::ThroughputAtLeast(0.5),
+    },
+    Target {
         what: "child writes 256 MiB into a fresh `SharedMemory` ≥ 0.9× raw shm_open+mmap",
         figure: "shm.child_write_256MiB_fresh",
         limit: "shm.child_write_256MiB_fresh",
