@@ -550,13 +550,16 @@ def _queue_throughput(name, make_q, producers, total_items):
     emit(name, vals, "items/s")
 
 
-def b_queue():
-    # mp_bench.py's b_queue, plus queue.item_1MiB (not in mp_bench.py: the 1 MiB item).
+def b_queue_throughput():
+    # mp_bench.py's b_queue, split as multiproc-benches groups it.
     N = _n(100_000, 2_000)
     _queue_throughput("queue.throughput.1p1c", FORK.Queue, 1, N)
     _queue_throughput("queue.throughput.4p1c", FORK.Queue, 4, N)
     _queue_throughput("simplequeue.throughput.1p1c", FORK.SimpleQueue, 1, N)
     _queue_throughput("simplequeue.throughput.4p1c", FORK.SimpleQueue, 4, N)
+
+
+def b_queue_roundtrip():
     for qname, mk in (("queue", FORK.Queue), ("simplequeue", FORK.SimpleQueue)):
         qa, qb = mk(), mk()
 
@@ -565,6 +568,10 @@ def b_queue():
             p.start()
             return p
         _roundtrip("%s.roundtrip.int" % qname, mkc, lambda: qa.put(1), qb.get, _n(1000, 100))
+
+
+def b_queue_big():
+    # Not in mp_bench.py: the 1 MiB item, a bytes object through a Queue.
     size, count = 1 << 20, _n(100, 8)
     vals = []
     for _ in range(REPS):
@@ -595,7 +602,9 @@ BENCHES = [
     ("shm.1MiB", b_shm_ops),
     ("shm.256MiB", b_shm_big),
     ("sync.pingpong", b_sync),
-    ("queue", b_queue),
+    ("queue.throughput", b_queue_throughput),
+    ("queue.roundtrip", b_queue_roundtrip),
+    ("queue.item_1MiB", b_queue_big),
 ]
 
 

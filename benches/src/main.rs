@@ -77,8 +77,16 @@ const GROUPS: &[(&str, &str)] = &[
         "Event, Barrier(2), Condition ping-pong with a child; raw shared futex and sem_t ping-pong",
     ),
     (
-        "queue",
-        "Queue/SimpleQueue: 100,000 ints from 1 or 4 children, int round trip, 1 MiB items; raw SPSC ring, futex ping-pong, memcpy",
+        "queue.throughput",
+        "Queue/SimpleQueue: 100,000 ints from 1 or 4 children; raw SPSC ring of u64",
+    ),
+    (
+        "queue.roundtrip",
+        "Queue/SimpleQueue: int put, child gets and puts it back on a second queue; raw shared futex ping-pong",
+    ),
+    (
+        "queue.item_1MiB",
+        "a child puts 1 MiB byte strings into a Queue; raw memcpy bandwidth",
     ),
 ];
 
@@ -110,7 +118,7 @@ fn usage() -> String {
          --reps N     rounds (repetitions) of every figure; default 15 proc, 7 proc.rss256MiB,\n\
          \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
-         \x20            11 sync.pingpong, 7 queue (3 with --quick)\n\
+         \x20            11 sync.pingpong, 7 queue.* (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -287,7 +295,9 @@ fn run(a: &Args) -> Res<()> {
             "shm.1MiB" => shm_ops_group(&mut out, a)?,
             "shm.256MiB" => shm_big_group(&mut out, a)?,
             "sync.pingpong" => sync_group(&mut out, a)?,
-            "queue" => queue_group(&mut out, a)?,
+            "queue.throughput" => queue_throughput_group(&mut out, a)?,
+            "queue.roundtrip" => queue_roundtrip_group(&mut out, a)?,
+            "queue.item_1MiB" => queue_big_group(&mut out, a)?,
             _ => unreachable!("group {group} has no runner"),
         }
         eprintln!(
@@ -511,16 +521,13 @@ fn sync_group(out: &mut Out, a: &Args) -> Res<()> {
     run_rotated(out, &mut benches, a.rounds(11))
 }
 
-/// Queue throughput (100,000 ints from 1 or 4 producers, as mp_bench.py's `b_queue`) with the
-/// raw SPSC ring (2,000,000 u64, stream.c); int round trips through two queues (1,000 per
-/// repetition) with the raw shared-futex ping-pong (5,000); 1 MiB items through a `Queue` with
-/// the raw 256 MiB memcpy (mem.c). Each in its own rotation, with its limit.
-fn queue_group(out: &mut Out, a: &Args) -> Res<()> {
-    let rounds = a.rounds(7);
+/// Queue throughput: 100,000 ints from 1 or 4 producers (mp_bench.py's `b_queue`), with the
+/// raw SPSC ring (2,000,000 u64 per repetition, stream.c).
+fn queue_throughput_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
     if a.limits {
         benches.push(Box::new(limits::SpscRing::new(
-            a.n(2_000_000, 20_000) as u64
+            a.n(2_000_000, 20_000) as u64,
         )));
     }
     if a.mp {
@@ -531,8 +538,12 @@ fn queue_group(out: &mut Out, a: &Args) -> Res<()> {
             }
         }
     }
-    run_rotated(out, &mut benches, rounds)?;
+    run_rotated(out, &mut benches, a.rounds(7))
+}
 
+/// Int round trips through two queues (1,000 per repetition, mp_bench.py), with the raw
+/// shared-futex ping-pong (5,000, pingpong.c).
+fn queue_roundtrip_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
     if a.limits {
         benches.push(Box::new(limits::SyncPingPong::new(
@@ -542,14 +553,15 @@ fn queue_group(out: &mut Out, a: &Args) -> Res<()> {
     }
     if a.mp {
         let it = a.n(1000, 100);
-        benches.push(mp::ping_pong(mp::PingPong::Queue(mp::QueueKind::Queue), it));
-        benches.push(mp::ping_pong(
-            mp::PingPong::Queue(mp::QueueKind::Simple),
-            it,
-        ));
+        for kind in [mp::QueueKind::Queue, mp::QueueKind::Simple] {
+            benches.push(mp::ping_pong(mp::PingPong::Queue(kind), it));
+        }
     }
-    run_rotated(out, &mut benches, rounds)?;
+    run_rotated(out, &mut benches, a.rounds(11))
+}
 
+/// 1 MiB items through a `Queue` (100 per repetition), with the raw 256 MiB memcpy (mem.c).
+fn queue_big_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
     if a.limits {
         benches.push(Box::new(limits::MemcpyWarm::new(a.n(256 * MIB, 16 * MIB))));
@@ -557,5 +569,5 @@ fn queue_group(out: &mut Out, a: &Args) -> Res<()> {
     if a.mp {
         benches.push(mp::queue_big(MIB, a.n(100, 8)));
     }
-    run_rotated(out, &mut benches, rounds)
+    run_rotated(out, &mut benches, a.rounds(7))
 }
