@@ -527,7 +527,7 @@ fn queue_throughput_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
     if a.limits {
         benches.push(Box::new(limits::SpscRing::new(
-            a.n(2_000_000, 20_000) as u64,
+            a.n(2_000_000, 20_000) as u64
         )));
     }
     if a.mp {

@@ -272,28 +272,55 @@ fn flush_at_exit() {
     }
 }
 
-/// The feeder thread: writes parked items into the ring in order, waiting for room.
+/// How many parked items the feeder writes between two publications.
+const FEED_PUBLISH: usize = 32;
+
+/// The feeder thread: writes parked items into the ring in order, waiting for room. It takes
+/// the whole backlog at once and writes as many of its items as the ring takes under one
+/// acquisition of the producer lock (waiting for room for the first only), publishing every
+/// [`FEED_PUBLISH`] items: one item at a time, it could not keep up with a `put` loop.
 fn feed(core: &Core) {
+    let mut batch: VecDeque<Vec<u8>> = VecDeque::new();
     loop {
-        let item = core.with_local(|local| match local.backlog.pop_front() {
-            Some(item) => Some(item),
-            None => {
-                core.backlogged.store(false, Release);
-                local.running = false;
-                None
-            }
-        });
-        let Some(item) = item else { return };
-        loop {
-            // No deadline: the lock and the room are waited for as long as it takes.
-            if let Ok(mut p) = core.ring.produce(None)
-                && p.push(&item, None).is_ok()
-            {
-                p.publish();
-                core.ring.buffered(-1);
-                break;
+        if batch.is_empty() {
+            // `backlogged` stays set while the batch taken here is not written.
+            let more = core.with_local(|local| {
+                if local.backlog.is_empty() {
+                    core.backlogged.store(false, Release);
+                    local.running = false;
+                    false
+                } else {
+                    std::mem::swap(&mut local.backlog, &mut batch);
+                    true
+                }
+            });
+            if !more {
+                return;
             }
         }
+        // No deadline: the lock and the room are waited for as long as it takes.
+        let Ok(mut p) = core.ring.produce(None) else {
+            continue;
+        };
+        let mut written = 0;
+        while let Some(item) = batch.front() {
+            let ok = if written == 0 {
+                p.push(item, None).is_ok()
+            } else {
+                p.push_now(item)
+            };
+            if !ok {
+                break;
+            }
+            batch.pop_front();
+            written += 1;
+            if written % FEED_PUBLISH == 0 {
+                p.publish();
+                core.ring.buffered(-(FEED_PUBLISH as i64));
+            }
+        }
+        p.publish();
+        core.ring.buffered(-((written % FEED_PUBLISH) as i64));
     }
 }
 
@@ -407,7 +434,12 @@ impl<T> Queue<T> {
     /// Sends encoded items in order: each straight into the ring when there is room now and
     /// this process has nothing parked, else into this process's feeder. A bounded queue first
     /// takes a slot per item, waiting until `deadline` (`try_only`: not at all).
-    fn send(&self, items: Vec<Vec<u8>>, deadline: Deadline, try_only: bool) -> Result<(), Refused> {
+    fn send(
+        &self,
+        items: &mut [Vec<u8>],
+        deadline: Deadline,
+        try_only: bool,
+    ) -> Result<(), Refused> {
         let core = &self.core;
         let ring = &core.ring;
         let joinable = ring.flags() & JOINABLE != 0;
@@ -424,9 +456,10 @@ impl<T> Queue<T> {
         result
     }
 
+    /// The items written into the ring are left in `items`; those parked are taken out.
     fn send_items(
         &self,
-        items: Vec<Vec<u8>>,
+        items: &mut [Vec<u8>],
         deadline: Deadline,
         try_only: bool,
     ) -> Result<(), Refused> {
@@ -460,14 +493,13 @@ impl<T> Queue<T> {
                 // An unbounded put never queues behind a producer that waits for room.
                 direct = !core.backlogged.load(Acquire) && !ring.stalled();
                 if direct {
-                    producer = ring.produce(Some(Instant::now() + PRODUCER_LOCK_WAIT)).ok();
+                    producer = ring.produce_within(PRODUCER_LOCK_WAIT).ok();
                     direct = producer.is_some();
                 }
             }
             if let Some(p) = producer.as_mut()
                 && !core.backlogged.load(Acquire)
-                && p.fits_now(item.len())
-                && p.push(&item, Some(Instant::now())).is_ok()
+                && p.push_now(item)
             {
                 unsent -= 1;
                 continue;
@@ -476,7 +508,7 @@ impl<T> Queue<T> {
             drop(producer.take());
             direct = false;
             ring.buffered(1);
-            if let Err((e, _)) = core.park(item) {
+            if let Err((e, _)) = core.park(std::mem::take(item)) {
                 ring.buffered(-1);
                 if bounded {
                     ring.release_slot();
@@ -519,6 +551,34 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GetError> {
     postcard::from_bytes(bytes).map_err(|e| GetError::Decode(e.to_string()))
 }
 
+/// The largest buffer a thread keeps between two items.
+const SCRATCH_KEEP: usize = 4 << 20;
+
+thread_local! {
+    /// A buffer this thread reuses to encode items and to copy them out of the ring (one
+    /// allocation per item less on either side).
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's scratch buffer, emptied (a fresh one if `f` runs inside
+/// another call: the buffer is taken while in use). `f` may take the buffer away.
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = SCRATCH.take();
+    buf.clear();
+    let r = f(&mut buf);
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.set(buf);
+    }
+    r
+}
+
+/// Encodes `value` into `buf` (emptied first).
+fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), String> {
+    buf.clear();
+    *buf = postcard::to_extend(value, std::mem::take(buf)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
 /// Takes one item (`deadline` for it to come), as `GetError::Empty` when `try_only`.
 fn take<T: DeserializeOwned>(
     consumer: Result<Consumer<'_>, GetError>,
@@ -540,27 +600,35 @@ fn take<T: DeserializeOwned>(
         }
         e => e,
     })?;
-    let popped = c.pop(deadline).map_err(|e| GetError::Corrupt(e.0))?;
-    drop(c);
-    match popped {
-        Popped::Item(bytes) => decode(&bytes),
-        Popped::Timeout => Err(timeout),
-    }
+    with_scratch(|buf| {
+        let popped = c.pop(deadline, buf).map_err(|e| GetError::Corrupt(e.0))?;
+        drop(c);
+        match popped {
+            Popped::Item => decode(buf),
+            Popped::Timeout => Err(timeout),
+        }
+    })
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_with(&self, value: T, deadline: Deadline, try_only: bool) -> Result<(), PutError<T>> {
         let value = self.refuse_closed(value)?;
-        let bytes = match encode(&value) {
-            Ok(b) => b,
-            Err(e) => return Err(PutError::Encode(value, e)),
-        };
-        self.send(vec![bytes], deadline, try_only)
-            .map_err(|r| match r.why {
+        let sent = with_scratch(|buf| {
+            encode_into(&value, buf).map_err(Err)?;
+            let mut one = [std::mem::take(buf)];
+            let r = self.send(&mut one, deadline, try_only).map_err(Ok);
+            // Written into the ring: the buffer is still here, and serves the next item.
+            *buf = std::mem::take(&mut one[0]);
+            r
+        });
+        sent.map_err(|e| match e {
+            Err(e) => PutError::Encode(value, e),
+            Ok(r) => match r.why {
                 Why::Full => PutError::Full(value),
                 Why::Timeout => PutError::Timeout(value),
                 Why::Os(e) => PutError::Os(value, e),
-            })
+            },
+        })
     }
 
     /// Puts `value` at the back of the queue. On an unbounded queue this never blocks; on a
@@ -592,7 +660,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
                 Err(e) => return Err(PutError::Encode(values, e)),
             }
         }
-        self.send(items, None, false).map_err(|r| {
+        self.send(&mut items, None, false).map_err(|r| {
             let mut values = values;
             let unsent = values.split_off(values.len() - r.unsent);
             match r.why {
@@ -626,10 +694,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// items other consumers are waiting for.)
     pub fn get_many(&self, max: usize) -> Result<Vec<T>, GetError> {
         let mut c = self.consume(None)?;
-        let first = match c.pop(None).map_err(|e| GetError::Corrupt(e.0))? {
-            Popped::Item(b) => b,
-            Popped::Timeout => return Err(GetError::Timeout),
-        };
+        let mut first = Vec::new();
+        if c.pop(None, &mut first)
+            .map_err(|e| GetError::Corrupt(e.0))?
+            == Popped::Timeout
+        {
+            return Err(GetError::Timeout);
+        }
         let mut raw = vec![first];
         c.pop_ready(max.max(1), &mut raw)
             .map_err(|e| GetError::Corrupt(e.0))?;
@@ -731,16 +802,17 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         if self.closed.load(Relaxed) {
             return Err(PutError::Closed(value));
         }
-        let bytes = match encode(&value) {
-            Ok(b) => b,
-            Err(e) => return Err(PutError::Encode(value, e)),
-        };
-        let Ok(mut p) = self.ring.produce(deadline) else {
-            return Err(PutError::Timeout(value));
-        };
-        match p.push(&bytes, deadline) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(PutError::Timeout(value)),
+        let r = with_scratch(|bytes| {
+            encode_into(&value, bytes)?;
+            let Ok(mut p) = self.ring.produce(deadline) else {
+                return Ok(false);
+            };
+            Ok(p.push(bytes, deadline).is_ok())
+        });
+        match r {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PutError::Timeout(value)),
+            Err(e) => Err(PutError::Encode(value, e)),
         }
     }
 

@@ -381,7 +381,10 @@ impl Ring {
     /// Takes plock (until `deadline`) and returns a producer holding it; a producer that died
     /// holding it is taken over.
     pub(crate) fn produce(&self, deadline: Deadline) -> Result<Producer<'_>, Stop> {
-        let got = self.plock.acquire_raw(left(deadline));
+        self.producer(self.plock.acquire_raw(left(deadline)))
+    }
+
+    fn producer(&self, got: Acquired) -> Result<Producer<'_>, Stop> {
         if got == Acquired::TimedOut {
             return Err(Stop::Timeout);
         }
@@ -393,6 +396,11 @@ impl Ring {
             published: pos(tail),
             head: pos(self.ctl[HEAD].load(Acquire)),
         })
+    }
+
+    /// [`produce`](Self::produce), waiting at most `wait` for plock.
+    pub(crate) fn produce_within(&self, wait: Duration) -> Result<Producer<'_>, Stop> {
+        self.producer(self.plock.acquire_raw(Some(wait)))
     }
 
     // ---------------------------------------------------------------- consumers
@@ -415,6 +423,18 @@ impl Ring {
 
     fn word(&self, at: u64) -> &AtomicU64 {
         &self.data[((at >> 3) as usize) & (self.data.len() - 1)]
+    }
+
+    /// The `n` words from byte position `at` on, as the run up to the end of the ring and the
+    /// run from its start (empty unless they wrap).
+    fn words(&self, at: u64, n: usize) -> (&[AtomicU64], &[AtomicU64]) {
+        let first = ((at >> 3) as usize) & (self.data.len() - 1);
+        let to_end = self.data.len() - first;
+        if n <= to_end {
+            (&self.data[first..first + n], &[])
+        } else {
+            (&self.data[first..], &self.data[..n - to_end])
+        }
     }
 }
 
@@ -562,15 +582,15 @@ impl Producer<'_> {
             at = at.wrapping_add(8);
         }
         let mut chunks = payload.chunks_exact(8);
-        for c in &mut chunks {
-            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            self.ring.word(at).store(w, Relaxed);
-            at = at.wrapping_add(8);
+        let (a, b) = self.ring.words(at, chunks.len());
+        for (w, c) in a.iter().chain(b).zip(&mut chunks) {
+            w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
             let mut b = [0u8; 8];
             b[..rest.len()].copy_from_slice(rest);
+            let at = at.wrapping_add((payload.len() - rest.len()) as u64);
             self.ring.word(at).store(u64::from_le_bytes(b), Relaxed);
         }
         self.ring
@@ -609,6 +629,20 @@ impl Producer<'_> {
         let need = padded(len) + chunks * 16 + max_record;
         self.head = pos(self.ring.ctl[HEAD].load(Acquire));
         self.ring.cap() - self.used() >= need
+    }
+
+    /// Writes one item if it can be written whole right now ([`fits_now`](Self::fits_now)),
+    /// without waiting (and without reading the clock); `false` if it cannot.
+    pub(crate) fn push_now(&mut self, item: &[u8]) -> bool {
+        if !self.fits_now(item.len()) {
+            return false;
+        }
+        if 8 + padded(item.len()) <= self.ring.max_record() {
+            // `fits_now` found room for the record (and no chunked item open).
+            self.write(FULL, None, item);
+            return true;
+        }
+        self.push(item, Some(Instant::now())).is_ok()
     }
 
     fn chunk_payload(&self) -> usize {
@@ -664,9 +698,10 @@ impl Drop for Producer<'_> {
 }
 
 /// What [`Consumer::pop`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Popped {
-    /// A whole item's bytes.
-    Item(Vec<u8>),
+    /// A whole item (its bytes are in the caller's buffer).
+    Item,
     /// Nothing before the deadline.
     Timeout,
 }
@@ -710,16 +745,20 @@ impl Consumer<'_> {
         }
     }
 
+    /// Appends the `len` bytes from byte position `from` to `out`.
     fn copy_out(&self, from: u64, len: usize, out: &mut Vec<u8>) {
-        let mut at = from;
-        let mut left = len;
-        while left >= 8 {
-            out.extend_from_slice(&self.ring.word(at).load(Relaxed).to_le_bytes());
-            at = at.wrapping_add(8);
-            left -= 8;
+        let start = out.len();
+        out.resize(start + len, 0);
+        let mut dst = out[start..].chunks_exact_mut(8);
+        let (a, b) = self.ring.words(from, dst.len());
+        for (d, w) in (&mut dst).zip(a.iter().chain(b)) {
+            d.copy_from_slice(&w.load(Relaxed).to_le_bytes());
         }
-        if left > 0 {
-            out.extend_from_slice(&self.ring.word(at).load(Relaxed).to_le_bytes()[..left]);
+        let rest = dst.into_remainder();
+        if !rest.is_empty() {
+            let at = from.wrapping_add((len - rest.len()) as u64);
+            let n = rest.len();
+            rest.copy_from_slice(&self.ring.word(at).load(Relaxed).to_le_bytes()[..n]);
         }
     }
 
@@ -728,10 +767,11 @@ impl Consumer<'_> {
         pos(self.ring.ctl[TAIL].load(Acquire)).wrapping_sub(self.pos) & POS
     }
 
-    /// Takes the next item, waiting until `deadline` for one to begin (a chunked item that
-    /// began is always finished or abandoned, whatever the deadline).
-    pub(crate) fn pop(&mut self, deadline: Deadline) -> Result<Popped, Corrupt> {
-        let r = self.pop_inner(deadline);
+    /// Takes the next item into `out` (cleared first), waiting until `deadline` for one to
+    /// begin (a chunked item that began is always finished or abandoned, whatever the
+    /// deadline).
+    pub(crate) fn pop(&mut self, deadline: Deadline, out: &mut Vec<u8>) -> Result<Popped, Corrupt> {
+        let r = self.pop_inner(deadline, out);
         self.notify_space();
         r
     }
@@ -740,8 +780,9 @@ impl Consumer<'_> {
     pub(crate) fn pop_ready(&mut self, max: usize, out: &mut Vec<Vec<u8>>) -> Result<(), Corrupt> {
         let past = Some(Instant::now());
         while out.len() < max && self.available() != 0 {
-            match self.pop_inner(past)? {
-                Popped::Item(v) => out.push(v),
+            let mut v = Vec::new();
+            match self.pop_inner(past, &mut v)? {
+                Popped::Item => out.push(v),
                 Popped::Timeout => break,
             }
         }
@@ -749,11 +790,13 @@ impl Consumer<'_> {
         Ok(())
     }
 
-    fn pop_inner(&mut self, deadline: Deadline) -> Result<Popped, Corrupt> {
+    fn pop_inner(&mut self, deadline: Deadline, out: &mut Vec<u8>) -> Result<Popped, Corrupt> {
         let ring = self.ring;
         let cap = ring.cap();
         let max_record = ring.max_record();
-        let mut partial: Option<(Vec<u8>, u64)> = None;
+        out.clear();
+        // The total length of the chunked item being taken into `out`.
+        let mut partial: Option<u64> = None;
         loop {
             let avail = self.available();
             if avail == 0 {
@@ -793,35 +836,35 @@ impl Consumer<'_> {
             let body = at.wrapping_add(8);
             match h.kind {
                 FULL => {
-                    let mut v = Vec::with_capacity(h.len);
-                    self.copy_out(body, h.len, &mut v);
+                    self.copy_out(body, h.len, out);
                     self.advance(rec, true);
                     ring.release_slot();
-                    return Ok(Popped::Item(v));
+                    return Ok(Popped::Item);
                 }
                 FIRST => {
                     let total = ring.word(body).load(Relaxed);
-                    let mut v = Vec::with_capacity((total as usize).min(MAX_AHEAD));
-                    self.copy_out(body.wrapping_add(8), h.len - 8, &mut v);
-                    if v.len() as u64 > total {
+                    out.clear();
+                    out.reserve((total as usize).min(MAX_AHEAD));
+                    self.copy_out(body.wrapping_add(8), h.len - 8, out);
+                    if out.len() as u64 > total {
                         return Err(corrupt("a first chunk longer than its item"));
                     }
-                    partial = Some((v, total));
+                    partial = Some(total);
                     self.advance(rec, false);
                 }
                 CONT | LAST => {
                     let last = h.kind == LAST;
-                    if let Some((mut v, total)) = partial.take() {
-                        self.copy_out(body, h.len, &mut v);
-                        if v.len() as u64 > total || (last && v.len() as u64 != total) {
+                    if let Some(total) = partial.take() {
+                        self.copy_out(body, h.len, out);
+                        if out.len() as u64 > total || (last && out.len() as u64 != total) {
                             return Err(corrupt("chunks that do not add up to their item"));
                         }
                         self.advance(rec, last);
                         if last {
                             ring.release_slot();
-                            return Ok(Popped::Item(v));
+                            return Ok(Popped::Item);
                         }
-                        partial = Some((v, total));
+                        partial = Some(total);
                     } else {
                         // The rest of an item a dead consumer had begun: skip it.
                         self.advance(rec, last);
@@ -833,6 +876,7 @@ impl Consumer<'_> {
                 ABORT => {
                     // The item's producer died (or gave up) in its middle: it never comes.
                     partial = None;
+                    out.clear();
                     self.advance(rec, false);
                     ring.release_slot();
                 }
@@ -901,12 +945,11 @@ mod tests {
             let mut p = ring.produce(None).unwrap();
             p.push(it, None).unwrap();
         }
+        let mut v = Vec::new();
         for it in items {
             let mut c = ring.consume(None).unwrap();
-            match c.pop(None).unwrap() {
-                Popped::Item(v) => assert_eq!(&v, it),
-                Popped::Timeout => panic!("timeout"),
-            }
+            assert_eq!(c.pop(None, &mut v).unwrap(), Popped::Item);
+            assert_eq!(&v, it);
         }
         assert!(ring.ring_empty());
         assert_eq!(ring.qsize(), 0);
@@ -935,10 +978,9 @@ mod tests {
         let want = big.clone();
         let t = std::thread::spawn(move || {
             let mut c = r2.consume(None).unwrap();
-            match c.pop(None).unwrap() {
-                Popped::Item(v) => assert_eq!(v, want),
-                Popped::Timeout => panic!("timeout"),
-            }
+            let mut v = Vec::new();
+            assert_eq!(c.pop(None, &mut v).unwrap(), Popped::Item);
+            assert_eq!(v, want);
         });
         ring.produce(None).unwrap().push(&big, None).unwrap();
         t.join().unwrap();
@@ -959,10 +1001,9 @@ mod tests {
         let r2 = ring.clone();
         let t = std::thread::spawn(move || {
             let mut c = r2.consume(None).unwrap();
-            match c.pop(None).unwrap() {
-                Popped::Item(v) => v,
-                Popped::Timeout => panic!("timeout"),
-            }
+            let mut v = Vec::new();
+            assert_eq!(c.pop(None, &mut v).unwrap(), Popped::Item);
+            v
         });
         ring.produce(None).unwrap().push(b"after", None).unwrap();
         assert_eq!(t.join().unwrap(), b"after");
@@ -974,10 +1015,11 @@ mod tests {
         let ring = Ring::new(MIN_RING, 0, 0).unwrap();
         let mut c = ring.consume(None).unwrap();
         let t0 = Instant::now();
-        assert!(matches!(
-            c.pop(Some(t0 + Duration::from_millis(30))).unwrap(),
+        assert_eq!(
+            c.pop(Some(t0 + Duration::from_millis(30)), &mut Vec::new())
+                .unwrap(),
             Popped::Timeout
-        ));
+        );
         assert!(t0.elapsed() >= Duration::from_millis(30));
     }
 }
