@@ -382,9 +382,11 @@ impl Ring {
     /// Takes plock (until `deadline`) and returns a producer holding it; a producer that died
     /// holding it is taken over.
     pub(crate) fn produce(&self, deadline: Deadline) -> Result<Producer<'_>, Stop> {
-        let got = self.plock.acquire_raw(left(deadline));
-        if got == Acquired::TimedOut {
-            return Err(Stop::Timeout);
+        match self.plock.acquire_raw(left(deadline)) {
+            Acquired::TimedOut => return Err(Stop::Timeout),
+            // A producer killed while it waited for room left its flag up.
+            Acquired::OwnerDied(_) => self.ctl[STALLED].store(0, Relaxed),
+            Acquired::Yes => {}
         }
         let tail = self.ctl[TAIL].load(Acquire);
         Ok(Producer {
