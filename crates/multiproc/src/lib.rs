@@ -64,8 +64,8 @@ pub use multiproc_core::{
     init, parent_process, register_after_fork, set_start_method, start_method_if_set,
 };
 pub use multiproc_ipc::{
-    Connection, GetError, JoinableQueue, PutError, Queue, QueueBuilder, Reader, SimpleQueue,
-    Waitable, Writer, pipe, simplex, socketpair, wait,
+    Address, Client, Connection, GetError, JoinableQueue, Listener, PutError, Queue, QueueBuilder,
+    Reader, SimpleQueue, Waitable, Writer, pipe, simplex, socketpair, wait,
 };
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};

@@ -61,6 +61,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use self::error::{GetError, JoinThreadError, PutError, TaskDoneError};
+#[doc(hidden)]
+pub use self::ring::fuzz_records;
 use self::ring::{Consumer, Deadline, JOINABLE, Popped, Ring, Stop};
 
 /// How long a `put` waits for another producer to finish before it parks its item in the
