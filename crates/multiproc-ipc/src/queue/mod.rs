@@ -438,7 +438,7 @@ impl<T> Queue<T> {
     /// takes a slot per item, waiting until `deadline` (`try_only`: not at all).
     fn send(
         &self,
-        items: &mut [Vec<u8>],
+        items: &mut [impl Encoded],
         deadline: Deadline,
         try_only: bool,
     ) -> Result<(), Refused> {
@@ -461,7 +461,7 @@ impl<T> Queue<T> {
     /// The items written into the ring are left in `items`; those parked are taken out.
     fn send_items(
         &self,
-        items: &mut [Vec<u8>],
+        items: &mut [impl Encoded],
         deadline: Deadline,
         try_only: bool,
     ) -> Result<(), Refused> {
@@ -495,13 +495,16 @@ impl<T> Queue<T> {
                 // An unbounded put never queues behind a producer that waits for room.
                 direct = !core.backlogged.load(Acquire) && !ring.stalled();
                 if direct {
-                    producer = ring.produce_within(PRODUCER_LOCK_WAIT).ok();
+                    producer = ring
+                        .try_produce()
+                        .or_else(|_| ring.produce_within(PRODUCER_LOCK_WAIT))
+                        .ok();
                     direct = producer.is_some();
                 }
             }
             if let Some(p) = producer.as_mut()
                 && !core.backlogged.load(Acquire)
-                && p.push_now(item)
+                && p.push_now(item.bytes())
             {
                 unsent -= 1;
                 continue;
@@ -510,7 +513,7 @@ impl<T> Queue<T> {
             drop(producer.take());
             direct = false;
             ring.buffered(1);
-            if let Err((e, _)) = core.park(std::mem::take(item)) {
+            if let Err((e, _)) = core.park(item.take_owned()) {
                 ring.buffered(-1);
                 if bounded {
                     ring.release_slot();
@@ -581,6 +584,73 @@ fn encode_into<T: Serialize>(value: &T, buf: &mut Vec<u8>) -> Result<(), String>
     Ok(())
 }
 
+/// Items up to this many encoded bytes are encoded on the stack.
+const STACK_ITEM: usize = 128;
+
+/// An encoded item on its way into the ring: its bytes, and an owned copy for the feeder.
+trait Encoded {
+    fn bytes(&self) -> &[u8];
+    /// The bytes as a vector of their own, for the feeder (moved out where possible).
+    fn take_owned(&mut self) -> Vec<u8>;
+}
+
+impl Encoded for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn take_owned(&mut self) -> Vec<u8> {
+        std::mem::take(self)
+    }
+}
+
+impl Encoded for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn take_owned(&mut self) -> Vec<u8> {
+        self.to_vec()
+    }
+}
+
+impl Encoded for &mut Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn take_owned(&mut self) -> Vec<u8> {
+        std::mem::take(*self)
+    }
+}
+
+/// Encodes `value` and runs `f` on the encoded item: on the stack if it takes at most
+/// [`STACK_ITEM`] bytes, else in this thread's scratch buffer (which `f` may take away).
+fn with_encoded<T: Serialize, R>(
+    value: &T,
+    f: impl FnOnce(&mut dyn Encoded) -> R,
+) -> Result<R, String> {
+    let mut stack = [0u8; STACK_ITEM];
+    match postcard::to_slice(value, &mut stack) {
+        Ok(bytes) => {
+            let mut item: &[u8] = bytes;
+            Ok(f(&mut item))
+        }
+        Err(postcard::Error::SerializeBufferFull) => with_scratch(|buf| {
+            encode_into(value, buf)?;
+            let mut item = buf;
+            Ok(f(&mut item))
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Encoded for &mut dyn Encoded {
+    fn bytes(&self) -> &[u8] {
+        (**self).bytes()
+    }
+    fn take_owned(&mut self) -> Vec<u8> {
+        (**self).take_owned()
+    }
+}
+
 /// Takes one item (`deadline` for it to come), as `GetError::Empty` when `try_only`.
 fn take<T: DeserializeOwned>(
     consumer: Result<Consumer<'_>, GetError>,
@@ -615,22 +685,15 @@ fn take<T: DeserializeOwned>(
 impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn put_with(&self, value: T, deadline: Deadline, try_only: bool) -> Result<(), PutError<T>> {
         let value = self.refuse_closed(value)?;
-        let sent = with_scratch(|buf| {
-            encode_into(&value, buf).map_err(Err)?;
-            let mut one = [std::mem::take(buf)];
-            let r = self.send(&mut one, deadline, try_only).map_err(Ok);
-            // Written into the ring: the buffer is still here, and serves the next item.
-            *buf = std::mem::take(&mut one[0]);
-            r
-        });
-        sent.map_err(|e| match e {
-            Err(e) => PutError::Encode(value, e),
-            Ok(r) => match r.why {
+        match with_encoded(&value, |item| self.send(&mut [item], deadline, try_only)) {
+            Ok(Ok(())) => Ok(()),
+            Err(e) => Err(PutError::Encode(value, e)),
+            Ok(Err(r)) => Err(match r.why {
                 Why::Full => PutError::Full(value),
                 Why::Timeout => PutError::Timeout(value),
                 Why::Os(e) => PutError::Os(value, e),
-            },
-        })
+            }),
+        }
     }
 
     /// Puts `value` at the back of the queue. On an unbounded queue this never blocks; on a
@@ -804,12 +867,11 @@ impl<T: Serialize + DeserializeOwned> SimpleQueue<T> {
         if self.closed.load(Relaxed) {
             return Err(PutError::Closed(value));
         }
-        let r = with_scratch(|bytes| {
-            encode_into(&value, bytes)?;
+        let r = with_encoded(&value, |item| {
             let Ok(mut p) = self.ring.produce(deadline) else {
-                return Ok(false);
+                return false;
             };
-            Ok(p.push(bytes, deadline).is_ok())
+            p.push(item.bytes(), deadline).is_ok()
         });
         match r {
             Ok(true) => Ok(()),

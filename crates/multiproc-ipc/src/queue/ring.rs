@@ -23,8 +23,10 @@
 //!   takes `plock` over from a dead holder, or finds `CHUNKING` set (a producer that timed out
 //!   mid-item), writes `ABORT` first. A consumer waiting mid-item checks in slices whether the
 //!   producer is gone and writes the `ABORT` itself.
-//! - **Wake-ups.** An event count per condition (a sequence word and a waiter count): the
-//!   notifier calls `FUTEX_WAKE` only when someone waits; a waiter spins briefly first.
+//! - **Wake-ups.** An event count per condition (a sequence word and a "sleepers" flag): a
+//!   waiter spins briefly, then raises the flag and sleeps; the notifier calls `FUTEX_WAKE`
+//!   only when it clears a raised flag, so once per sleep, however many notifications come
+//!   before the sleeper runs again.
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicU64, fence};
@@ -71,7 +73,7 @@ const CTL_WORDS: usize = 40;
 /// `FLAGS`: the queue counts unfinished tasks.
 pub(crate) const JOINABLE: u64 = 1;
 
-// Event counts (32-bit futex words): `[sequence, waiters]`, each on its own cache line.
+// Event counts (32-bit futex words): `[sequence, sleepers flag]`, each on its own cache line.
 const NOT_EMPTY: usize = 0;
 const SPACE: usize = 16;
 const ALL_DONE: usize = 32;
@@ -91,9 +93,14 @@ const PAD: u8 = 5;
 const ABORT: u8 = 6;
 const MAGIC: u64 = 0x5a;
 
-/// How long a waiter spins (checks between `spin_loop` hints) before it sleeps: about 2-3 µs,
-/// the wake-up saved when the peer runs on another CPU (`research/queue-ring.md` §2).
-const SPIN: u32 = 100;
+/// How long a waiter spins (checks between `spin_loop` hints) before it yields: about 1 µs,
+/// what a peer on another CPU takes to answer (`research/queue-ring.md` §2).
+const SPIN: u32 = 24;
+/// How many times a waiter then yields its CPU (checking between yields) before it sleeps:
+/// a peer on the same CPU runs at once, and answers without a wake-up on either side (the
+/// spike's fixed 100-check spin cost ~5 µs per round trip there); a peer on another CPU is
+/// polled a little longer.
+const YIELDS: u32 = 16;
 /// How long a consumer in the middle of a chunked item sleeps before it checks whether the
 /// producer is gone.
 const MID_ITEM_SLICE: Duration = Duration::from_millis(20);
@@ -402,6 +409,11 @@ impl Ring {
         })
     }
 
+    /// [`produce`](Self::produce) if plock is free now (without reading the clock).
+    pub(crate) fn try_produce(&self) -> Result<Producer<'_>, Stop> {
+        self.producer(self.plock.try_acquire_raw())
+    }
+
     /// [`produce`](Self::produce), waiting at most `wait` for plock.
     pub(crate) fn produce_within(&self, wait: Duration) -> Result<Producer<'_>, Stop> {
         self.producer(self.plock.acquire_raw(Some(wait)))
@@ -451,10 +463,13 @@ fn expired(deadline: Deadline) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-/// Wakes every process sleeping on the event at `at`, if any.
+/// Wakes every process sleeping on the event at `at`, if any. The sleepers' flag is cleared
+/// by the notifier that wakes them: later notifications make no system call until one of
+/// them sleeps again (a producer putting item after item while its consumer has not yet run
+/// wakes it once, not once per item).
 fn notify(ev: &[AtomicU32], at: usize) {
     fence(SeqCst);
-    if ev[at + 1].load(Relaxed) != 0 {
+    if ev[at + 1].load(Relaxed) != 0 && ev[at + 1].swap(0, SeqCst) != 0 {
         ev[at].fetch_add(1, Release);
         let _ = rustix::thread::futex::wake(
             &ev[at],
@@ -464,7 +479,8 @@ fn notify(ev: &[AtomicU32], at: usize) {
     }
 }
 
-/// Spins briefly, then sleeps once on the event at `at` until it is notified or `until`;
+/// Spins briefly, yields a few times, then sleeps once on the event at `at` until it is
+/// notified or `until`;
 /// returns whether `ready()` held (checked before and after the sleep).
 fn sleep_on(ev: &[AtomicU32], at: usize, ready: &dyn Fn() -> bool, until: Deadline) -> bool {
     for _ in 0..SPIN {
@@ -473,8 +489,16 @@ fn sleep_on(ev: &[AtomicU32], at: usize, ready: &dyn Fn() -> bool, until: Deadli
         }
         std::hint::spin_loop();
     }
+    for _ in 0..YIELDS {
+        if ready() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    // The sequence is read before the flag is raised: a notifier that clears the flag after
+    // this has moved the sequence, and the futex wait below returns at once.
     let seq = ev[at].load(Acquire);
-    ev[at + 1].fetch_add(1, SeqCst);
+    ev[at + 1].swap(1, SeqCst);
     let ok = ready();
     if !ok {
         let nap = left(until);
@@ -493,7 +517,6 @@ fn sleep_on(ev: &[AtomicU32], at: usize, ready: &dyn Fn() -> bool, until: Deadli
             );
         }
     }
-    ev[at + 1].fetch_sub(1, SeqCst);
     ok || ready()
 }
 
