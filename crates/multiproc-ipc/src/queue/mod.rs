@@ -314,7 +314,9 @@ fn feed(core: &Core) {
             if !ok {
                 break;
             }
-            batch.pop_front();
+            if let Some(done) = batch.pop_front() {
+                recycle(done);
+            }
             written += 1;
             if written % FEED_PUBLISH == 0 {
                 p.publish();
@@ -565,10 +567,35 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
+/// Buffers of items the feeder has written, for the next items to be encoded into (a large
+/// item is parked in the buffer it was encoded into: without this, every one of them would be
+/// a fresh allocation, faulted in page by page).
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// The most buffers kept in [`SPARE`].
+const SPARES: usize = 4;
+
+/// Keeps the buffer of a parked item once it is written, for [`with_scratch`] (never waits:
+/// the feeder runs beside forks, and a lock held across one would stay held in the child).
+fn recycle(mut buf: Vec<u8>) {
+    if (STACK_ITEM..=SCRATCH_KEEP).contains(&buf.capacity())
+        && let Some(mut spare) = SPARE.try_lock()
+        && spare.len() < SPARES
+    {
+        buf.clear();
+        spare.push(buf);
+    }
+}
+
 /// Runs `f` on this thread's scratch buffer, emptied (a fresh one if `f` runs inside
 /// another call: the buffer is taken while in use). `f` may take the buffer away.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
     let mut buf = SCRATCH.take();
+    if buf.capacity() == 0
+        && let Some(mut spare) = SPARE.try_lock()
+        && let Some(b) = spare.pop()
+    {
+        buf = b;
+    }
     buf.clear();
     let r = f(&mut buf);
     if buf.capacity() <= SCRATCH_KEEP {

@@ -28,6 +28,7 @@
 //!   only when it clears a raised flag, so once per sleep, however many notifications come
 //!   before the sleeper runs again.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use std::sync::atomic::{AtomicU32, AtomicU64, fence};
 use std::time::{Duration, Instant};
@@ -172,6 +173,20 @@ pub(crate) struct Ring {
     data: SharedSlice<AtomicU64>,
     plock: Lock,
     clock: Lock,
+    /// What the last producer of this process left (in this process's memory, not shared).
+    #[serde(skip_serializing)]
+    last: Arc<LastProducer>,
+}
+
+/// The commit word a producer of this process published last, and the consumers' position it
+/// had seen then: while `TAIL` still holds that word, nobody has written since, so the
+/// consumers are at that position or beyond, and the next producer need not read `HEAD` (a
+/// cache line the consumers write for every item) until the ring looks full. Accessed only
+/// under plock.
+#[derive(Default)]
+struct LastProducer {
+    tail: AtomicU64,
+    head: AtomicU64,
 }
 
 #[derive(Deserialize)]
@@ -201,6 +216,7 @@ impl TryFrom<RingWire> for Ring {
             data: w.data,
             plock: w.plock,
             clock: w.clock,
+            last: Arc::default(),
         })
     }
 }
@@ -229,6 +245,7 @@ impl Ring {
             data: SharedSlice::new(bytes / 8, RING_KIND)?,
             plock: Lock::new().map_err(std::io::Error::other)?,
             clock: Lock::new().map_err(std::io::Error::other)?,
+            last: Arc::default(),
         };
         ring.ctl[CAPACITY].store(bytes as u64, Relaxed);
         ring.ctl[MAXSIZE].store(maxsize, Relaxed);
@@ -400,12 +417,18 @@ impl Ring {
             Acquired::Yes => {}
         }
         let tail = self.ctl[TAIL].load(Acquire);
+        let head = if tail == self.last.tail.load(Relaxed) {
+            self.last.head.load(Relaxed)
+        } else {
+            pos(self.ctl[HEAD].load(Acquire))
+        };
         Ok(Producer {
             ring: self,
             pos: pos(tail),
             count: count(tail),
             published: pos(tail),
-            head: pos(self.ctl[HEAD].load(Acquire)),
+            tail,
+            head,
         })
     }
 
@@ -530,7 +553,9 @@ pub(crate) struct Producer<'a> {
     count: u64,
     /// The position last published.
     published: u64,
-    /// The consumers' position last seen.
+    /// The commit word last published (or found).
+    tail: u64,
+    /// The consumers' position last seen (they may be further on).
     head: u64,
 }
 
@@ -558,7 +583,8 @@ impl Producer<'_> {
     /// Makes the records written so far visible to consumers.
     pub(crate) fn publish(&mut self) {
         if self.published != self.pos {
-            self.ring.ctl[TAIL].store(commit(self.pos, self.count), Release);
+            self.tail = commit(self.pos, self.count);
+            self.ring.ctl[TAIL].store(self.tail, Release);
             self.published = self.pos;
             notify(&self.ring.ev[..], NOT_EMPTY);
         }
@@ -610,8 +636,11 @@ impl Producer<'_> {
         }
         let mut chunks = payload.chunks_exact(8);
         let (a, b) = self.ring.words(at, chunks.len());
-        for (w, c) in a.iter().chain(b).zip(&mut chunks) {
-            w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
+        // Each run in its own loop (a chained iterator would test for the run's end per word).
+        for run in [a, b] {
+            for (w, c) in run.iter().zip(&mut chunks) {
+                w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
+            }
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
@@ -720,6 +749,8 @@ impl Producer<'_> {
 impl Drop for Producer<'_> {
     fn drop(&mut self) {
         self.publish();
+        self.ring.last.tail.store(self.tail, Relaxed);
+        self.ring.last.head.store(self.head, Relaxed);
         let _ = self.ring.plock.release();
     }
 }
@@ -774,18 +805,17 @@ impl Consumer<'_> {
 
     /// Appends the `len` bytes from byte position `from` to `out`.
     fn copy_out(&self, from: u64, len: usize, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + len, 0);
-        let mut dst = out[start..].chunks_exact_mut(8);
-        let (a, b) = self.ring.words(from, dst.len());
-        for (d, w) in (&mut dst).zip(a.iter().chain(b)) {
-            d.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+        out.reserve(len);
+        let (a, b) = self.ring.words(from, len / 8);
+        for run in [a, b] {
+            for w in run {
+                out.extend_from_slice(&w.load(Relaxed).to_le_bytes());
+            }
         }
-        let rest = dst.into_remainder();
-        if !rest.is_empty() {
-            let at = from.wrapping_add((len - rest.len()) as u64);
-            let n = rest.len();
-            rest.copy_from_slice(&self.ring.word(at).load(Relaxed).to_le_bytes()[..n]);
+        let rest = len % 8;
+        if rest != 0 {
+            let at = from.wrapping_add((len - rest) as u64);
+            out.extend_from_slice(&self.ring.word(at).load(Relaxed).to_le_bytes()[..rest]);
         }
     }
 
