@@ -506,7 +506,7 @@ impl<T> Queue<T> {
             }
             if let Some(p) = producer.as_mut()
                 && !core.backlogged.load(Acquire)
-                && p.push_now(item.bytes())
+                && p.push_soon(item.bytes())
             {
                 unsent -= 1;
                 continue;

@@ -701,6 +701,27 @@ impl Producer<'_> {
         self.push(item, Some(Instant::now())).is_ok()
     }
 
+    /// [`push_now`](Self::push_now), else (an item written whole, not in chunks) publishes
+    /// and yields the CPU a few times, writing the item as soon as consumers make room: a
+    /// consumer on this CPU drains the ring meanwhile, and the put that found the ring full
+    /// need not park its item (and every later one) in the feeder. Never sleeps.
+    pub(crate) fn push_soon(&mut self, item: &[u8]) -> bool {
+        if self.push_now(item) {
+            return true;
+        }
+        if 8 + padded(item.len()) > self.ring.max_record() {
+            return false;
+        }
+        self.publish();
+        for _ in 0..YIELDS {
+            std::thread::yield_now();
+            if self.push_now(item) {
+                return true;
+            }
+        }
+        false
+    }
+
     fn chunk_payload(&self) -> usize {
         (self.ring.max_record() - 16) as usize
     }
