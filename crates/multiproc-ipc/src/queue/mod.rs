@@ -506,7 +506,12 @@ impl<T> Queue<T> {
             }
             if let Some(p) = producer.as_mut()
                 && !core.backlogged.load(Acquire)
-                && p.push_soon(item.bytes())
+                && (p.push_soon(item.bytes())
+                    // An item larger than the ring streams through it while consumers take
+                    // its chunks; given up (and parked whole) if they stop for long. Not on a
+                    // bounded queue: the consumer frees the item's slot when it skips it.
+                    || (!bounded
+                        && p.push_chunked(item.bytes(), Instant::now() + PRODUCER_LOCK_WAIT)))
             {
                 unsent -= 1;
                 continue;
@@ -1159,6 +1164,29 @@ mod tests {
         for i in 0..10u8 {
             assert_eq!(q.get().unwrap(), vec![i; 100_000]);
         }
+        assert!(q.empty());
+    }
+
+    #[test]
+    fn large_items_put_before_anyone_reads_are_parked_whole_and_delivered() {
+        // Each put streams its chunks until the ring is full, gives the item up (ABORT) and
+        // parks it whole; the consumer skips the abandoned chunks.
+        let q: Queue<Vec<u8>> = QueueBuilder::new().ring_bytes(16 * 1024).build().unwrap();
+        let t0 = Instant::now();
+        for i in 0..5u8 {
+            q.put(vec![i; 100_000]).unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert_eq!(q.qsize(), 5);
+        for i in 0..5u8 {
+            assert_eq!(q.get().unwrap(), vec![i; 100_000]);
+        }
+        assert!(q.empty());
+        // With a consumer taking the chunks, an item streams straight through.
+        let q2 = q.clone();
+        let reader = std::thread::spawn(move || q2.get().unwrap());
+        q.put(vec![9; 100_000]).unwrap();
+        assert_eq!(reader.join().unwrap(), vec![9; 100_000]);
         assert!(q.empty());
     }
 

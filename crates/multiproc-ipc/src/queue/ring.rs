@@ -722,6 +722,14 @@ impl Producer<'_> {
         false
     }
 
+    /// Writes an item larger than a record (in chunks), waiting for room for each chunk until
+    /// `deadline`; `false` if it is not such an item, or if the deadline passed (the chunks
+    /// written are then ended by `ABORT`, now or by the next producer, and consumers skip
+    /// them). A `put` that can then park the whole item loses nothing by trying.
+    pub(crate) fn push_chunked(&mut self, item: &[u8], deadline: Instant) -> bool {
+        8 + padded(item.len()) > self.ring.max_record() && self.push(item, Some(deadline)).is_ok()
+    }
+
     fn chunk_payload(&self) -> usize {
         (self.ring.max_record() - 16) as usize
     }
