@@ -36,10 +36,12 @@
 //! How it works (`docs/decisions.md`, "Queues (issue 7)"): an item is written straight into
 //! the ring by the process that puts it, under a producer lock in shared memory, and made
 //! visible by one atomic store; `put` returns once it is there, so a producer killed after
-//! `put` returned loses nothing. Only when the ring is full does an unbounded queue's `put`
+//! `put` returned loses nothing. Only when the ring stays full does an unbounded queue's `put`
 //! park the item in a per-process feeder thread (Python's design, which always does), which
 //! writes it once consumers make room: those parked items die with their process if it is
-//! killed, as in Python. Items larger than a quarter of the ring pass in chunks. A process
+//! killed, as in Python. Items larger than a quarter of the ring pass in chunks; one larger
+//! than the ring streams through it from `put` while consumers take its chunks, and is parked
+//! whole if they stop for 2 ms. A process
 //! killed while it holds the producer or consumer side is detected, and the others go on; a
 //! consumer killed in the middle of a `get` loses at most the item it was taking.
 
