@@ -837,7 +837,16 @@ impl Consumer<'_> {
         out.reserve(len);
         let (a, b) = self.ring.words(from, len / 8);
         for run in [a, b] {
-            for w in run {
+            // A cache line at a time: eight independent loads, one append.
+            let mut lines = run.chunks_exact(8);
+            for line in &mut lines {
+                let mut buf = [0u8; 64];
+                for (d, w) in buf.chunks_exact_mut(8).zip(line) {
+                    d.copy_from_slice(&w.load(Relaxed).to_le_bytes());
+                }
+                out.extend_from_slice(&buf);
+            }
+            for w in lines.remainder() {
                 out.extend_from_slice(&w.load(Relaxed).to_le_bytes());
             }
         }
