@@ -499,10 +499,7 @@ impl<T> Queue<T> {
                 // An unbounded put never queues behind a producer that waits for room.
                 direct = !core.backlogged.load(Acquire) && !ring.stalled();
                 if direct {
-                    producer = ring
-                        .try_produce()
-                        .or_else(|_| ring.produce_within(PRODUCER_LOCK_WAIT))
-                        .ok();
+                    producer = ring.produce_within(PRODUCER_LOCK_WAIT).ok();
                     direct = producer.is_some();
                 }
             }

@@ -432,13 +432,16 @@ impl Ring {
         })
     }
 
-    /// [`produce`](Self::produce) if plock is free now (without reading the clock).
-    pub(crate) fn try_produce(&self) -> Result<Producer<'_>, Stop> {
-        self.producer(self.plock.try_acquire_raw())
-    }
-
-    /// [`produce`](Self::produce), waiting at most `wait` for plock.
+    /// [`produce`](Self::produce), waiting at most `wait` for plock; a free plock is taken
+    /// without reading the clock, and a held one is waited for at once (a failed attempt to
+    /// take it would check its holder's liveness, a few system calls).
     pub(crate) fn produce_within(&self, wait: Duration) -> Result<Producer<'_>, Stop> {
+        if !self.plock.is_locked() {
+            let got = self.plock.try_acquire_raw();
+            if got != Acquired::TimedOut {
+                return self.producer(got);
+            }
+        }
         self.producer(self.plock.acquire_raw(Some(wait)))
     }
 
