@@ -71,6 +71,10 @@ use self::ring::{Consumer, Deadline, JOINABLE, Popped, Ring, Stop};
 /// feeder instead (a `put` never waits for a producer that waits for room).
 const PRODUCER_LOCK_WAIT: Duration = Duration::from_millis(2);
 
+/// How long a `put` that finds the ring full yields its CPU for room before it parks its item
+/// in the feeder instead (it never sleeps).
+const ROOM_WAIT: Duration = Duration::from_millis(1);
+
 /// Options for a new queue beyond `maxsize`: the size of its ring.
 ///
 /// ```
@@ -505,7 +509,7 @@ impl<T> Queue<T> {
             }
             if let Some(p) = producer.as_mut()
                 && !core.backlogged.load(Acquire)
-                && (p.push_soon(item.bytes())
+                && (p.push_soon(item.bytes(), ROOM_WAIT)
                     // An item larger than the ring streams through it while consumers take
                     // its chunks; given up (and parked whole) if they stop for long. Not on a
                     // bounded queue: the consumer frees the item's slot when it skips it.

@@ -705,10 +705,12 @@ impl Producer<'_> {
     }
 
     /// [`push_now`](Self::push_now), else (an item written whole, not in chunks) publishes
-    /// and yields the CPU a few times, writing the item as soon as consumers make room: a
-    /// consumer on this CPU drains the ring meanwhile, and the put that found the ring full
-    /// need not park its item (and every later one) in the feeder. Never sleeps.
-    pub(crate) fn push_soon(&mut self, item: &[u8]) -> bool {
+    /// and yields the CPU until consumers make room, for at most `wait`: a consumer on this CPU
+    /// drains the ring meanwhile, one on another CPU frees a record in well under a
+    /// microsecond, and the put that found the ring full need not park its item (and every
+    /// later one) in the feeder, whose thread would compete with both for the CPUs. Never
+    /// sleeps; reads the clock only when the ring is full.
+    pub(crate) fn push_soon(&mut self, item: &[u8], wait: Duration) -> bool {
         if self.push_now(item) {
             return true;
         }
@@ -716,13 +718,18 @@ impl Producer<'_> {
             return false;
         }
         self.publish();
-        for _ in 0..YIELDS {
-            std::thread::yield_now();
-            if self.push_now(item) {
-                return true;
+        let until = Instant::now() + wait;
+        loop {
+            for _ in 0..YIELDS {
+                std::thread::yield_now();
+                if self.push_now(item) {
+                    return true;
+                }
+            }
+            if Instant::now() >= until {
+                return false;
             }
         }
-        false
     }
 
     /// Writes an item larger than a record (in chunks), waiting for room for each chunk until
