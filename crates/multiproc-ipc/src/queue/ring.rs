@@ -176,6 +176,20 @@ pub(crate) struct Ring {
     /// What the last producer of this process left (in this process's memory, not shared).
     #[serde(skip_serializing)]
     last: Arc<LastProducer>,
+    /// What the last consumer of this process left (in this process's memory, not shared).
+    #[serde(skip_serializing)]
+    last_c: Arc<LastConsumer>,
+}
+
+/// The mirror of [`LastProducer`]: the commit word a consumer of this process left in `HEAD`,
+/// and the producers' position it had seen then. While `HEAD` still holds that word, no other
+/// consumer has taken anything since, so everything up to that position is still published
+/// and unread, and the next consumer need not read `TAIL` (written by producers for every item)
+/// until it gets there. Accessed only under clock.
+#[derive(Default)]
+struct LastConsumer {
+    head: AtomicU64,
+    tail: AtomicU64,
 }
 
 /// The commit word a producer of this process published last, and the consumers' position it
@@ -217,6 +231,7 @@ impl TryFrom<RingWire> for Ring {
             plock: w.plock,
             clock: w.clock,
             last: Arc::default(),
+            last_c: Arc::default(),
         })
     }
 }
@@ -246,6 +261,7 @@ impl Ring {
             plock: Lock::new().map_err(std::io::Error::other)?,
             clock: Lock::new().map_err(std::io::Error::other)?,
             last: Arc::default(),
+            last_c: Arc::default(),
         };
         ring.ctl[CAPACITY].store(bytes as u64, Relaxed);
         ring.ctl[MAXSIZE].store(maxsize, Relaxed);
@@ -453,10 +469,16 @@ impl Ring {
             Acquired::TimedOut => None,
             Acquired::Yes | Acquired::OwnerDied(_) => {
                 let head = self.ctl[HEAD].load(Acquire);
+                let tail = if head == self.last_c.head.load(Relaxed) {
+                    self.last_c.tail.load(Relaxed)
+                } else {
+                    pos(head)
+                };
                 Some(Consumer {
                     ring: self,
                     pos: pos(head),
                     count: count(head),
+                    tail,
                     moved: false,
                 })
             }
@@ -808,6 +830,8 @@ pub(crate) struct Consumer<'a> {
     ring: &'a Ring,
     pos: u64,
     count: u64,
+    /// A position up to which records are known to be published (`TAIL` seen, maybe moved on).
+    tail: u64,
     /// Whether `HEAD` moved (consumers waiting for space get notified once at the end).
     moved: bool,
 }
@@ -868,8 +892,13 @@ impl Consumer<'_> {
     }
 
     /// Whether a record is there to read (`TAIL` beyond our position).
-    fn available(&self) -> u64 {
-        pos(self.ring.ctl[TAIL].load(Acquire)).wrapping_sub(self.pos) & POS
+    fn available(&mut self) -> u64 {
+        let known = self.tail.wrapping_sub(self.pos) & POS;
+        if known != 0 {
+            return known;
+        }
+        self.tail = pos(self.ring.ctl[TAIL].load(Acquire));
+        self.tail.wrapping_sub(self.pos) & POS
     }
 
     /// Takes the next item into `out` (cleared first), waiting until `deadline` for one to
@@ -1026,6 +1055,9 @@ impl Consumer<'_> {
 impl Drop for Consumer<'_> {
     fn drop(&mut self) {
         self.notify_space();
+        let last = &self.ring.last_c;
+        last.head.store(commit(self.pos, self.count), Relaxed);
+        last.tail.store(self.tail, Relaxed);
         let _ = self.ring.clock.release();
     }
 }
