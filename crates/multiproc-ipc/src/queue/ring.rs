@@ -421,10 +421,12 @@ impl Ring {
 
     /// Takes plock (until `deadline`) and returns a producer holding it; a producer that died
     /// holding it is taken over.
+    #[inline]
     pub(crate) fn produce(&self, deadline: Deadline) -> Result<Producer<'_>, Stop> {
         self.producer(self.plock.acquire_raw(left(deadline)))
     }
 
+    #[inline]
     fn producer(&self, got: Acquired) -> Result<Producer<'_>, Stop> {
         match got {
             Acquired::TimedOut => return Err(Stop::Timeout),
@@ -451,6 +453,7 @@ impl Ring {
     /// [`produce`](Self::produce), waiting at most `wait` for plock; a free plock is taken
     /// without reading the clock, and a held one is waited for at once (a failed attempt to
     /// take it would check its holder's liveness, a few system calls).
+    #[inline]
     pub(crate) fn produce_within(&self, wait: Duration) -> Result<Producer<'_>, Stop> {
         if !self.plock.is_locked() {
             let got = self.plock.try_acquire_raw();
@@ -464,6 +467,7 @@ impl Ring {
     // ---------------------------------------------------------------- consumers
 
     /// Takes clock (until `deadline`) and returns a consumer holding it.
+    #[inline]
     pub(crate) fn consume(&self, deadline: Deadline) -> Option<Consumer<'_>> {
         match self.clock.acquire_raw(left(deadline)) {
             Acquired::TimedOut => None,
@@ -696,6 +700,7 @@ impl Producer<'_> {
 
     /// Whether an item of `len` encoded bytes can be written whole right now, without
     /// waiting for consumers.
+    #[inline]
     pub(crate) fn fits_now(&mut self, len: usize) -> bool {
         if self.ring.ctl[CHUNKING].load(Relaxed) != 0 {
             return false;
@@ -714,6 +719,7 @@ impl Producer<'_> {
 
     /// Writes one item if it can be written whole right now ([`fits_now`](Self::fits_now)),
     /// without waiting (and without reading the clock); `false` if it cannot.
+    #[inline]
     pub(crate) fn push_now(&mut self, item: &[u8]) -> bool {
         if !self.fits_now(item.len()) {
             return false;
