@@ -27,6 +27,12 @@ pub const MAX_SHORT_LEN: usize = 0x7fff_ffff;
 /// The length of the longest header (the large-message form).
 pub const MAX_HEADER_LEN: usize = 12;
 
+/// The 4-byte field that, between the two ends of one [`pipe()`](crate::pipe()), announces
+/// that the next message travels on the pair's side socket (a negative length Python never
+/// writes, so a Python peer can never produce it). Any other connection refuses it like
+/// every negative length other than `-1` ([`Error::InvalidLength`]).
+pub(crate) const SIDE_MARKER: i32 = -2;
+
 /// The state of a header being parsed by [`decode_header`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Header {
