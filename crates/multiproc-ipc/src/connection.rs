@@ -32,6 +32,11 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_AHEAD: usize = 64 * 1024 * 1024;
 /// Buffers that grew beyond this for one big message are shrunk back afterwards.
 const RETAIN: usize = 1024 * 1024;
+/// The most memory zeroed for one `recvmsg` (which takes initialised memory), whatever a
+/// header announces: more than a Unix socket's buffer holds, which bounds what one read
+/// brings, so reading a large message costs no more than twice its size in memory traffic
+/// (zeroing the rest of a 64 MiB reservation before every read made it quadratic).
+const SOCKET_WINDOW: usize = 256 * 1024;
 /// The largest pipe buffer a connection asks for (Linux's default `pipe-max-size`).
 const MAX_PIPE_CAPACITY: usize = 1024 * 1024;
 
@@ -629,9 +634,10 @@ impl Connection {
         self.write.as_ref().map(AsFd::as_fd)
     }
 
-    /// The side socket of a [`pipe`] end (tests write partial side frames through it).
-    #[cfg(test)]
-    pub(crate) fn side_fd(&self) -> Option<BorrowedFd<'_>> {
+    /// The side socket of a [`pipe`] end, which carries its large messages and handles; for
+    /// tests and the fuzz harness, which write raw frames through it. Not a stable API.
+    #[doc(hidden)]
+    pub fn side_fd(&self) -> Option<BorrowedFd<'_>> {
         self.side.as_ref().map(|side| side.fd.as_fd())
     }
 
@@ -1158,7 +1164,7 @@ impl ReadBuf {
             } else {
                 needed.max(16 * 1024)
             };
-            let window = (self.buf.capacity() - start).min(needed);
+            let window = (self.buf.capacity() - start).min(needed).min(SOCKET_WINDOW);
             self.buf.resize(start + window, 0);
             let mut data = std::mem::take(&mut self.buf);
             let result = self.read_into(fd, &mut data[start..]);
@@ -1335,7 +1341,7 @@ impl ReadBuf {
         // An initialised window of at most `max` bytes (the allocator gave more than asked,
         // or `recvmsg` needs initialised memory).
         let start = out.len();
-        let window = (out.capacity() - start).clamp(1, max);
+        let window = (out.capacity() - start).clamp(1, max).min(SOCKET_WINDOW);
         out.resize(start + window, 0);
         let result = self.read_into(fd, &mut out[start..]);
         out.truncate(start + *result.as_ref().unwrap_or(&0));
