@@ -759,12 +759,17 @@ impl Connection {
     }
 
     /// Disables the read side for good (Python's `_bad_message_length`), closing its fd so a
-    /// writer blocked on a full pipe gets `BrokenPipe` instead of waiting forever.
+    /// writer blocked on a full pipe gets `BrokenPipe` instead of waiting forever. The side
+    /// socket, which also sends, is shut down for reading instead (its peer's sends then fail
+    /// with `BrokenPipe` too; the socket is shared with this end's clones).
     fn poison(&mut self) {
         self.read = None;
         self.rbuf = ReadBuf::default();
         if let Some(side) = &mut self.side {
             side.rbuf = ReadBuf::side();
+            // Not being able to shut it down (it cannot fail on a connected socket) leaves a
+            // peer's large send blocked, as on a pipe whose reader never reads.
+            let _ = rustix::net::shutdown(&side.fd, rustix::net::Shutdown::Read);
         }
         self.poisoned = true;
     }

@@ -2,14 +2,17 @@
 //! [`Connection`] receives it, from a peer that writes arbitrary bytes.
 //!
 //! Input: `[mode] [a: u16 LE] [b: u16 LE] [stream …]` (missing bytes read as 0).
-//! `mode` picks the channel (bits 0–1: a pipe, a socketpair, or a `pipe()` pair whose first
-//! `b` stream bytes go to its pipe and the rest to its side socket), the receive method
+//! `mode` picks the channel (bits 0–1: a pipe, a socketpair, a `pipe()` pair whose first
+//! `b` stream bytes go to its pipe and the rest to its side socket, or a pipe (`b` even) or
+//! socketpair (`b` odd) that a thread writes in chunks of `b / 2` bytes while the receiver
+//! reads, so that frames arrive cut anywhere), the receive method
 //! (bits 2–4), whether the writer stays open (bit 5: only the timeout receives are used then,
 //! which must return `Timeout` instead of blocking) and the size limit (bits 6–7: none, `a`,
 //! `a << 8`, none). `a` is also the buffer length of `recv_bytes_into`.
 //!
-//! The stream is written whole before anything is read (at most 60 KiB, which a pipe's buffer
-//! holds), then messages are received until the stream ends. Rules checked:
+//! The stream (at most 60 KiB, which a pipe's buffer holds) is written whole before anything
+//! is read, except by the chunking thread; then messages are received until the stream ends.
+//! Rules checked:
 //! - no panic; every error is a typed one (`Io` never happens here);
 //! - the messages and the final error of `recv_bytes`, `recv_bytes_into` and
 //!   `recv_bytes_timeout` are exactly those of a plain reference parser of the stream;
@@ -89,6 +92,8 @@ enum Channel {
     Socket,
     /// A `pipe()` pair: its pipe and its side socket.
     PipePair,
+    /// A pipe or a socketpair written by a thread in chunks of `chunk` bytes.
+    Chunked { socket: bool, chunk: usize },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,11 +136,16 @@ impl<'a> Input<'a> {
         let stream = data.get(5..).unwrap_or(&[]);
         let stream = &stream[..stream.len().min(MAX_STREAM)];
         let channel = match mode & 3 {
+            0 => Channel::Pipe,
             1 => Channel::Socket,
             2 => Channel::PipePair,
-            _ => Channel::Pipe,
+            _ => Channel::Chunked {
+                socket: b & 1 == 1,
+                chunk: (b >> 1).max(1),
+            },
         };
-        let keep_open = mode & 0x20 != 0;
+        // A receive that times out while the thread still writes would be a race, not a bug.
+        let keep_open = mode & 0x20 != 0 && !matches!(channel, Channel::Chunked { .. });
         let method = match (mode >> 2) & 7 {
             0 => Method::Bytes,
             1 => Method::Into,
@@ -188,7 +198,7 @@ enum Outcome {
 
 /// Writes the stream into a fresh channel and receives from it until it ends.
 fn receive_all(input: &Input<'_>) -> Vec<Outcome> {
-    let (mut conn, writer) = feed(input);
+    let (mut conn, mut writer) = feed(input);
     conn.set_max_message_size(input.limit);
     let mut outcomes = Vec::new();
     let mut received = 0usize;
@@ -217,7 +227,13 @@ fn receive_all(input: &Input<'_>) -> Vec<Outcome> {
             break;
         }
     }
-    drop(writer);
+    drop(conn);
+    if let Some(thread) = writer
+        .take()
+        .and_then(|w| w.downcast::<std::thread::JoinHandle<()>>().ok())
+    {
+        thread.join().expect("the chunking writer panicked");
+    }
     outcomes
 }
 
@@ -256,6 +272,31 @@ fn feed(input: &Input<'_>) -> (Connection, Writer) {
             write_all(a.side_fd().expect("a pipe() end has a side"), on_side);
             (b, keep(Box::new(a)))
         }
+        Channel::Chunked { socket, chunk } => {
+            let (r, w) = if socket {
+                rustix::net::socketpair(
+                    rustix::net::AddressFamily::UNIX,
+                    rustix::net::SocketType::STREAM,
+                    rustix::net::SocketFlags::CLOEXEC,
+                    None,
+                )
+                .expect("socketpair")
+            } else {
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe")
+            };
+            // The thread holds a second read end until it is done: a receiver that closes its
+            // own (a poisoned read side) must not make a write fail, and the buffer holds the
+            // whole stream, so no write blocks.
+            let reader_copy = rustix::io::fcntl_dupfd_cloexec(&r, 0).expect("dup");
+            let stream = input.stream.to_vec();
+            let thread = std::thread::spawn(move || {
+                for part in stream.chunks(chunk) {
+                    write_all(w.as_fd(), part);
+                }
+                drop((w, reader_copy));
+            });
+            (Connection::from_fds(Some(r), None), Some(Box::new(thread)))
+        }
     }
 }
 
@@ -282,6 +323,11 @@ fn receive_one(conn: &mut Connection, input: &Input<'_>, i: usize) -> Outcome {
         ][i % 5],
         m => m,
     };
+    // A chunking writer is still at work: wait for it (it closes when done), never race it.
+    let timeout = match input.channel {
+        Channel::Chunked { .. } => Duration::from_secs(60),
+        _ => Duration::ZERO,
+    };
     let result = match method {
         Method::Bytes => conn.recv_bytes().map(Outcome::Message),
         Method::Into => {
@@ -293,15 +339,14 @@ fn receive_one(conn: &mut Connection, input: &Input<'_>, i: usize) -> Outcome {
         Method::TypedTuple => conn
             .recv::<(u8, String, Connection)>()
             .map(|_| Outcome::Decoded),
-        Method::BytesTimeout => conn
-            .recv_bytes_timeout(Duration::ZERO)
-            .map(Outcome::Message),
+        Method::BytesTimeout => conn.recv_bytes_timeout(timeout).map(Outcome::Message),
         Method::TypedTimeout => conn
-            .recv_timeout::<Vec<u8>>(Duration::ZERO)
+            .recv_timeout::<Vec<u8>>(timeout)
             .map(|_| Outcome::Decoded),
         Method::PollThenBytes => {
-            // The writer is closed: there is always a message or the end of the stream.
-            match multiproc_ipc::wait(&[&*conn], Some(Duration::ZERO)) {
+            // The writer is closed (or, chunking, will be): there is always a message or the
+            // end of the stream.
+            match multiproc_ipc::wait(&[&*conn], Some(timeout)) {
                 Ok(ready) => assert_eq!(ready, [0], "wait: a closed writer is always ready"),
                 Err(Error::Poisoned) => {}
                 Err(e) => panic!("wait: {e:?}"),
