@@ -284,20 +284,42 @@ fn feed(input: &Input<'_>) -> (Connection, Writer) {
             } else {
                 rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe")
             };
-            // The thread holds a second read end until it is done: a receiver that closes its
-            // own (a poisoned read side) must not make a write fail, and the buffer holds the
-            // whole stream, so no write blocks.
-            let reader_copy = rustix::io::fcntl_dupfd_cloexec(&r, 0).expect("dup");
+            // Over a pipe the thread holds a second read end until it is done, so that a
+            // receiver that closes its own (a poisoned read side) does not make a write fail
+            // (SIGPIPE); the pipe holds the whole stream, so no write blocks. A socket's buffer
+            // fills with a few hundred one-byte writes, so there the thread writes with
+            // `MSG_NOSIGNAL` and stops when the receiver is gone.
+            let reader_copy =
+                (!socket).then(|| rustix::io::fcntl_dupfd_cloexec(&r, 0).expect("dup"));
             let stream = input.stream.to_vec();
             let thread = std::thread::spawn(move || {
                 for part in stream.chunks(chunk) {
-                    write_all(w.as_fd(), part);
+                    if socket {
+                        if !send_all(w.as_fd(), part) {
+                            break;
+                        }
+                    } else {
+                        write_all(w.as_fd(), part);
+                    }
                 }
                 drop((w, reader_copy));
             });
             (Connection::from_fds(Some(r), None), Some(Box::new(thread)))
         }
     }
+}
+
+/// Sends all of `bytes` on a socket without `SIGPIPE`; `false` when the peer is gone.
+fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        match rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => return false,
+            Err(e) => panic!("sending the stream: {e}"),
+        }
+    }
+    true
 }
 
 fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) {
