@@ -8,6 +8,11 @@
 //! n >  0x7fffffff : [ ff ff ff ff ] [ n as big-endian u64 ]          [ n payload bytes ]
 //! ```
 //!
+//! Between the two ends of one [`pipe()`](crate::pipe()) a third form appears on the pipe:
+//! `ff ff ff fe` (`-2`, a length Python never writes) announces that the next message, framed
+//! as above, travels on the pair's side socket. Every other connection refuses it as an
+//! invalid length.
+//!
 //! ```
 //! use multiproc_ipc::frame::{decode_header, encode_header, Header};
 //!
