@@ -7,8 +7,9 @@
 //! socketpair (`b` odd) that a thread writes in chunks of `b / 2` bytes while the receiver
 //! reads, so that frames arrive cut anywhere), the receive method
 //! (bits 2–4), whether the writer stays open (bit 5: only the timeout receives are used then,
-//! which must return `Timeout` instead of blocking) and the size limit (bits 6–7: none, `a`,
-//! `a << 8`, none). `a` is also the buffer length of `recv_bytes_into`.
+//! which must return `Timeout` instead of blocking; for the chunked socket: attach a stray fd,
+//! a pipe end, to every seventh chunk, as a misbehaving peer could) and the size limit
+//! (bits 6–7: none, `a`, `a << 8`, none). `a` is also the buffer length of `recv_bytes_into`.
 //!
 //! The stream (at most 60 KiB, which a pipe's buffer holds) is written whole before anything
 //! is read, except by the chunking thread; then messages are received until the stream ends.
@@ -19,9 +20,10 @@
 //! - a bad length poisons the read side; the end of the stream is sticky;
 //! - no single allocation exceeds the limit (or, without one, 64 MiB: the most a connection
 //!   reserves ahead of the bytes that arrived), whatever a header claims;
+//! - no fd is left open once the connection is dropped (stray fds are closed, not leaked);
 //! - `decode_header` is consistent with `encode_header` on the input's first bytes.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use multiproc_ipc::frame::{self, Header};
@@ -39,9 +41,11 @@ const BASE_ALLOCATION: usize = (1 << 20) + (128 << 10);
 pub fn run(data: &[u8]) {
     check_header_codec(data);
     let input = Input::parse(data);
+    let fds_before = open_fds();
     crate::reset_largest_allocation();
     let outcomes = receive_all(&input);
     let largest = crate::largest_allocation();
+    assert_eq!(open_fds(), fds_before, "fds left open");
     let bound = input.limit.unwrap_or(usize::MAX).min(MAX_AHEAD) + BASE_ALLOCATION;
     assert!(
         largest <= bound,
@@ -52,6 +56,11 @@ pub fn run(data: &[u8]) {
         let expected = reference(&input);
         assert_eq!(outcomes, expected, "{input:?}");
     }
+}
+
+/// The number of open fds of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
 }
 
 /// `decode_header` on the raw input agrees with `encode_header` and never overreaches.
@@ -93,7 +102,11 @@ enum Channel {
     /// A `pipe()` pair: its pipe and its side socket.
     PipePair,
     /// A pipe or a socketpair written by a thread in chunks of `chunk` bytes.
-    Chunked { socket: bool, chunk: usize },
+    Chunked {
+        socket: bool,
+        chunk: usize,
+        stray_fds: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +155,7 @@ impl<'a> Input<'a> {
             _ => Channel::Chunked {
                 socket: b & 1 == 1,
                 chunk: (b >> 1).max(1),
+                stray_fds: b & 1 == 1 && mode & 0x20 != 0,
             },
         };
         // A receive that times out while the thread still writes would be a race, not a bug.
@@ -272,7 +286,11 @@ fn feed(input: &Input<'_>) -> (Connection, Writer) {
             write_all(a.side_fd().expect("a pipe() end has a side"), on_side);
             (b, keep(Box::new(a)))
         }
-        Channel::Chunked { socket, chunk } => {
+        Channel::Chunked {
+            socket,
+            chunk,
+            stray_fds,
+        } => {
             let (r, w) = if socket {
                 rustix::net::socketpair(
                     rustix::net::AddressFamily::UNIX,
@@ -293,9 +311,14 @@ fn feed(input: &Input<'_>) -> (Connection, Writer) {
                 (!socket).then(|| rustix::io::fcntl_dupfd_cloexec(&r, 0).expect("dup"));
             let stream = input.stream.to_vec();
             let thread = std::thread::spawn(move || {
-                for part in stream.chunks(chunk) {
+                for (i, part) in stream.chunks(chunk).enumerate() {
                     if socket {
-                        if !send_all(w.as_fd(), part) {
+                        let stray = (stray_fds && i % 7 == 0).then(|| {
+                            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                                .expect("pipe")
+                                .0
+                        });
+                        if !send_all(w.as_fd(), part, stray.as_ref()) {
                             break;
                         }
                     } else {
@@ -309,11 +332,28 @@ fn feed(input: &Input<'_>) -> (Connection, Writer) {
     }
 }
 
-/// Sends all of `bytes` on a socket without `SIGPIPE`; `false` when the peer is gone.
-fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> bool {
+/// Sends all of `bytes` on a socket without `SIGPIPE`, `stray` attached to the first bytes;
+/// `false` when the peer is gone.
+fn send_all(fd: BorrowedFd<'_>, mut bytes: &[u8], stray: Option<&OwnedFd>) -> bool {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let strays: Vec<BorrowedFd<'_>> = stray.iter().map(|fd| fd.as_fd()).collect();
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !strays.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(&strays)));
+    }
     while !bytes.is_empty() {
-        match rustix::net::send(fd, bytes, rustix::net::SendFlags::NOSIGNAL) {
-            Ok(n) => bytes = &bytes[n..],
+        let sent = rustix::net::sendmsg(
+            fd,
+            &[std::io::IoSlice::new(bytes)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        );
+        match sent {
+            Ok(n) => {
+                control.clear();
+                bytes = &bytes[n..];
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET) => return false,
             Err(e) => panic!("sending the stream: {e}"),
