@@ -15,7 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub type Target = fn(&[u8]);
 
 /// Every target by name: the name of its binary and of its `regressions/` folder.
-pub const TARGETS: &[(&str, Target)] = &[("frame", targets::frame::run)];
+pub const TARGETS: &[(&str, Target)] = &[
+    ("frame", targets::frame::run),
+    ("handshake", targets::handshake::run),
+    ("queue_records", targets::queue_records::run),
+];
 
 /// The system allocator, recording the largest single allocation, so that a target can check
 /// that a header claiming a huge length made nothing allocate that much. Install it with

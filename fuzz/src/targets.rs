@@ -2,3 +2,5 @@
 //! [`TARGETS`](crate::TARGETS), a three-line `fuzz_targets/<name>.rs` and its `[[bin]]`).
 
 pub mod frame;
+pub mod handshake;
+pub mod queue_records;

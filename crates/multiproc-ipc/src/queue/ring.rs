@@ -912,7 +912,10 @@ pub fn fuzz_records(bytes: &[u8]) -> usize {
         // the wait ends with an ABORT written by the decoder itself (one slice).
         match c.pop(past) {
             Ok(Popped::Item(v)) => {
-                assert!(v.len() <= MIN_RING * 64, "an item larger than what was written");
+                assert!(
+                    v.len() <= MIN_RING * 64,
+                    "an item larger than what was written"
+                );
                 items += 1;
             }
             Ok(Popped::Timeout) | Err(_) => return items,
