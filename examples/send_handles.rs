@@ -21,13 +21,13 @@
 //! print(mine.recv())
 //! ```
 //!
-//! Handles travel over a `socketpair()` connection (a Unix socket, as Python's `Pipe()`);
-//! over a `pipe()` the send is refused with `Error::HandlesNeedSocket`. `wait` returns the
-//! indices of the ready objects.
+//! Handles travel over a `pipe()` connection (on its side socket) or a `socketpair()` one (a
+//! Unix socket, as Python's `Pipe()`); over a one-way `simplex()` pipe the send is refused with
+//! `Error::HandlesNeedSocket`. `wait` returns the indices of the ready objects.
 // expect: ready: [0, 1]
 // expect: child answered over the received connection: 42
 
-use multiproc::{Connection, Lock, Process, Waitable, pipe, socketpair, wait};
+use multiproc::{Connection, Lock, Process, Waitable, pipe, wait};
 
 fn child(mut ctl: Connection) {
     let (lock, mut reply): (Lock, Connection) = ctl.recv().unwrap();
@@ -39,7 +39,7 @@ fn child(mut ctl: Connection) {
 
 fn main() -> multiproc::Result<()> {
     multiproc::init();
-    let (mut ctl, ctl_child) = socketpair()?;
+    let (mut ctl, ctl_child) = pipe()?;
     let mut p = Process::new(child, ctl_child);
     p.start()?;
     let lock = Lock::new()?;

@@ -32,6 +32,11 @@ const READ_BUF: usize = 64 * 1024;
 const MAX_AHEAD: usize = 64 * 1024 * 1024;
 /// Buffers that grew beyond this for one big message are shrunk back afterwards.
 const RETAIN: usize = 1024 * 1024;
+/// The most memory zeroed for one `recvmsg` (which takes initialised memory), whatever a
+/// header announces: more than a Unix socket's buffer holds, which bounds what one read
+/// brings, so reading a large message costs no more than twice its size in memory traffic
+/// (zeroing the rest of a 64 MiB reservation before every read made it quadratic).
+const SOCKET_WINDOW: usize = 256 * 1024;
 /// The largest pipe buffer a connection asks for (Linux's default `pipe-max-size`).
 const MAX_PIPE_CAPACITY: usize = 1024 * 1024;
 
@@ -43,11 +48,15 @@ const MAX_QUEUED_FDS: usize = 1024;
 
 /// Creates a pair of connected duplex [`Connection`]s (Python's `multiprocessing.Pipe()`).
 ///
-/// Both ends can send and receive. They are two OS pipes, the first end reading pipe A and
-/// writing pipe B, the second the reverse: faster for small messages than the socketpair
-/// Python uses (the bytes on the wire are the same). Pipes cannot pass file descriptors, so
-/// a value holding a handle (a `Connection`, a `Lock` …) cannot be sent over them: use
-/// [`socketpair`] for that. For a one-way channel whose ends are typed, use [`simplex`].
+/// Both ends can send and receive. Messages of up to 16 KiB travel on two OS pipes, the
+/// first end reading pipe A and writing pipe B, the second the reverse: lower latency than
+/// the socketpair Python uses. Larger messages, and values holding handles (a `Connection`,
+/// a `Lock` …), travel on a Unix socket between the two ends, announced on the pipe (a
+/// socket moves large messages several times faster than a pipe, and passes fds). Each
+/// message is framed as Python frames it; the announcement is a header Python never writes,
+/// so these ends talk to each other, not to a Python process: for a Python peer use
+/// [`socketpair`] or [`Connection::from_fds`]. For a one-way channel whose ends are typed,
+/// use [`simplex`].
 ///
 /// All fds are close-on-exec; hand a connection to a child process as a `Process` argument.
 ///
@@ -66,25 +75,35 @@ const MAX_QUEUED_FDS: usize = 1024;
 ///
 /// # Errors
 ///
-/// [`Error::Io`] when the pipes cannot be created (for example too many open files).
+/// [`Error::Io`] when the pipes or the socket cannot be created (for example too many open
+/// files).
 pub fn pipe() -> Result<(Connection, Connection), Error> {
     let (read_a, write_a) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
     let (read_b, write_b) = pipe_with(PipeFlags::CLOEXEC).map_err(os)?;
-    Ok((
-        Connection::from_fds(Some(read_a), Some(write_b)),
-        Connection::from_fds(Some(read_b), Some(write_a)),
-    ))
+    let (side_a, side_b) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(os)?;
+    let mut a = Connection::from_fds(Some(read_a), Some(write_b));
+    let mut b = Connection::from_fds(Some(read_b), Some(write_a));
+    a.side = Some(Side::new(side_a));
+    b.side = Some(Side::new(side_b));
+    Ok((a, b))
 }
 
 /// Creates a pair of connected duplex [`Connection`]s over a Unix socketpair, exactly what
-/// Python's `multiprocessing.Pipe()` creates; these can carry handles.
+/// Python's `multiprocessing.Pipe()` creates; these can carry handles, and a Python
+/// `Connection` can be at the other end.
 ///
 /// A value holding handles that own file descriptors (a `Connection`, a
 /// `multiproc_sync::Lock`, a shared value …) sent with [`Connection::send`] arrives as a
 /// working handle: its fds travel with the message (`SCM_RIGHTS`), as Python can send a
 /// `Connection` over a `Connection`. [`send_bytes`](Connection::send_bytes) /
 /// [`recv_bytes`](Connection::recv_bytes) frame messages as Python does, as over [`pipe`].
-/// Small messages are slower than over [`pipe`]'s two pipes (see `docs/benchmarks.md`).
+/// Small messages are slower than over [`pipe`]'s pipes (see `docs/benchmarks.md`).
 ///
 /// ```
 /// let (mut a, mut b) = multiproc_ipc::socketpair()?;
@@ -154,8 +173,8 @@ pub fn simplex() -> Result<(Reader, Writer), Error> {
 /// [`send_bytes`](Self::send_bytes) / [`recv_bytes`](Self::recv_bytes) exchange raw messages
 /// byte-for-byte compatible with Python's; [`send`](Self::send) / [`recv`](Self::recv) carry
 /// any serde type encoded with postcard (Python's `send`/`recv` pickle instead). Message
-/// boundaries are preserved; an empty message is a message. Over a [`socketpair`] a sent
-/// value may hold handles (their fds travel with the message).
+/// boundaries are preserved; an empty message is a message. Over a [`pipe`] or a
+/// [`socketpair`] a sent value may hold handles (their fds travel with the message).
 ///
 /// A connection is not safe for concurrent use by several readers (or several writers) on the
 /// same underlying pipe, in one process or several: like Python's, it needs an outside lock
@@ -182,6 +201,28 @@ pub struct Connection {
     poisoned: bool,
     /// Capacity the write pipe was grown to for large messages (0: not yet tried).
     pipe_capacity: usize,
+    /// [`pipe`]'s side socket, for large messages and handles.
+    side: Option<Side>,
+}
+
+/// The Unix socket between the two ends of a [`pipe`]: a message longer than
+/// [`SMALL_MESSAGE`], or one that carries fds, goes there as an ordinary frame, announced on
+/// the pipe by a [`frame::SIDE_MARKER`] header, so the pipe keeps the order of messages.
+///
+/// Payloads are read from the socket straight into their destination: the side's read
+/// buffer holds headers (and small messages with fds), never reading past a header it needs.
+struct Side {
+    fd: OwnedFd,
+    rbuf: ReadBuf,
+}
+
+impl Side {
+    fn new(fd: OwnedFd) -> Self {
+        Side {
+            fd,
+            rbuf: ReadBuf::side(),
+        }
+    }
 }
 
 impl Connection {
@@ -207,6 +248,7 @@ impl Connection {
             limit: None,
             poisoned: false,
             pipe_capacity: 0,
+            side: None,
         }
     }
 
@@ -241,6 +283,10 @@ impl Connection {
                 .transpose()
         };
         let mut clone = Connection::from_fds(dup(&self.read)?, dup(&self.write)?);
+        if let Some(side) = &self.side {
+            let fd = rustix::io::fcntl_dupfd_cloexec(&side.fd, 0).map_err(os)?;
+            clone.side = Some(Side::new(fd));
+        }
         clone.limit = self.limit;
         clone.poisoned = self.poisoned;
         Ok(clone)
@@ -256,17 +302,26 @@ impl Connection {
     /// [`Error::Closed`] on a read-only or closed connection; [`Error::Io`] otherwise.
     pub fn send_bytes(&mut self, buf: &[u8]) -> Result<(), Error> {
         if buf.len() > SMALL_MESSAGE {
-            self.grow_pipe(buf.len());
+            let (header, used) = frame::header(buf.len());
+            return self.write_large(&mut [IoSlice::new(&header[..used]), IoSlice::new(buf)]);
         }
         let (fd, wbuf) = self.writer()?;
-        if buf.len() <= SMALL_MESSAGE {
-            wbuf.clear();
-            frame::encode_header(buf.len(), wbuf);
-            wbuf.extend_from_slice(buf);
-            write_all(fd, wbuf)
-        } else {
-            let (header, used) = frame::header(buf.len());
-            write_all_vectored(fd, &mut [IoSlice::new(&header[..used]), IoSlice::new(buf)])
+        wbuf.clear();
+        frame::encode_header(buf.len(), wbuf);
+        wbuf.extend_from_slice(buf);
+        write_all(fd, wbuf)
+    }
+
+    /// Writes a frame longer than [`SMALL_MESSAGE`]: over the side socket of a [`pipe`],
+    /// otherwise on the write fd (a pipe grown for it first).
+    fn write_large(&mut self, frame: &mut [IoSlice<'_>]) -> Result<(), Error> {
+        if self.side.is_none() {
+            self.grow_pipe(frame.iter().map(|part| part.len()).sum());
+        }
+        let fd = self.write_end()?;
+        match &self.side {
+            Some(side) => send_via_side(fd, side.fd.as_fd(), frame, &[]),
+            None => write_all_vectored(fd, frame),
         }
     }
 
@@ -275,7 +330,7 @@ impl Connection {
     ///
     /// The payload is the number of file descriptors the message carries (a postcard varint,
     /// one byte `0` for plain data) followed by the postcard encoding of `value`. Over a
-    /// socket ([`socketpair`]) the value may hold handles that own fds (a `Connection`, a
+    /// [`pipe`] or a socket ([`socketpair`]) the value may hold handles that own fds (a `Connection`, a
     /// `multiproc_sync::Lock`, a shared value …): the fds travel with the message and the
     /// receiver gets working handles. For a large `Vec<u8>` or `&[u8]`, wrap it in
     /// `serde_bytes` or use [`send_bytes`](Self::send_bytes): serde encodes a plain
@@ -283,7 +338,8 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`Error::HandlesNeedSocket`] when the value holds handles and this connection is a pipe;
+    /// [`Error::HandlesNeedSocket`] when the value holds handles and this connection is a plain
+    /// pipe ([`simplex`], or [`from_fds`](Self::from_fds) over pipes);
     /// [`Error::Encode`] when serde or postcard refuse the value, or it holds more than
     /// [`MAX_HANDLE_FDS`] fds; and the errors of [`send_bytes`](Self::send_bytes).
     pub fn send<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
@@ -297,23 +353,26 @@ impl Connection {
             // Perhaps a handle that owns an fd: those serialise only into an fd table.
             Err(plain) => self.encode_with_handles(value, plain)?,
         };
-        let (fd, wbuf) = self.writer()?;
+        let (_, wbuf) = self.writer()?;
         let (header, used) = frame::header(wbuf.len() - MAX_HEADER_LEN);
         let start = MAX_HEADER_LEN - used;
         wbuf[start..MAX_HEADER_LEN].copy_from_slice(&header[..used]);
-        let len = wbuf.len();
-        let result = if fds.is_empty() {
-            if len > SMALL_MESSAGE {
-                self.grow_pipe(len);
+        let message = std::mem::take(wbuf);
+        let frame = &message[start..];
+        let result = if !fds.is_empty() {
+            let fd = self.write_end()?;
+            match &self.side {
+                Some(side) => send_via_side(fd, side.fd.as_fd(), &mut [IoSlice::new(frame)], &fds),
+                None => send_with_fds(fd, frame, &fds),
             }
-            let (fd, wbuf) = self.writer()?;
-            write_all(fd, &wbuf[start..])
+        } else if frame.len() - used > SMALL_MESSAGE {
+            self.write_large(&mut [IoSlice::new(frame)])
         } else {
-            send_with_fds(fd, &wbuf[start..], &fds)
+            let (fd, _) = self.writer()?;
+            write_all(fd, frame)
         };
-        let (_, wbuf) = self.writer()?;
-        if wbuf.capacity() > RETAIN {
-            *wbuf = Vec::new();
+        if message.capacity() <= RETAIN {
+            self.wbuf = message;
         }
         result
     }
@@ -333,7 +392,7 @@ impl Connection {
         if fds.is_empty() {
             return Err(Error::Encode(describe_postcard_error(&plain)));
         }
-        if !self.write_socket {
+        if !self.carries_handles() {
             return Err(Error::HandlesNeedSocket {
                 value_type: std::any::type_name::<T>(),
                 fds: fds.iter().map(describe_fd).collect(),
@@ -480,30 +539,17 @@ impl Connection {
         let deadline = Instant::now().checked_add(timeout);
         let max = self.limit.unwrap_or(isize::MAX as usize);
         let (fd, rbuf) = self.reader()?;
-        loop {
-            let want = match frame::decode_header(rbuf.pending()) {
-                Ok(Header::Needed(n)) => n,
-                Ok(Header::Len { len, header_len }) => match usize::try_from(len) {
-                    Ok(n) if n <= max => match n.checked_add(header_len) {
-                        Some(total) => total,
-                        None => return Ok(()),
-                    },
-                    // The receive reports the bad header.
-                    _ => return Ok(()),
-                },
-                Err(_) => return Ok(()),
-            };
-            if rbuf.pending().len() >= want {
-                return Ok(());
-            }
-            if !wait_readable(fd, deadline)? {
-                return Err(Error::Timeout(timeout));
-            }
-            if rbuf.fill(fd, want)? == 0 {
-                // The end of the stream: the receive reports `Eof` or `Truncated`.
-                return Ok(());
-            }
+        if !rbuf.buffer_frame(fd, deadline, max)? {
+            return Err(Error::Timeout(timeout));
         }
+        let marker = frame::SIDE_MARKER.to_be_bytes();
+        if let Some(side) = &mut self.side
+            && self.rbuf.pending().starts_with(&marker)
+            && !side.rbuf.buffer_frame(side.fd.as_fd(), deadline, max)?
+        {
+            return Err(Error::Timeout(timeout));
+        }
+        Ok(())
     }
 
     /// Returns whether a message (or the end of the stream) is ready to be received (Python's
@@ -548,6 +594,7 @@ impl Connection {
     pub fn close(&mut self) {
         self.read = None;
         self.write = None;
+        self.side = None;
         self.rbuf = ReadBuf::default();
         self.wbuf = Vec::new();
         self.poisoned = false;
@@ -568,10 +615,10 @@ impl Connection {
         self.write.is_some()
     }
 
-    /// Returns whether handles can be sent (the write fd is a Unix socket, as with
-    /// [`socketpair`]).
+    /// Returns whether handles can be sent: the write fd is a Unix socket (as with
+    /// [`socketpair`]), or this is an end of a [`pipe`] (its side socket carries them).
     pub fn carries_handles(&self) -> bool {
-        self.write.is_some() && self.write_socket
+        self.write.is_some() && (self.write_socket || self.side.is_some())
     }
 
     /// The fd messages are read from, if any; to wait for readiness together with other fds
@@ -586,6 +633,13 @@ impl Connection {
     /// The fd messages are written to, if any.
     pub fn write_fd(&self) -> Option<BorrowedFd<'_>> {
         self.write.as_ref().map(AsFd::as_fd)
+    }
+
+    /// The side socket of a [`pipe`] end, which carries its large messages and handles; for
+    /// tests and the fuzz harness, which write raw frames through it. Not a stable API.
+    #[doc(hidden)]
+    pub fn side_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.side.as_ref().map(|side| side.fd.as_fd())
     }
 
     /// Whether a whole message (or a bad header) is already buffered: a receive would not
@@ -636,6 +690,15 @@ impl Connection {
         }
     }
 
+    /// The write fd, or why there is none.
+    fn write_end(&self) -> Result<BorrowedFd<'_>, Error> {
+        match &self.write {
+            Some(fd) => Ok(fd.as_fd()),
+            None if self.is_closed() => Err(Error::Closed),
+            None => Err(Error::NotWritable),
+        }
+    }
+
     fn writer(&mut self) -> Result<(BorrowedFd<'_>, &mut Vec<u8>), Error> {
         match &self.write {
             Some(fd) => Ok((fd.as_fd(), &mut self.wbuf)),
@@ -652,9 +715,30 @@ impl Connection {
         payload: impl FnOnce(&mut ReadBuf, BorrowedFd<'_>, usize, u64) -> Result<T, Error>,
     ) -> Result<T, Error> {
         let limit = self.limit;
-        let (fd, rbuf) = self.reader()?;
-        let at = rbuf.position();
-        let result = match rbuf.read_header(fd, limit) {
+        let no_reader = self.no_reader();
+        let Connection {
+            read, rbuf, side, ..
+        } = self;
+        let (mut fd, mut rbuf) = match read.as_ref() {
+            Some(fd) => (fd.as_fd(), rbuf),
+            None => return Err(no_reader),
+        };
+        let mut at = rbuf.position();
+        let mut header = rbuf.read_header(fd, limit);
+        if let (Err(Error::InvalidLength(frame::SIDE_MARKER)), Some(side)) = (&header, side) {
+            // The message is on the side socket.
+            rbuf.consume(4);
+            (fd, rbuf) = (side.fd.as_fd(), &mut side.rbuf);
+            at = rbuf.position();
+            header = match rbuf.read_header(fd, limit) {
+                Err(Error::Eof) => Err(Error::Truncated {
+                    expected: MAX_HEADER_LEN as u64,
+                    received: 0,
+                }),
+                other => other,
+            };
+        }
+        let result = match header {
             Ok(len) => {
                 // Fds that arrived wholly before this message belong to no message left.
                 rbuf.fds.discard_before(at);
@@ -676,10 +760,18 @@ impl Connection {
     }
 
     /// Disables the read side for good (Python's `_bad_message_length`), closing its fd so a
-    /// writer blocked on a full pipe gets `BrokenPipe` instead of waiting forever.
+    /// writer blocked on a full pipe gets `BrokenPipe` instead of waiting forever. The side
+    /// socket, which also sends, is shut down for reading instead (its peer's sends then fail
+    /// with `BrokenPipe` too; the socket is shared with this end's clones).
     fn poison(&mut self) {
         self.read = None;
         self.rbuf = ReadBuf::default();
+        if let Some(side) = &mut self.side {
+            side.rbuf = ReadBuf::side();
+            // Not being able to shut it down (it cannot fail on a connected socket) leaves a
+            // peer's large send blocked, as on a pipe whose reader never reads.
+            let _ = rustix::net::shutdown(&side.fd, rustix::net::Shutdown::Read);
+        }
         self.poisoned = true;
     }
 }
@@ -689,6 +781,7 @@ impl fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("read", &self.read.as_ref().map(AsRawFd::as_raw_fd))
             .field("write", &self.write.as_ref().map(AsRawFd::as_raw_fd))
+            .field("side", &self.side.as_ref().map(|s| s.fd.as_raw_fd()))
             .field("buffered", &self.rbuf.pending().len())
             .field("closed", &self.is_closed())
             .field("poisoned", &self.poisoned)
@@ -709,6 +802,22 @@ struct WireRef<'a> {
     limit: Option<u64>,
     poisoned: bool,
     queued: Vec<WireBatchRef<'a>>,
+    side: Option<WireSideRef<'a>>,
+}
+
+/// The wire form of a [`Side`]: its socket, and what its buffer read ahead.
+#[derive(Serialize)]
+struct WireSideRef<'a> {
+    fd: FdRef<'a>,
+    pending: &'a [u8],
+    queued: Vec<WireBatchRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireSide {
+    fd: FdOwned,
+    pending: Vec<u8>,
+    queued: Vec<WireBatch>,
 }
 
 #[derive(Deserialize)]
@@ -721,6 +830,7 @@ struct Wire {
     limit: Option<u64>,
     poisoned: bool,
     queued: Vec<WireBatch>,
+    side: Option<WireSide>,
 }
 
 /// A batch of received fds, its positions relative to the first pending byte.
@@ -769,27 +879,49 @@ fn ser_opt_fd<S: Serializer>(fd: &&Option<OwnedFd>, serializer: S) -> Result<S::
 /// process should then go on reading (and one writing) each direction.
 impl Serialize for Connection {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let base = self.rbuf.position();
         WireRef {
             read: &self.read,
             write: &self.write,
             pending: self.rbuf.pending(),
             limit: self.limit.map(|l| l as u64),
             poisoned: self.poisoned,
-            queued: self
-                .rbuf
-                .fds
-                .batches
-                .iter()
-                .filter(|b| b.end > base)
-                .map(|b| WireBatchRef {
-                    start: b.start.saturating_sub(base),
-                    end: b.end - base,
-                    fds: b.fds.iter().map(FdRef).collect(),
-                })
-                .collect(),
+            queued: self.rbuf.queued_fds(),
+            side: self.side.as_ref().map(|side| WireSideRef {
+                fd: FdRef(&side.fd),
+                pending: side.rbuf.pending(),
+                queued: side.rbuf.queued_fds(),
+            }),
         }
         .serialize(serializer)
+    }
+}
+
+impl ReadBuf {
+    /// The fd batches still queued, their positions relative to the first pending byte.
+    fn queued_fds(&self) -> Vec<WireBatchRef<'_>> {
+        let base = self.position();
+        self.fds
+            .batches
+            .iter()
+            .filter(|b| b.end > base)
+            .map(|b| WireBatchRef {
+                start: b.start.saturating_sub(base),
+                end: b.end - base,
+                fds: b.fds.iter().map(FdRef).collect(),
+            })
+            .collect()
+    }
+
+    /// Restores what a handed-over end had read ahead, and its fds.
+    fn restore(&mut self, pending: Vec<u8>, queued: Vec<WireBatch>) {
+        if !pending.is_empty() {
+            self.total = pending.len() as u64;
+            self.buf = pending;
+        }
+        for batch in queued {
+            let fds = batch.fds.into_iter().map(|f| f.0).collect();
+            self.fds.push(batch.start, batch.end, fds);
+        }
     }
 }
 
@@ -800,14 +932,12 @@ impl<'de> Deserialize<'de> for Connection {
         // A limit beyond this machine's address space is no limit.
         conn.limit = wire.limit.and_then(|l| usize::try_from(l).ok());
         conn.poisoned = wire.poisoned;
-        if !wire.pending.is_empty() {
-            conn.rbuf.total = wire.pending.len() as u64;
-            conn.rbuf.buf = wire.pending;
-        }
-        for batch in wire.queued {
-            let fds = batch.fds.into_iter().map(|f| f.0).collect();
-            conn.rbuf.fds.push(batch.start, batch.end, fds);
-        }
+        conn.rbuf.restore(wire.pending, wire.queued);
+        conn.side = wire.side.map(|wire| {
+            let mut side = Side::new(wire.fd.0);
+            side.rbuf.restore(wire.pending, wire.queued);
+            side
+        });
         Ok(conn)
     }
 }
@@ -919,12 +1049,24 @@ struct ReadBuf {
     pos: usize,
     /// The fd is a Unix socket: read with `recvmsg`, collecting fds.
     socket: bool,
+    /// Never read ahead beyond the header or payload asked for (a [`Side`] socket, whose
+    /// messages are large: their payloads are read straight into their destination).
+    exact: bool,
     /// Bytes read from the fd so far (the stream position of the end of `buf`).
     total: u64,
     fds: FdQueue,
 }
 
 impl ReadBuf {
+    /// The read buffer of a [`Side`] socket.
+    fn side() -> Self {
+        ReadBuf {
+            socket: true,
+            exact: true,
+            ..ReadBuf::default()
+        }
+    }
+
     fn pending(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
@@ -973,13 +1115,35 @@ impl ReadBuf {
     /// Reads once into `dst` (retrying `EINTR`): `recvmsg` on a socket, queueing the fds that
     /// arrive, `read` otherwise.
     fn read_into(&mut self, fd: BorrowedFd<'_>, dst: &mut [u8]) -> Result<usize, Error> {
+        self.read_vectored(fd, &mut [IoSliceMut::new(dst)])
+    }
+
+    /// [`read_into`](Self::read_into) for several buffers (`readv`).
+    fn read_vectored(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Result<usize, Error> {
         let n = if self.socket {
-            recv_with_fds(fd, dst, self.total, &mut self.fds)?
+            recv_with_fds(fd, bufs, self.total, &mut self.fds)?
         } else {
-            retry_on_intr(|| rustix::io::read(fd, &mut *dst)).map_err(os)?
+            retry_on_intr(|| rustix::io::readv(fd, bufs)).map_err(os)?
         };
         self.total += n as u64;
         Ok(n)
+    }
+
+    /// Reads once straight into `dst` (the rest of a payload), and whatever follows it, up to
+    /// the longest header, into the buffer: a stream of large messages then takes one read
+    /// per message, and no copy. Returns the bytes read into `dst`, 0 at the end of the
+    /// stream. Precondition: nothing is pending.
+    fn read_split(&mut self, fd: BorrowedFd<'_>, dst: &mut [u8]) -> Result<usize, Error> {
+        debug_assert!(self.pending().is_empty());
+        let mut next = [0u8; MAX_HEADER_LEN];
+        let n = self.read_vectored(fd, &mut [IoSliceMut::new(dst), IoSliceMut::new(&mut next)])?;
+        let into_dst = n.min(dst.len());
+        self.buf.extend_from_slice(&next[..n - into_dst]);
+        Ok(into_dst)
     }
 
     /// Reads once (retrying `EINTR`), making room for `want` pending bytes but reserving at
@@ -998,10 +1162,15 @@ impl ReadBuf {
         }
         if self.socket {
             // `recvmsg` takes initialised memory: zero a window of what is needed (at least
-            // 16 KiB, so that several small messages come in one read).
+            // 16 KiB, so that several small messages come in one read, unless `exact`).
             let start = self.buf.len();
-            let needed = want.saturating_sub(self.pending().len()).max(16 * 1024);
-            let window = (self.buf.capacity() - start).min(needed);
+            let needed = want.saturating_sub(self.pending().len());
+            let needed = if self.exact {
+                needed
+            } else {
+                needed.max(16 * 1024)
+            };
+            let window = (self.buf.capacity() - start).min(needed).min(SOCKET_WINDOW);
             self.buf.resize(start + window, 0);
             let mut data = std::mem::take(&mut self.buf);
             let result = self.read_into(fd, &mut data[start..]);
@@ -1013,6 +1182,40 @@ impl ReadBuf {
             retry_on_intr(|| rustix::io::read(fd, spare_capacity(&mut self.buf))).map_err(os)?;
         self.total += n as u64;
         Ok(n)
+    }
+
+    /// Reads until a whole message, the end of the stream or a header a receive would refuse
+    /// is buffered (`true`), or `deadline` passed first (`false`). Consumes nothing.
+    fn buffer_frame(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        deadline: Option<Instant>,
+        max: usize,
+    ) -> Result<bool, Error> {
+        loop {
+            let want = match frame::decode_header(self.pending()) {
+                Ok(Header::Needed(n)) => n,
+                Ok(Header::Len { len, header_len }) => match usize::try_from(len) {
+                    Ok(n) if n <= max => match n.checked_add(header_len) {
+                        Some(total) => total,
+                        None => return Ok(true),
+                    },
+                    // The receive reports the bad header.
+                    _ => return Ok(true),
+                },
+                Err(_) => return Ok(true),
+            };
+            if self.pending().len() >= want {
+                return Ok(true);
+            }
+            if !wait_readable(fd, deadline)? {
+                return Ok(false);
+            }
+            if self.fill(fd, want)? == 0 {
+                // The end of the stream: the receive reports `Eof` or `Truncated`.
+                return Ok(true);
+            }
+        }
     }
 
     /// Makes sure at least `want` bytes are pending.
@@ -1074,11 +1277,11 @@ impl ReadBuf {
         while got < dst.len() {
             let rest = &mut dst[got..];
             // A short tail goes through the buffer, so the same read can bring what follows.
-            let read = if rest.len() < READ_BUF {
+            let read = if rest.len() < READ_BUF && !self.exact {
                 self.fill(fd, rest.len())?;
                 self.take_pending(rest)
             } else {
-                self.read_into(fd, rest)?
+                self.read_split(fd, rest)?
             };
             if read == 0 {
                 return Err(Error::Truncated {
@@ -1105,7 +1308,7 @@ impl ReadBuf {
         self.consume(buffered);
         while out.len() < len {
             let rest = len - out.len();
-            let read = if rest < READ_BUF {
+            let read = if rest < READ_BUF && !self.exact {
                 self.fill(fd, rest)?;
                 let n = rest.min(self.pending().len());
                 out.extend_from_slice(&self.pending()[..n]);
@@ -1134,7 +1337,9 @@ impl ReadBuf {
         out: &mut Vec<u8>,
         max: usize,
     ) -> Result<usize, Error> {
-        if !self.socket && out.capacity() - out.len() <= max {
+        // From a side socket too: within a payload no fds can arrive (they come with a frame's
+        // first bytes, read with its header).
+        if (!self.socket || self.exact) && out.capacity() - out.len() <= max {
             let n = retry_on_intr(|| rustix::io::read(fd, spare_capacity(out))).map_err(os)?;
             self.total += n as u64;
             return Ok(n);
@@ -1142,7 +1347,7 @@ impl ReadBuf {
         // An initialised window of at most `max` bytes (the allocator gave more than asked,
         // or `recvmsg` needs initialised memory).
         let start = out.len();
-        let window = (out.capacity() - start).clamp(1, max);
+        let window = (out.capacity() - start).clamp(1, max).min(SOCKET_WINDOW);
         out.resize(start + window, 0);
         let result = self.read_into(fd, &mut out[start..]);
         out.truncate(start + *result.as_ref().unwrap_or(&0));
@@ -1154,19 +1359,14 @@ impl ReadBuf {
 /// are queued with the stream positions this read covers (`at..at + n`).
 fn recv_with_fds(
     fd: BorrowedFd<'_>,
-    dst: &mut [u8],
+    bufs: &mut [IoSliceMut<'_>],
     at: u64,
     queue: &mut FdQueue,
 ) -> Result<usize, Error> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLE_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let msg = retry_on_intr(|| {
-        rustix::net::recvmsg(
-            fd,
-            &mut [IoSliceMut::new(&mut *dst)],
-            &mut control,
-            RecvFlags::CMSG_CLOEXEC,
-        )
+        rustix::net::recvmsg(fd, &mut *bufs, &mut control, RecvFlags::CMSG_CLOEXEC)
     })
     .map_err(os)?;
     let mut fds = Vec::new();
@@ -1177,6 +1377,51 @@ fn recv_with_fds(
     }
     queue.push(at, at + msg.bytes as u64, fds);
     Ok(msg.bytes)
+}
+
+/// Sends a frame over a [`pipe`]'s side socket (`fds` attached to its first bytes), announced
+/// on the pipe by a [`frame::SIDE_MARKER`] header. As much of the frame as the socket takes
+/// without blocking goes first, so that the reader, woken by the marker, usually finds the
+/// frame there; then the marker; then the rest, blocking (the reader reads the socket only
+/// after the marker).
+fn send_via_side(
+    pipe: BorrowedFd<'_>,
+    socket: BorrowedFd<'_>,
+    mut frame: &mut [IoSlice<'_>],
+    fds: &[OwnedFd],
+) -> Result<(), Error> {
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_HANDLE_FDS))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !borrowed.is_empty() && !control.push(SendAncillaryMessage::ScmRights(&borrowed)) {
+        return Err(Error::Encode(format!(
+            "cannot attach {} file descriptors to one message",
+            fds.len()
+        )));
+    }
+    let mut announced = false;
+    let mut flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    while !frame.is_empty() {
+        match rustix::net::sendmsg(socket, frame, &mut control, flags) {
+            Ok(0) => return Err(Error::Io(std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                // The fds went with the first bytes.
+                control.clear();
+                IoSlice::advance_slices(&mut frame, n);
+            }
+            Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) if !announced => {
+                write_all(pipe, &frame::SIDE_MARKER.to_be_bytes())?;
+                announced = true;
+                flags = SendFlags::NOSIGNAL;
+            }
+            Err(e) => return Err(write_error(e)),
+        }
+    }
+    if !announced {
+        write_all(pipe, &frame::SIDE_MARKER.to_be_bytes())?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` with `fds` attached to the first `sendmsg`, then the rest.

@@ -66,12 +66,14 @@ pub enum Error {
     #[error("cannot encode the message: {0}")]
     Encode(String),
     /// The value holds handles that own file descriptors (a `Connection`, a `Lock`, a shared
-    /// value …), and this connection cannot pass fds: it is a pipe. Nothing was sent.
+    /// value …), and this connection cannot pass fds: it is a plain pipe (a
+    /// [`simplex`](crate::simplex()) writer, or a connection made with
+    /// [`from_fds`](crate::Connection::from_fds) over pipes). Nothing was sent.
     ///
-    /// Send handles over a [`socketpair`](crate::socketpair()) connection, or hand them to a
-    /// child as a `Process` argument.
+    /// Send handles over a [`pipe`](crate::pipe()) or [`socketpair`](crate::socketpair())
+    /// connection, or hand them to a child as a `Process` argument.
     #[error(
-        "cannot send a `{value_type}` over this connection: it holds {} handle file          descriptor(s) ({}), and a pipe cannot pass file descriptors; send it over a          connection from `socketpair()`, or hand it to the child as a Process argument",
+        "cannot send a `{value_type}` over this connection: it holds {} handle file          descriptor(s) ({}), and a plain pipe cannot pass file descriptors; send it over a          connection from `pipe()` or `socketpair()`, or hand it to the child as a Process          argument",
         .fds.len(), .fds.join(", ")
     )]
     HandlesNeedSocket {

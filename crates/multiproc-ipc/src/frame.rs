@@ -8,6 +8,11 @@
 //! n >  0x7fffffff : [ ff ff ff ff ] [ n as big-endian u64 ]          [ n payload bytes ]
 //! ```
 //!
+//! Between the two ends of one [`pipe()`](crate::pipe()) a third form appears on the pipe:
+//! `ff ff ff fe` (`-2`, a length Python never writes) announces that the next message, framed
+//! as above, travels on the pair's side socket. Every other connection refuses it as an
+//! invalid length.
+//!
 //! ```
 //! use multiproc_ipc::frame::{decode_header, encode_header, Header};
 //!
@@ -26,6 +31,12 @@ pub const MAX_SHORT_LEN: usize = 0x7fff_ffff;
 
 /// The length of the longest header (the large-message form).
 pub const MAX_HEADER_LEN: usize = 12;
+
+/// The 4-byte field that, between the two ends of one [`pipe()`](crate::pipe()), announces
+/// that the next message travels on the pair's side socket (a negative length Python never
+/// writes, so a Python peer can never produce it). Any other connection refuses it like
+/// every negative length other than `-1` ([`Error::InvalidLength`]).
+pub(crate) const SIDE_MARKER: i32 = -2;
 
 /// The state of a header being parsed by [`decode_header`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //!
 //! | Python | here |
 //! |---|---|
-//! | `a, b = Pipe()` | [`pipe()`] (two OS pipes, fastest) or [`socketpair()`] (can send handles) |
+//! | `a, b = Pipe()` | [`pipe()`] (two OS pipes, plus a socket for large messages and handles) or [`socketpair()`] (one socket, as Python's; for a Python peer) |
 //! | `r, w = Pipe(duplex=False)` | [`simplex()`] → ([`Reader`], [`Writer`]) |
 //! | `Listener(address, authkey=k)` | [`Listener::bind(address, Some(k))`](Listener::bind) (Unix path, abstract name or TCP: [`Address`]) |
 //! | `Client(address, authkey=k)` | [`Client::connect(address, Some(k))`](Client::connect) |
@@ -35,8 +35,9 @@
 //! # Ok::<(), multiproc_ipc::Error>(())
 //! ```
 //!
-//! Over a [`socketpair`], a value holding handles (a `Connection`, a `multiproc_sync::Lock` …)
-//! arrives as working handles, as Python sends a `Connection` over a `Connection`:
+//! Over a [`pipe`] or a [`socketpair`], a value holding handles (a `Connection`, a
+//! `multiproc_sync::Lock` …) arrives as working handles, as Python sends a `Connection` over a
+//! `Connection`:
 //!
 //! ```
 //! use std::time::Duration;

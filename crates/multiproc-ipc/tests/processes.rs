@@ -38,6 +38,10 @@ fn main() {
             a_connection_and_a_lock_sent_to_a_running_child_work_there,
         ),
         (
+            "handles_over_a_pipe_to_a_running_child",
+            handles_over_a_pipe_to_a_running_child,
+        ),
+        (
             "peer_killed_mid_message_is_truncated",
             peer_killed_mid_message_is_truncated,
         ),
@@ -315,7 +319,18 @@ fn lock_user(mut ctl: Connection) {
 fn a_connection_and_a_lock_sent_to_a_running_child_work_there(
     m: StartMethod,
 ) -> Result<(), Failed> {
-    let (mut ctl, ctl_child) = socketpair()?;
+    handles_to_a_running_child(m, socketpair()?)
+}
+
+/// The same over `pipe()`, whose side socket carries the handles.
+fn handles_over_a_pipe_to_a_running_child(m: StartMethod) -> Result<(), Failed> {
+    handles_to_a_running_child(m, pipe()?)
+}
+
+fn handles_to_a_running_child(
+    m: StartMethod,
+    (mut ctl, ctl_child): (Connection, Connection),
+) -> Result<(), Failed> {
     let p = start(m, lock_user, ctl_child)?;
     let lock = Lock::new()?;
     let Ok(guard) = lock.acquire() else {
