@@ -727,6 +727,18 @@ const TARGETS: &[Target] = &[
         bound: Bound::VsPythonAtLeast(20.0),
     },
     Target {
+        what: "duplex pipe, 64 KiB messages ≥ 1.2× Python's MB/s",
+        figure: "pipe.throughput.64KiB",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(1.2),
+    },
+    Target {
+        what: "duplex pipe, 16 MiB messages ≥ 1.5× Python's MB/s",
+        figure: "pipe.throughput.16MiB",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(1.5),
+    },
+    Target {
         what: "`Queue`: 100,000 ints from one child ≥ 40× Python's items/s",
         figure: "queue.throughput.1p1c",
         limit: "",
