@@ -433,7 +433,13 @@ fn consumer_killed_mid_get_loses_at_most_one_item(m: StartMethod) -> Result<(), 
         p.kill()?;
         check!(join(&p)? == -9, "exit code");
         let mut mine = HashSet::new();
+        let deadline = Instant::now() + LONG;
         loop {
+            check!(
+                Instant::now() < deadline,
+                "round {round}: {} items never became gettable",
+                q.qsize()
+            );
             match q.try_get() {
                 Ok((i, body)) => {
                     check!(body.iter().all(|&b| b == i as u8), "item {i} corrupt");

@@ -161,7 +161,14 @@ struct Local {
     backlog: VecDeque<Vec<u8>>,
     /// Whether a feeder thread runs (it clears this when it finds the backlog empty).
     running: bool,
-    feeder: Option<JoinHandle<()>>,
+    feeder: Option<Feeder>,
+}
+
+/// A feeder thread, and the channel whose sender it drops when it returns (so that a flush
+/// can wait for its end with a deadline).
+struct Feeder {
+    thread: JoinHandle<()>,
+    ended: std::sync::mpsc::Receiver<()>,
 }
 
 impl Core {
@@ -205,13 +212,17 @@ impl Core {
             self.backlogged.store(true, Release);
             if !local.running {
                 let core = Arc::clone(self);
+                let (end, ended) = std::sync::mpsc::channel::<()>();
                 match multiproc_core::spawn_fork_safe_thread(
                     "multiproc-queue-feeder".into(),
-                    move || feed(&core),
+                    move || {
+                        let _end = end;
+                        feed(&core)
+                    },
                 ) {
-                    Ok(h) => {
+                    Ok(thread) => {
                         local.running = true;
-                        local.feeder = Some(h);
+                        local.feeder = Some(Feeder { thread, ended });
                         remember_feeding(self);
                     }
                     Err(e) => {
@@ -227,24 +238,34 @@ impl Core {
         })
     }
 
-    /// Waits until this process's feeder has written every parked item (or `deadline`).
+    /// Waits until this process's feeder has written every parked item (or `deadline`): until
+    /// the feeder thread ends (it ends when it finds nothing parked), and any feeder started
+    /// meanwhile too.
     fn flush(&self, deadline: Deadline) -> bool {
-        let mut nap = Duration::from_micros(50);
-        loop {
-            let (running, done) =
-                self.with_local(|l| (l.running, if l.running { None } else { l.feeder.take() }));
-            if !running {
-                if let Some(h) = done {
-                    let _ = h.join();
-                }
-                return true;
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+        use std::sync::mpsc::RecvTimeoutError;
+        while let Some(feeder) = self.with_local(|l| l.feeder.take()) {
+            let ended = match deadline {
+                // The sender is only ever dropped: `recv` returns when the thread ends.
+                None => feeder.ended.recv().is_err(),
+                Some(d) => matches!(
+                    feeder
+                        .ended
+                        .recv_timeout(d.saturating_duration_since(Instant::now())),
+                    Err(RecvTimeoutError::Disconnected)
+                ),
+            };
+            if !ended {
+                // Still writing: keep it for a later flush (unless a newer one replaced it).
+                self.with_local(|l| {
+                    if l.feeder.is_none() {
+                        l.feeder = Some(feeder);
+                    }
+                });
                 return false;
             }
-            std::thread::sleep(nap);
-            nap = (nap * 2).min(Duration::from_millis(5));
+            let _ = feeder.thread.join();
         }
+        true
     }
 }
 
