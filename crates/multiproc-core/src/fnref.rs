@@ -252,6 +252,89 @@ where
     pub(crate) fn raw(&self) -> RawFnRef {
         self.raw
     }
+
+    /// The reference without its types: what a worker that runs many kinds of functions
+    /// receives and calls with encoded arguments ([`AnyFnRef::call_encoded`]).
+    pub fn erase(self) -> AnyFnRef {
+        AnyFnRef { raw: self.raw }
+    }
+
+    /// The function itself, after the reference is checked against this process once more:
+    /// for a caller that calls it many times (a pool worker running a chunk of tasks) without
+    /// encoding each argument. A panic in it is not caught.
+    pub fn as_fn(&self) -> Result<fn(A) -> R, FnRefError> {
+        let (_, target) = self.raw.check()?;
+        // SAFETY: `check` passed, so `target` is the address of the `fn(A) -> R` that
+        // `FnRef::new` was given in this process tree (see `RawFnRef::call`), and the typed
+        // wrapper's types were compared with the fingerprint when it was made or decoded.
+        Ok(unsafe { fnptr::fn_at::<fn(A) -> R>(target) })
+    }
+}
+
+/// A [`FnRef`] whose argument and result types are erased: it is called with encoded
+/// arguments and returns the encoded result, and the trampoline it names decodes them as the
+/// types it was made for (bytes of other types are a decode error, never undefined
+/// behaviour). Checked like a typed reference where it is decoded (same executable, a tag
+/// only this process tree can make, addresses inside the image).
+///
+/// ```
+/// use multiproc_core::{AnyFnRef, FnRef, reduction};
+///
+/// fn triple(n: u32) -> u32 {
+///     n * 3
+/// }
+/// let any: AnyFnRef = FnRef::new(triple).unwrap().erase();
+/// let bytes = postcard::to_allocvec(&any).unwrap();
+/// let any: AnyFnRef = postcard::from_bytes(&bytes).unwrap();
+/// let (args, fds) = reduction::encode(&7u32).unwrap();
+/// let (out, out_fds) = any.call_encoded(&args, fds).unwrap();
+/// assert_eq!(reduction::decode::<u32>(&out, out_fds).unwrap(), 21);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AnyFnRef {
+    raw: RawFnRef,
+}
+
+impl fmt::Debug for AnyFnRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnyFnRef")
+            .field("offset", &self.raw.target)
+            .finish()
+    }
+}
+
+impl AnyFnRef {
+    /// Calls the function with arguments encoded by [`reduction::encode`] as its argument type
+    /// and returns its result encoded the same way; a panic becomes [`CallError::Panicked`].
+    pub fn call_encoded(&self, args: &[u8], fds: Vec<OwnedFd>) -> Encoded {
+        self.raw.call(args, fds, true)
+    }
+}
+
+impl<'de> Deserialize<'de> for AnyFnRef {
+    /// Decodes and checks a reference (everything but its types).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = RawFnRef::deserialize(deserializer)?;
+        raw.check().map_err(|e| {
+            reduction::note_refusal(e.clone());
+            D::Error::custom(e)
+        })?;
+        Ok(AnyFnRef { raw })
+    }
+}
+
+/// Runs `f`, turning a panic into [`CallError::Panicked`] with its message and location
+/// (printed by nobody): what a [`FnRef`] call does around the function, for callers of
+/// [`FnRef::as_fn`] that run many calls under one capture and resume after a panic.
+pub fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, Panicked> {
+    match capture_panic(f) {
+        Ok(v) => Ok(v),
+        Err(CallError::Panicked(p)) => Err(p),
+        Err(other) => Err(Panicked {
+            message: other.to_string(),
+            location: None,
+        }),
+    }
 }
 
 impl RawFnRef {

@@ -75,7 +75,7 @@ mod wait;
 
 pub use crate::atfork::{ForkGuard, fork_guard, register_after_fork, register_at_child_exit};
 pub use crate::error::{Error, Result};
-pub use crate::fnref::{CallError, FnRef, FnRefError, Panicked};
+pub use crate::fnref::{AnyFnRef, CallError, FnRef, FnRefError, Panicked, catch_panic};
 pub use crate::launch::children::{ProcessHandle, active_children, set_exit_join_timeout};
 pub use crate::launch::forkserver::{LOST_STATUS, forkserver_pid};
 pub use crate::launch::launcher::spawn_fork_safe_thread;
@@ -85,7 +85,7 @@ pub use crate::method::{
 };
 pub use crate::process::{Context, Process, get_context, spawn_helper};
 pub use crate::state::{CurrentProcess, ParentProcess, current_process, parent_process};
-pub use crate::sys::{allow_fork_with_threads, current_pid};
+pub use crate::sys::{allow_fork_with_threads, current_pid, ignore_interrupts};
 
 /// Dispatches a spawned child before the rest of `main` runs; a no-op in the parent.
 ///

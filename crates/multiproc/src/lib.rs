@@ -53,6 +53,8 @@ pub use multiproc_core as process;
 #[doc(inline)]
 pub use multiproc_ipc as ipc;
 #[doc(inline)]
+pub use multiproc_pool as pool;
+#[doc(inline)]
 pub use multiproc_shm as shm;
 #[doc(inline)]
 pub use multiproc_sync as sync;
@@ -67,6 +69,7 @@ pub use multiproc_ipc::{
     Address, Client, Connection, GetError, JoinableQueue, Listener, PutError, Queue, QueueBuilder,
     Reader, SimpleQueue, Waitable, Writer, pipe, simplex, socketpair, wait,
 };
+pub use multiproc_pool::{AsyncResult, MapOptions, Pool, PoolBuilder, PoolError, Progress};
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
@@ -93,6 +96,9 @@ pub enum Error {
     /// [`PutError`] before converting to keep it).
     #[error("{0}")]
     Put(String),
+    /// A pool task gave no result, or the pool refused it.
+    #[error(transparent)]
+    Pool(#[from] multiproc_pool::PoolError),
 }
 
 impl<T> From<PutError<T>> for Error {
@@ -107,7 +113,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Process, Queue, RLock, Reader,
+        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Pool, Process, Queue, RLock, Reader,
         Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe, set_start_method, simplex,
         socketpair, wait,
     };

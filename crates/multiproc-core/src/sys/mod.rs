@@ -72,6 +72,16 @@ pub(crate) fn ignore_sigpipe() {
     }
 }
 
+/// Sets SIGINT to ignored in this process: a pool worker's, so that Ctrl-C in a terminal
+/// (which signals the whole foreground process group) reaches only the parent, which then
+/// terminates its pool (Python's workers get a `KeyboardInterrupt` each and print it).
+pub fn ignore_interrupts() {
+    // SAFETY: installing SIG_IGN for SIGINT has no preconditions; no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+}
+
 /// Registers `f` to run at normal process exit (`exit()` or return from `main`).
 pub(crate) fn register_atexit(f: extern "C" fn()) -> io::Result<()> {
     // SAFETY: `f` is a plain `extern "C" fn()` that catches every panic before returning.

@@ -45,6 +45,7 @@
 //! killed while it holds the producer or consumer side is detected, and the others go on; a
 //! consumer killed in the middle of a `get` loses at most the item it was taking.
 
+mod byte_ring;
 mod error;
 pub(crate) mod ring;
 
@@ -62,6 +63,7 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::byte_ring::{ByteRing, RingError};
 pub use self::error::{GetError, JoinThreadError, PutError, TaskDoneError};
 #[doc(hidden)]
 pub use self::ring::fuzz_records;

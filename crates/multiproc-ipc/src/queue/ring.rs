@@ -278,6 +278,16 @@ impl Ring {
         self.cap() / 4
     }
 
+    /// The consumers' byte position (modulo 2^40): every record before it has been taken.
+    pub(crate) fn head_pos(&self) -> u64 {
+        pos(self.ctl[HEAD].load(Acquire))
+    }
+
+    /// The ring's size in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.data.len() * 8
+    }
+
     /// `maxsize`; 0 for an unbounded queue.
     pub(crate) fn maxsize(&self) -> u64 {
         self.ctl[MAXSIZE].load(Relaxed)
@@ -911,7 +921,23 @@ impl Consumer<'_> {
     /// begin (a chunked item that began is always finished or abandoned, whatever the
     /// deadline).
     pub(crate) fn pop(&mut self, deadline: Deadline, out: &mut Vec<u8>) -> Result<Popped, Corrupt> {
-        let r = self.pop_inner(deadline, out);
+        let r = self.pop_inner(deadline, out, None);
+        self.notify_space();
+        r
+    }
+
+    /// [`pop`](Self::pop), calling `claim(bytes, at)` once the item's first record has been
+    /// copied into `out` (`bytes`: what `out` holds then, the whole item unless it is chunked)
+    /// and before `HEAD` moves past it; `at` is the position of that first record. A process
+    /// that dies after `claim` and before `HEAD` moves leaves the item to the next consumer;
+    /// `HEAD` beyond `at` says the item was taken (whole or in part).
+    pub(crate) fn pop_claimed(
+        &mut self,
+        deadline: Deadline,
+        out: &mut Vec<u8>,
+        claim: &mut dyn FnMut(&[u8], u64),
+    ) -> Result<Popped, Corrupt> {
+        let r = self.pop_inner(deadline, out, Some(claim));
         self.notify_space();
         r
     }
@@ -921,7 +947,7 @@ impl Consumer<'_> {
         let past = Some(Instant::now());
         while out.len() < max && self.available() != 0 {
             let mut v = Vec::new();
-            match self.pop_inner(past, &mut v)? {
+            match self.pop_inner(past, &mut v, None)? {
                 Popped::Item => out.push(v),
                 Popped::Timeout => break,
             }
@@ -930,7 +956,12 @@ impl Consumer<'_> {
         Ok(())
     }
 
-    fn pop_inner(&mut self, deadline: Deadline, out: &mut Vec<u8>) -> Result<Popped, Corrupt> {
+    fn pop_inner(
+        &mut self,
+        deadline: Deadline,
+        out: &mut Vec<u8>,
+        mut claim: Option<&mut dyn FnMut(&[u8], u64)>,
+    ) -> Result<Popped, Corrupt> {
         let ring = self.ring;
         let cap = ring.cap();
         let max_record = ring.max_record();
@@ -977,6 +1008,9 @@ impl Consumer<'_> {
             match h.kind {
                 FULL => {
                     self.copy_out(body, h.len, out);
+                    if let Some(claim) = claim.as_mut() {
+                        claim(out, at);
+                    }
                     self.advance(rec, true);
                     ring.release_slot();
                     return Ok(Popped::Item);
@@ -988,6 +1022,9 @@ impl Consumer<'_> {
                     self.copy_out(body.wrapping_add(8), h.len - 8, out);
                     if out.len() as u64 > total {
                         return Err(corrupt("a first chunk longer than its item"));
+                    }
+                    if let Some(claim) = claim.as_mut() {
+                        claim(out, at);
                     }
                     partial = Some(total);
                     self.advance(rec, false);

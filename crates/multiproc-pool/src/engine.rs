@@ -1,0 +1,848 @@
+//! The engine under [`Pool`](crate::Pool) and `ProcessPoolExecutor`:
+//! one shared task ring, one shared result ring, and a slot of shared words per worker
+//! (`research/pool-engine.md`, engine "A").
+//!
+//! - **Tasks.** A task record is a chunk of tasks: `[id: u64][runner: AnyFnRef][arguments]`.
+//!   The runner is a trampoline monomorphised for the task's types (`run_chunk::<A, R>`); the
+//!   worker calls it with the encoded arguments and pushes `[id][kind][encoded results]` to
+//!   the result ring. Id 0 asks the worker to stop.
+//! - **Claims.** A worker takes a record under the task ring's consumer lock, and before the
+//!   ring's consumer position moves past it, writes the record's id and position into its slot
+//!   ([`ByteRing::pop_claimed`]); it clears the slot only after its result record is
+//!   committed. So when a worker dies, its slot says which chunk it may have held, and the
+//!   ring's consumer position says whether it had taken it: a position still at the record
+//!   means the record is still in the ring, and the next worker runs it.
+//! - **Deaths.** A monitor thread polls the workers' sentinels (and, with a time limit, their
+//!   slots); it reports a death by pushing a `DEATH` record into the result ring, behind every
+//!   result the dead worker committed. The result handler thread, the ring's only consumer,
+//!   takes results and deaths in order: for a death it reads the task ring's position, then the
+//!   other workers' slots, then drains the results already there, and fails the dead worker's
+//!   chunk with [`PoolError::WorkerLost`] only if no result came, no live worker holds it and
+//!   the ring's position moved past it. Then it starts a replacement in the same slot.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::OnceLock;
+use std::thread::{JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use multiproc_core::heap::{ATOMIC_KINDS, SharedSlice};
+use multiproc_core::{AnyFnRef, CallError, FnRef, Panicked, Process, StartMethod};
+use multiproc_ipc::queue::ByteRing;
+use parking_lot::{Condvar, Mutex};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::PoolError;
+
+/// The heap kind of the workers' slots.
+const SLOTS_KIND: u8 = ATOMIC_KINDS + 2;
+
+/// Words per worker slot.
+const SLOT_WORDS: usize = 8;
+/// The id of the chunk the worker holds (0: none; `STOPPED`: it took a stop record).
+const HOLD: usize = 0;
+/// The ring position of the record it holds.
+const POS: usize = 1;
+/// When its current task began (`CLOCK_MONOTONIC` ns; 0: not timed).
+const STARTED: usize = 2;
+
+/// `HOLD` of a worker that took a stop record and is exiting.
+const STOPPED: u64 = u64::MAX;
+
+/// The task id that asks a worker to stop.
+const STOP: u64 = 0;
+
+/// Result record kinds (the byte after the id).
+const OK: u8 = 1;
+const CALL_ERR: u8 = 2;
+const INIT_FAILED: u8 = 3;
+const DEATH: u8 = 4;
+const SHUTDOWN: u8 = 5;
+
+/// Task ring size: room for the argument chunks of a large map.
+const TASK_RING: usize = 1 << 20;
+/// Result ring size.
+const RESULT_RING: usize = 1 << 20;
+
+/// How long `join` waits for workers to take their stop records before it kills them.
+const JOIN_GRACE: Duration = Duration::from_secs(30);
+
+/// What a chunk came to: its encoded results (`Vec<Result<R, Panicked>>`), or why there are
+/// none.
+pub(crate) enum Outcome {
+    /// The runner's encoded output.
+    Done(Vec<u8>),
+    /// The chunk failed as a whole.
+    Failed(PoolError),
+}
+
+/// Where a chunk's outcome goes (run on the result handler thread).
+pub(crate) type Sink = Box<dyn FnOnce(Outcome) + Send>;
+
+/// How the pool was configured.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) method: Option<StartMethod>,
+    pub(crate) initializer: Option<(AnyFnRef, Vec<u8>)>,
+    pub(crate) max_tasks: u64,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) name: &'static str,
+}
+
+/// What a worker process is started with.
+#[derive(Serialize, Deserialize)]
+struct WorkerArgs {
+    tasks: ByteRing,
+    results: ByteRing,
+    slots: SharedSlice<AtomicU64>,
+    slot: usize,
+    initializer: Option<(AnyFnRef, Vec<u8>)>,
+    max_tasks: u64,
+    timed: bool,
+}
+
+/// The phase of the pool's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// `close` was called: no new tasks; pending ones finish.
+    Closed,
+    /// `join` sent the stop records: workers are exiting.
+    Stopping,
+    /// Terminated or joined: no workers, no threads.
+    Done,
+}
+
+struct Worker {
+    process: Process,
+    pid: u32,
+    sentinel: Arc<OwnedFd>,
+}
+
+struct State {
+    phase: Phase,
+    pending: HashMap<u64, Sink>,
+    workers: Vec<Option<Worker>>,
+    /// Chunks whose worker the monitor killed for overrunning the time limit.
+    timed_out: HashSet<u64>,
+    broken: Option<String>,
+    /// Bumped whenever `workers` changes (the monitor re-reads it).
+    generation: u64,
+}
+
+/// The parent's side of a pool.
+pub(crate) struct Engine {
+    tasks: ByteRing,
+    results: ByteRing,
+    slots: SharedSlice<AtomicU64>,
+    cfg: Config,
+    state: Mutex<State>,
+    /// Notified when `pending` empties or a worker leaves.
+    changed: Condvar,
+    next_id: AtomicU64,
+    /// The monitor's wake-up (an eventfd).
+    wake: OwnedFd,
+    shutting_down: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    handler_thread: OnceLock<ThreadId>,
+}
+
+impl Engine {
+    /// Creates the rings and slots, starts `cfg.processes` workers and the two threads.
+    pub(crate) fn start(cfg: Config) -> Result<Arc<Engine>, PoolError> {
+        let n = cfg.processes;
+        let engine = Arc::new(Engine {
+            tasks: ByteRing::new(TASK_RING)?,
+            results: ByteRing::new(RESULT_RING)?,
+            slots: SharedSlice::new(n * SLOT_WORDS, SLOTS_KIND)?,
+            cfg,
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                pending: HashMap::new(),
+                workers: (0..n).map(|_| None).collect(),
+                timed_out: HashSet::new(),
+                broken: None,
+                generation: 0,
+            }),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(1),
+            wake: rustix::event::eventfd(
+                0,
+                rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+            )
+            .map_err(std::io::Error::from)?,
+            shutting_down: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+            handler_thread: OnceLock::new(),
+        });
+        for slot in 0..n {
+            let w = engine.start_worker(slot)?;
+            engine.state.lock().workers[slot] = Some(w);
+        }
+        let e = Arc::clone(&engine);
+        let handler = multiproc_core::spawn_fork_safe_thread(
+            format!("{}-result-handler", engine.cfg.name),
+            move || e.handle_results(),
+        )?;
+        let _ = engine.handler_thread.set(handler.thread().id());
+        let e = Arc::clone(&engine);
+        let monitor = multiproc_core::spawn_fork_safe_thread(
+            format!("{}-worker-monitor", engine.cfg.name),
+            move || e.monitor(),
+        )?;
+        engine.threads.lock().extend([handler, monitor]);
+        Ok(engine)
+    }
+
+    pub(crate) fn processes(&self) -> usize {
+        self.cfg.processes
+    }
+
+    fn slot(&self, i: usize) -> &[AtomicU64] {
+        &self.slots[i * SLOT_WORDS..(i + 1) * SLOT_WORDS]
+    }
+
+    fn start_worker(&self, slot: usize) -> Result<Worker, PoolError> {
+        for w in self.slot(slot) {
+            w.store(0, Relaxed);
+        }
+        let args = WorkerArgs {
+            tasks: self.tasks.clone(),
+            results: self.results.clone(),
+            slots: self.slots.clone(),
+            slot,
+            initializer: self.cfg.initializer.clone(),
+            max_tasks: self.cfg.max_tasks,
+            timed: self.cfg.timeout.is_some(),
+        };
+        let mut p = match self.cfg.method {
+            Some(m) => multiproc_core::get_context(m).process(worker_main, args),
+            None => Process::new(worker_main, args),
+        };
+        p.set_name(format!("{}Worker-{}", self.cfg.name, slot + 1));
+        p.set_daemon(true)?;
+        p.start()?;
+        let pid = p.pid().unwrap_or(0);
+        let sentinel = Arc::new(p.sentinel()?.try_clone_to_owned()?);
+        Ok(Worker {
+            process: p,
+            pid,
+            sentinel,
+        })
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        let st = self.state.lock();
+        st.workers.iter().flatten().map(|w| w.pid).collect()
+    }
+
+    /// A new chunk id.
+    pub(crate) fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Relaxed)
+    }
+
+    /// Starts a task record for `runner` with id `id`: the caller appends the encoded
+    /// arguments.
+    pub(crate) fn record(id: u64, runner: AnyFnRef) -> Vec<u8> {
+        let mut rec = Vec::with_capacity(64);
+        rec.extend_from_slice(&id.to_le_bytes());
+        postcard::to_io(&runner, &mut rec).expect("encoding into a Vec cannot fail");
+        rec
+    }
+
+    /// Submits a task record (made by [`record`](Self::record)); `sink` receives its outcome
+    /// on the result handler thread.
+    pub(crate) fn submit(&self, id: u64, record: &[u8], sink: Sink) -> Result<(), PoolError> {
+        {
+            let mut st = self.state.lock();
+            if let Some(why) = &st.broken {
+                return Err(PoolError::Initializer(why.clone()));
+            }
+            if st.phase != Phase::Running {
+                return Err(PoolError::Closed);
+            }
+            st.pending.insert(id, sink);
+        }
+        if let Err(e) = self.tasks.push(record, None) {
+            self.state.lock().pending.remove(&id);
+            return Err(PoolError::Os(format!("the task ring: {e}")));
+        }
+        Ok(())
+    }
+
+    /// Submits several task records at once (one hold of the task ring's producer side per
+    /// batch); on an error none of the records not yet pushed is pending.
+    pub(crate) fn submit_many(&self, batch: Vec<(u64, Vec<u8>, Sink)>) -> Result<(), PoolError> {
+        let mut records = Vec::with_capacity(batch.len());
+        {
+            let mut st = self.state.lock();
+            if let Some(why) = &st.broken {
+                return Err(PoolError::Initializer(why.clone()));
+            }
+            if st.phase != Phase::Running {
+                return Err(PoolError::Closed);
+            }
+            for (id, rec, sink) in batch {
+                st.pending.insert(id, sink);
+                records.push((id, rec));
+            }
+        }
+        let mut it = records.iter().map(|(_, r)| r.as_slice());
+        match self.tasks.push_many(&mut it, None) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let mut st = self.state.lock();
+                for (id, _) in &records {
+                    st.pending.remove(id);
+                }
+                Err(PoolError::Os(format!("the task ring: {e}")))
+            }
+        }
+    }
+
+    /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
+    /// stays in the ring and its result, if it comes, is dropped.
+    pub(crate) fn forget(&self, id: u64) -> bool {
+        self.state.lock().pending.remove(&id).is_some()
+    }
+
+    /// Whether a worker holds chunk `id` now.
+    pub(crate) fn is_running(&self, id: u64) -> bool {
+        (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
+    }
+
+    // ------------------------------------------------------------------ shutdown
+
+    /// Python's `close`: no new tasks.
+    pub(crate) fn close(&self) {
+        let mut st = self.state.lock();
+        if st.phase == Phase::Running {
+            st.phase = Phase::Closed;
+        }
+    }
+
+    /// Whether the pool is still taking tasks.
+    pub(crate) fn is_running_phase(&self) -> bool {
+        self.state.lock().phase == Phase::Running
+    }
+
+    /// Python's `join`: after `close`, waits for every pending chunk, stops the workers and
+    /// the threads. After `terminate`, returns at once.
+    pub(crate) fn join(&self) -> Result<(), PoolError> {
+        let mut st = self.state.lock();
+        match st.phase {
+            Phase::Running => return Err(PoolError::NotClosed),
+            Phase::Done => return Ok(()),
+            Phase::Closed | Phase::Stopping => {}
+        }
+        while !st.pending.is_empty() && st.phase == Phase::Closed {
+            self.changed.wait(&mut st);
+        }
+        if st.phase == Phase::Done {
+            return Ok(());
+        }
+        st.phase = Phase::Stopping;
+        let live = st.workers.iter().flatten().count();
+        drop(st);
+        let stop = STOP.to_le_bytes();
+        for _ in 0..live {
+            let _ = self.tasks.push(&stop, Some(JOIN_GRACE));
+        }
+        let until = Instant::now() + JOIN_GRACE;
+        let mut st = self.state.lock();
+        while st.workers.iter().any(Option::is_some) {
+            if self.changed.wait_until(&mut st, until).timed_out() {
+                break;
+            }
+        }
+        drop(st);
+        self.shutdown(PoolError::Terminated);
+        Ok(())
+    }
+
+    /// Python's `terminate`: kills the workers, fails every pending chunk with
+    /// [`PoolError::Terminated`], stops the threads.
+    pub(crate) fn terminate(&self) {
+        {
+            let mut st = self.state.lock();
+            if st.phase == Phase::Done {
+                return;
+            }
+            st.phase = Phase::Stopping;
+        }
+        self.shutdown(PoolError::Terminated);
+    }
+
+    /// Stops the threads, kills and reaps every worker left, fails what is pending.
+    fn shutdown(&self, why: PoolError) {
+        if self.shutting_down.swap(true, Relaxed) {
+            return;
+        }
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let mut rec = 0u64.to_le_bytes().to_vec();
+        rec.push(SHUTDOWN);
+        let _ = self.results.push(&rec, Some(Duration::from_secs(5)));
+        let on_handler = self.handler_thread.get() == Some(&std::thread::current().id());
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for t in threads {
+            if on_handler && t.thread().id() == std::thread::current().id() {
+                continue;
+            }
+            let _ = t.join();
+        }
+        let (workers, pending) = {
+            let mut st = self.state.lock();
+            st.phase = Phase::Done;
+            let w: Vec<Worker> = st.workers.iter_mut().filter_map(Option::take).collect();
+            (w, std::mem::take(&mut st.pending))
+        };
+        for w in &workers {
+            let _ = w.process.kill();
+        }
+        for w in &workers {
+            let _ = w.process.join();
+        }
+        self.changed.notify_all();
+        let _fork = multiproc_core::fork_guard();
+        for (_, sink) in pending {
+            sink(Outcome::Failed(why.clone()));
+        }
+    }
+
+    // ------------------------------------------------------------------ result handler
+
+    fn handle_results(self: &Arc<Self>) {
+        let mut buf = Vec::new();
+        let mut deaths = Vec::new();
+        let mut stop = false;
+        while !stop {
+            match self.results.pop(&mut buf, None) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    self.break_pool(format!("the result ring is corrupt: {e}"));
+                    return;
+                }
+            }
+            stop = !self.take_record(&buf, &mut deaths);
+            while let Some(pid) = deaths.pop() {
+                self.handle_death(pid, &mut deaths, &mut stop);
+            }
+        }
+    }
+
+    /// Handles one result record; `false` on `SHUTDOWN`. Deaths are queued in `deaths`.
+    fn take_record(&self, rec: &[u8], deaths: &mut Vec<u32>) -> bool {
+        if rec.len() < 9 {
+            return true;
+        }
+        let id = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+        let body = &rec[9..];
+        match rec[8] {
+            OK | CALL_ERR => {
+                let outcome = if rec[8] == OK {
+                    Outcome::Done(body.to_vec())
+                } else {
+                    let e: Result<CallError, _> = postcard::from_bytes(body);
+                    Outcome::Failed(match e {
+                        Ok(e) => call_error(e),
+                        Err(e) => PoolError::Result(e.to_string()),
+                    })
+                };
+                let sink = {
+                    let mut st = self.state.lock();
+                    let s = st.pending.remove(&id);
+                    if st.pending.is_empty() {
+                        self.changed.notify_all();
+                    }
+                    s
+                };
+                if let Some(sink) = sink {
+                    let _fork = multiproc_core::fork_guard();
+                    sink(outcome);
+                }
+            }
+            INIT_FAILED => {
+                self.break_pool(String::from_utf8_lossy(body).into_owned());
+            }
+            DEATH if body.len() >= 4 => {
+                deaths.push(u32::from_le_bytes(body[..4].try_into().expect("4 bytes")));
+            }
+            SHUTDOWN => return false,
+            _ => {}
+        }
+        true
+    }
+
+    /// The initializer failed (or the rings broke): fail everything, take no more tasks.
+    fn break_pool(&self, why: String) {
+        let pending = {
+            let mut st = self.state.lock();
+            st.broken.get_or_insert(why.clone());
+            std::mem::take(&mut st.pending)
+        };
+        self.changed.notify_all();
+        let _fork = multiproc_core::fork_guard();
+        for (_, sink) in pending {
+            sink(Outcome::Failed(PoolError::Initializer(why.clone())));
+        }
+    }
+
+    fn handle_death(&self, pid: u32, deaths: &mut Vec<u32>, stop: &mut bool) {
+        let (slot, worker) = {
+            let mut st = self.state.lock();
+            let Some(slot) = st
+                .workers
+                .iter()
+                .position(|w| w.as_ref().is_some_and(|w| w.pid == pid))
+            else {
+                return;
+            };
+            (slot, st.workers[slot].take().expect("found above"))
+        };
+        let exitcode = worker.process.join().unwrap_or(-9);
+        let words = self.slot(slot);
+        let held = words[HOLD].load(Acquire);
+        let at = words[POS].load(Relaxed);
+        if held != 0 && held != STOPPED {
+            // The order matters: the ring's position, then the other slots, then the results
+            // already committed (see the module docs).
+            let head = self.tasks.head_position();
+            let others_hold = (0..self.cfg.processes)
+                .filter(|&i| i != slot)
+                .any(|i| self.slot(i)[HOLD].load(Acquire) == held);
+            let mut drained = Vec::new();
+            let _ = self.results.pop_ready(usize::MAX, &mut drained);
+            for rec in &drained {
+                if !self.take_record(rec, deaths) {
+                    *stop = true;
+                }
+            }
+            if head != at && !others_hold {
+                let sink = {
+                    let mut st = self.state.lock();
+                    let timed_out = st.timed_out.remove(&held);
+                    st.pending.remove(&held).map(|s| (s, timed_out))
+                };
+                if let Some((sink, timed_out)) = sink {
+                    let err = match (timed_out, self.cfg.timeout) {
+                        (true, Some(limit)) => PoolError::TaskTimeout { limit },
+                        _ => PoolError::WorkerLost { pid, exitcode },
+                    };
+                    let _fork = multiproc_core::fork_guard();
+                    sink(Outcome::Failed(err));
+                }
+            }
+        }
+        for w in words {
+            w.store(0, Relaxed);
+        }
+        // A replacement, unless the pool is stopping or broken.
+        let replace = {
+            let st = self.state.lock();
+            matches!(st.phase, Phase::Running | Phase::Closed)
+                && st.broken.is_none()
+                && !self.shutting_down.load(Relaxed)
+        };
+        let mut st = self.state.lock();
+        if replace && held != STOPPED {
+            drop(st);
+            let started = self.start_worker(slot);
+            st = self.state.lock();
+            match started {
+                Ok(w) => {
+                    if self.shutting_down.load(Relaxed) {
+                        let _ = w.process.kill();
+                        let _ = w.process.join();
+                    } else {
+                        // `join` counted the workers before this one came: it needs its own
+                        // stop record.
+                        let stopping = st.phase == Phase::Stopping;
+                        st.workers[slot] = Some(w);
+                        if stopping {
+                            drop(st);
+                            let _ = self.tasks.push(&STOP.to_le_bytes(), Some(JOIN_GRACE));
+                            st = self.state.lock();
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(st);
+                    self.break_pool(format!("cannot start a replacement worker: {e}"));
+                    st = self.state.lock();
+                }
+            }
+        }
+        st.generation += 1;
+        drop(st);
+        self.changed.notify_all();
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    // ------------------------------------------------------------------ monitor
+
+    /// Polls the workers' sentinels; reports each death once as a `DEATH` record. With a
+    /// time limit, also kills workers whose task overran it.
+    fn monitor(self: &Arc<Self>) {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let mut reported: HashSet<u32> = HashSet::new();
+        loop {
+            if self.shutting_down.load(Relaxed) {
+                return;
+            }
+            let watched: Vec<(u32, Arc<OwnedFd>)> = {
+                let st = self.state.lock();
+                st.workers
+                    .iter()
+                    .flatten()
+                    .map(|w| (w.pid, Arc::clone(&w.sentinel)))
+                    .collect()
+            };
+            reported.retain(|pid| watched.iter().any(|(p, _)| p == pid));
+            let live: Vec<&(u32, Arc<OwnedFd>)> =
+                watched.iter().filter(|(p, _)| !reported.contains(p)).collect();
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() + 1);
+            fds.push(PollFd::new(&self.wake, PollFlags::IN));
+            for (_, fd) in &live {
+                fds.push(PollFd::from_borrowed_fd(fd.as_fd(), PollFlags::IN));
+            }
+            let nap = self.cfg.timeout.map(|t| {
+                let slice = (t / 20).clamp(Duration::from_millis(2), Duration::from_millis(100));
+                rustix::time::Timespec::try_from(slice).expect("a short slice")
+            });
+            match poll(&mut fds, nap.as_ref()) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return,
+            }
+            let woken = !fds[0].revents().is_empty();
+            let dead: Vec<u32> = fds[1..]
+                .iter()
+                .zip(&live)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, (pid, _))| *pid)
+                .collect();
+            drop(fds);
+            if woken {
+                let mut b = [0u8; 8];
+                let _ = rustix::io::read(&self.wake, &mut b);
+            }
+            for pid in dead {
+                reported.insert(pid);
+                let mut rec = 0u64.to_le_bytes().to_vec();
+                rec.push(DEATH);
+                rec.extend_from_slice(&pid.to_le_bytes());
+                let _ = self.results.push(&rec, Some(Duration::from_secs(5)));
+            }
+            if let Some(limit) = self.cfg.timeout {
+                self.kill_overrunning(limit);
+            }
+        }
+    }
+
+    fn kill_overrunning(&self, limit: Duration) {
+        let now = monotonic_ns();
+        let limit_ns = limit.as_nanos() as u64;
+        let mut st = self.state.lock();
+        for i in 0..self.cfg.processes {
+            let words = self.slot(i);
+            let started = words[STARTED].load(Acquire);
+            let held = words[HOLD].load(Acquire);
+            if started == 0 || held == 0 || held == STOPPED || now.saturating_sub(started) < limit_ns {
+                continue;
+            }
+            if let Some(w) = &st.workers[i] {
+                let _ = w.process.kill();
+                st.timed_out.insert(held);
+                words[STARTED].store(0, Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A [`CallError`] from a worker as a pool error.
+pub(crate) fn call_error(e: CallError) -> PoolError {
+    match e {
+        CallError::Panicked(p) => PoolError::Panicked(p),
+        CallError::Args(s) => PoolError::Args(s),
+        CallError::Result(s) => PoolError::Result(s),
+        CallError::Reference(s) => PoolError::Os(s),
+        other => PoolError::Os(other.to_string()),
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64) * 1_000_000_000 + t.tv_nsec as u64
+}
+
+// ---------------------------------------------------------------------- the worker
+
+/// The worker's slot, for `run_chunk` to stamp each task's start when the pool is timed.
+static TIMED_SLOT: OnceLock<(SharedSlice<AtomicU64>, usize)> = OnceLock::new();
+
+/// Marks the start of one task (for the per-task time limit).
+#[inline]
+fn task_started() {
+    if let Some((slots, i)) = TIMED_SLOT.get() {
+        slots[i * SLOT_WORDS + STARTED].store(monotonic_ns(), Release);
+    }
+}
+
+fn worker_main(a: WorkerArgs) {
+    multiproc_core::ignore_interrupts();
+    let me = &a.slots[a.slot * SLOT_WORDS..(a.slot + 1) * SLOT_WORDS];
+    if a.timed {
+        let _ = TIMED_SLOT.set((a.slots.clone(), a.slot));
+    }
+    let mut out = Vec::new();
+    if let Some((f, arg)) = &a.initializer
+        && let Err(e) = f.call_encoded(arg, Vec::new())
+    {
+        out.extend_from_slice(&0u64.to_le_bytes());
+        out.push(INIT_FAILED);
+        out.extend_from_slice(e.to_string().as_bytes());
+        let _ = a.results.push(&out, None);
+        std::process::exit(1);
+    }
+    let mut buf = Vec::new();
+    let mut done = 0u64;
+    loop {
+        let mut claim = |bytes: &[u8], at: u64| {
+            let id = bytes
+                .get(..8)
+                .map_or(STOPPED - 1, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            me[POS].store(at, Relaxed);
+            me[HOLD].store(if id == STOP { STOPPED } else { id }, Release);
+        };
+        match a.tasks.pop_claimed(&mut buf, None, &mut claim) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => std::process::exit(2),
+        }
+        let Some(id) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        else {
+            me[HOLD].store(0, Release);
+            continue;
+        };
+        if id == STOP {
+            return;
+        }
+        out.clear();
+        out.extend_from_slice(&id.to_le_bytes());
+        let called = match postcard::take_from_bytes::<AnyFnRef>(&buf[8..]) {
+            Ok((runner, args)) => runner.call_encoded(args, Vec::new()),
+            Err(e) => Err(CallError::Args(format!("a task record that does not decode: {e}"))),
+        };
+        match called {
+            Ok((bytes, _fds)) => {
+                out.push(OK);
+                out.extend_from_slice(&bytes);
+            }
+            Err(e) => {
+                out.push(CALL_ERR);
+                postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
+            }
+        }
+        me[STARTED].store(0, Relaxed);
+        if a.results.push(&out, None).is_err() {
+            std::process::exit(2);
+        }
+        me[HOLD].store(0, Release);
+        done += 1;
+        if a.max_tasks != 0 && done >= a.max_tasks {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- chunks
+
+/// The outcome of each task of a chunk, in order.
+pub(crate) type ChunkOut<R> = Vec<Result<R, Panicked>>;
+
+/// Runs a chunk of tasks in a worker: the function is checked and fetched once, then called
+/// for each argument under one panic capture, resumed after the task that panicked.
+pub(crate) fn run_chunk<A, R>(input: (FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    let (f, args) = input;
+    let f = f.as_fn().map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter();
+    loop {
+        let ran = multiproc_core::catch_panic(|| {
+            for a in &mut args {
+                task_started();
+                out.push(Ok(f(a)));
+            }
+        });
+        match ran {
+            Ok(()) => return Ok(out),
+            Err(p) => out.push(Err(p)),
+        }
+    }
+}
+
+/// The runner of chunks of `fn(A) -> R`, as a reference a worker can call.
+pub(crate) fn runner<A, R>() -> Result<AnyFnRef, PoolError>
+where
+    A: Serialize + DeserializeOwned,
+    R: Serialize + DeserializeOwned,
+{
+    Ok(FnRef::new(run_chunk::<A, R> as fn((FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>)?
+        .erase())
+}
+
+/// Appends the encoded arguments of a chunk (`(FnRef<A, R>, [A])`, what `run_chunk` decodes)
+/// to `rec`.
+pub(crate) fn encode_chunk<A, R>(rec: &mut Vec<u8>, f: &FnRef<A, R>, args: &[A]) -> Result<(), PoolError>
+where
+    A: Serialize,
+{
+    postcard::to_io(&(f, args), &mut *rec)
+        .map(|_| ())
+        .map_err(|e| PoolError::Args(multiproc_core_reason(e)))
+}
+
+fn multiproc_core_reason(e: postcard::Error) -> String {
+    e.to_string()
+}
+
+/// Decodes a chunk's outcome into per-task results.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, n: usize) -> Vec<Result<R, PoolError>> {
+    let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
+    match outcome {
+        Outcome::Done(bytes) => match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes) {
+            Ok(Ok(v)) if v.len() == n => v
+                .into_iter()
+                .map(|r| r.map_err(PoolError::Panicked))
+                .collect(),
+            Ok(Ok(v)) => all(PoolError::Result(format!(
+                "a chunk of {n} tasks returned {} results",
+                v.len()
+            ))),
+            Ok(Err(e)) => all(PoolError::Function(fn_error(e))),
+            Err(e) => all(PoolError::Result(e.to_string())),
+        },
+        Outcome::Failed(e) => all(e),
+    }
+}
+
+fn fn_error(msg: String) -> multiproc_core::FnRefError {
+    multiproc_core::FnRefError::NotReexecutable(msg)
+}

@@ -1,0 +1,2 @@
+//! Pools under every start method.
+fn main() {}
