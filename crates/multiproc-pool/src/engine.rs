@@ -804,21 +804,15 @@ fn worker_main(a: WorkerArgs) {
         }
         out.clear();
         out.extend_from_slice(&id.to_le_bytes());
+        out.push(OK);
         let called = match postcard::take_from_bytes::<AnyFnRef>(&buf[8..]) {
-            Ok((runner, args)) => runner.call_encoded(args, Vec::new()),
-            Err(e) => Err(CallError::Args(format!(
-                "a task record that does not decode: {e}"
-            ))),
+            Ok((runner, args)) => runner.call_into(args, Vec::new(), &mut out).map(|_| ()),
+            Err(e) => Err(CallError::Args(format!("a task record that does not decode: {e}"))),
         };
-        match called {
-            Ok((bytes, _fds)) => {
-                out.push(OK);
-                out.extend_from_slice(&bytes);
-            }
-            Err(e) => {
-                out.push(CALL_ERR);
-                postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
-            }
+        if let Err(e) = called {
+            out.truncate(8);
+            out.push(CALL_ERR);
+            postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
         }
         me[STARTED].store(0, Relaxed);
         if a.results.push(&out, None).is_err() {
