@@ -807,7 +807,9 @@ fn worker_main(a: WorkerArgs) {
         out.push(OK);
         let called = match postcard::take_from_bytes::<AnyFnRef>(&buf[8..]) {
             Ok((runner, args)) => runner.call_into(args, Vec::new(), &mut out).map(|_| ()),
-            Err(e) => Err(CallError::Args(format!("a task record that does not decode: {e}"))),
+            Err(e) => Err(CallError::Args(format!(
+                "a task record that does not decode: {e}"
+            ))),
         };
         if let Err(e) = called {
             out.truncate(8);
@@ -976,10 +978,10 @@ fn fn_error(msg: String) -> multiproc_core::FnRefError {
 
 /// Decoding a chunk's results straight into the caller's `Vec` (no vector per chunk).
 mod seed {
-    use std::fmt;
     use multiproc_core::Panicked;
     use serde::Deserialize;
     use serde::de::{DeserializeSeed, EnumAccess, SeqAccess, VariantAccess, Visitor};
+    use std::fmt;
 
     /// The panics of a chunk, with their places.
     type Panics = Vec<(u32, Panicked)>;
@@ -1073,5 +1075,4 @@ mod seed {
             Ok(())
         }
     }
-
 }
