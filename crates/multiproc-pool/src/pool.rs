@@ -251,11 +251,14 @@ impl Pool {
             let r = engine::decode_chunk::<R>(outcome, 1)
                 .pop()
                 .unwrap_or(Err(PoolError::Result("no result".into())));
-            match (&r, callback, error_callback) {
-                (Ok(v), Some(cb), _) => cb(v),
-                (Err(e), _, Some(ecb)) => ecb(e),
-                _ => {}
-            }
+            // A callback that panics is reported by the panic hook; the result is still set.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match (&r, callback, error_callback) {
+                    (Ok(v), Some(cb), _) => cb(v),
+                    (Err(e), _, Some(ecb)) => ecb(e),
+                    _ => {}
+                }
+            }));
             c.set(r);
         });
         self.engine.submit(id, &rec, sink)?;
