@@ -23,9 +23,9 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::OnceLock;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -308,11 +308,13 @@ impl Engine {
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
     /// stays in the ring and its result, if it comes, is dropped.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn forget(&self, id: u64) -> bool {
         self.state.lock().pending.remove(&id).is_some()
     }
 
     /// Whether a worker holds chunk `id` now.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running(&self, id: u64) -> bool {
         (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
@@ -328,6 +330,7 @@ impl Engine {
     }
 
     /// Whether the pool is still taking tasks.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running_phase(&self) -> bool {
         self.state.lock().phase == Phase::Running
     }
@@ -605,8 +608,10 @@ impl Engine {
                     .collect()
             };
             reported.retain(|pid| watched.iter().any(|(p, _)| p == pid));
-            let live: Vec<&(u32, Arc<OwnedFd>)> =
-                watched.iter().filter(|(p, _)| !reported.contains(p)).collect();
+            let live: Vec<&(u32, Arc<OwnedFd>)> = watched
+                .iter()
+                .filter(|(p, _)| !reported.contains(p))
+                .collect();
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() + 1);
             fds.push(PollFd::new(&self.wake, PollFlags::IN));
             for (_, fd) in &live {
@@ -654,7 +659,11 @@ impl Engine {
             let words = self.slot(i);
             let started = words[STARTED].load(Acquire);
             let held = words[HOLD].load(Acquire);
-            if started == 0 || held == 0 || held == STOPPED || now.saturating_sub(started) < limit_ns {
+            if started == 0
+                || held == 0
+                || held == STOPPED
+                || now.saturating_sub(started) < limit_ns
+            {
                 continue;
             }
             if let Some(w) = &st.workers[i] {
@@ -721,9 +730,9 @@ fn worker_main(a: WorkerArgs) {
     let mut done = 0u64;
     loop {
         let mut claim = |bytes: &[u8], at: u64| {
-            let id = bytes
-                .get(..8)
-                .map_or(STOPPED - 1, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            let id = bytes.get(..8).map_or(STOPPED - 1, |b| {
+                u64::from_le_bytes(b.try_into().expect("8 bytes"))
+            });
             me[POS].store(at, Relaxed);
             me[HOLD].store(if id == STOP { STOPPED } else { id }, Release);
         };
@@ -732,7 +741,9 @@ fn worker_main(a: WorkerArgs) {
             Ok(false) => continue,
             Err(_) => std::process::exit(2),
         }
-        let Some(id) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        let Some(id) = buf
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
         else {
             me[HOLD].store(0, Release);
             continue;
@@ -744,7 +755,9 @@ fn worker_main(a: WorkerArgs) {
         out.extend_from_slice(&id.to_le_bytes());
         let called = match postcard::take_from_bytes::<AnyFnRef>(&buf[8..]) {
             Ok((runner, args)) => runner.call_encoded(args, Vec::new()),
-            Err(e) => Err(CallError::Args(format!("a task record that does not decode: {e}"))),
+            Err(e) => Err(CallError::Args(format!(
+                "a task record that does not decode: {e}"
+            ))),
         };
         match called {
             Ok((bytes, _fds)) => {
@@ -804,13 +817,19 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    Ok(FnRef::new(run_chunk::<A, R> as fn((FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>)?
-        .erase())
+    Ok(
+        FnRef::new(run_chunk::<A, R> as fn((FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>)?
+            .erase(),
+    )
 }
 
 /// Appends the encoded arguments of a chunk (`(FnRef<A, R>, [A])`, what `run_chunk` decodes)
 /// to `rec`.
-pub(crate) fn encode_chunk<A, R>(rec: &mut Vec<u8>, f: &FnRef<A, R>, args: &[A]) -> Result<(), PoolError>
+pub(crate) fn encode_chunk<A, R>(
+    rec: &mut Vec<u8>,
+    f: &FnRef<A, R>,
+    args: &[A],
+) -> Result<(), PoolError>
 where
     A: Serialize,
 {
@@ -824,7 +843,10 @@ fn multiproc_core_reason(e: postcard::Error) -> String {
 }
 
 /// Decodes a chunk's outcome into per-task results.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, n: usize) -> Vec<Result<R, PoolError>> {
+pub(crate) fn decode_chunk<R: DeserializeOwned>(
+    outcome: Outcome,
+    n: usize,
+) -> Vec<Result<R, PoolError>> {
     let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
     match outcome {
         Outcome::Done(bytes) => match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes) {

@@ -120,22 +120,18 @@ impl PoolBuilder {
     /// it panics, the pool is broken: pending and later tasks fail with
     /// [`PoolError::Initializer`].
     pub fn initializer<A: Task>(mut self, f: fn(A), arg: A) -> Self {
-        self.initializer = Some(
-            FnRef::new(f)
-                .map_err(PoolError::from)
-                .and_then(|f| {
-                    let (bytes, fds) = multiproc_core::reduction::encode(&arg)
-                        .map_err(|e| PoolError::Args(e.to_string()))?;
-                    if !fds.is_empty() {
-                        return Err(PoolError::Args(
-                            "the initializer's argument holds file descriptors, which cannot \
+        self.initializer = Some(FnRef::new(f).map_err(PoolError::from).and_then(|f| {
+            let (bytes, fds) = multiproc_core::reduction::encode(&arg)
+                .map_err(|e| PoolError::Args(e.to_string()))?;
+            if !fds.is_empty() {
+                return Err(PoolError::Args(
+                    "the initializer's argument holds file descriptors, which cannot \
                              pass through a pool"
-                                .into(),
-                        ));
-                    }
-                    Ok((f.erase(), bytes))
-                }),
-        );
+                        .into(),
+                ));
+            }
+            Ok((f.erase(), bytes))
+        }));
         self
     }
 
@@ -200,6 +196,7 @@ impl Pool {
         self.engine.pids()
     }
 
+    #[allow(dead_code)] // for the executor
     pub(crate) fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
@@ -228,7 +225,12 @@ impl Pool {
         callback: impl FnOnce(&R) + Send + 'static,
         error_callback: impl FnOnce(&PoolError) + Send + 'static,
     ) -> Result<AsyncResult<R>, PoolError> {
-        self.apply_async_inner(f, arg, Some(Box::new(callback)), Some(Box::new(error_callback)))
+        self.apply_async_inner(
+            f,
+            arg,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
     }
 
     #[allow(clippy::type_complexity)]
@@ -313,9 +315,7 @@ impl Pool {
         let mut slots: Vec<Option<Vec<Result<R, PoolError>>>> =
             (0..chunks.len()).map(|_| None).collect();
         for _ in 0..chunks.len() {
-            let (idx, outcome) = rx
-                .recv()
-                .map_err(|_| PoolError::Terminated)?;
+            let (idx, outcome) = rx.recv().map_err(|_| PoolError::Terminated)?;
             let got = engine::decode_chunk::<R>(outcome, chunks[idx].len());
             reporter.advance(got.len());
             slots[idx] = Some(got);
@@ -549,6 +549,7 @@ impl<R> Cell<R> {
         }
     }
 
+    #[allow(dead_code)] // for the executor
     pub(crate) fn error(&self) -> Option<PoolError> {
         match &*self.value.lock() {
             Some(Err(e)) => Some(e.clone()),
