@@ -780,7 +780,7 @@ impl<R: Send + 'static> Drop for MapResults<R> {
 // ---------------------------------------------------------------------- wait, as_completed
 
 mod sealed {
-    //! What [`Waitable`](super::Waitable) requires, out of users' reach.
+    //! What [`AnyFuture`](super::AnyFuture) requires, out of users' reach.
 
     use std::sync::Arc;
 
@@ -854,39 +854,39 @@ impl<T: Send + 'static> Watch for Future<T> {
 }
 
 /// Something [`wait`] and [`as_completed`] can watch: a [`Future`] of any result type, or a
-/// reference (or box) to one, so `&dyn Waitable` mixes futures of different types. Sealed.
-pub trait Waitable: sealed::Sealed {}
+/// reference (or box) to one, so `&dyn AnyFuture` mixes futures of different types. Sealed.
+pub trait AnyFuture: sealed::Sealed {}
 
 impl<T: Send + 'static> sealed::Sealed for Future<T> {
     fn watched(&self) -> &dyn Watch {
         self
     }
 }
-impl<T: Send + 'static> Waitable for Future<T> {}
+impl<T: Send + 'static> AnyFuture for Future<T> {}
 
-impl<W: Waitable + ?Sized> sealed::Sealed for &W {
+impl<W: AnyFuture + ?Sized> sealed::Sealed for &W {
     fn watched(&self) -> &dyn Watch {
         (**self).watched()
     }
 }
-impl<W: Waitable + ?Sized> Waitable for &W {}
+impl<W: AnyFuture + ?Sized> AnyFuture for &W {}
 
-impl<W: Waitable + ?Sized> sealed::Sealed for &mut W {
+impl<W: AnyFuture + ?Sized> sealed::Sealed for &mut W {
     fn watched(&self) -> &dyn Watch {
         (**self).watched()
     }
 }
-impl<W: Waitable + ?Sized> Waitable for &mut W {}
+impl<W: AnyFuture + ?Sized> AnyFuture for &mut W {}
 
-impl<W: Waitable + ?Sized> sealed::Sealed for Box<W> {
+impl<W: AnyFuture + ?Sized> sealed::Sealed for Box<W> {
     fn watched(&self) -> &dyn Watch {
         (**self).watched()
     }
 }
-impl<W: Waitable + ?Sized> Waitable for Box<W> {}
+impl<W: AnyFuture + ?Sized> AnyFuture for Box<W> {}
 
 /// Takes the futures, drops repeats of the same future, and watches the rest.
-fn watch_all<F: Waitable>(futures: impl IntoIterator<Item = F>) -> (Vec<F>, Arc<Waiter>) {
+fn watch_all<F: AnyFuture>(futures: impl IntoIterator<Item = F>) -> (Vec<F>, Arc<Waiter>) {
     let mut seen = HashSet::new();
     let futures: Vec<F> = futures
         .into_iter()
@@ -945,7 +945,7 @@ pub struct DoneAndNotDone<F> {
 /// from concurrent.futures import FIRST_COMPLETED, ALL_COMPLETED, wait
 /// done, not_done = wait(futures, return_when=FIRST_COMPLETED)
 /// ```
-pub fn wait<F: Waitable>(
+pub fn wait<F: AnyFuture>(
     futures: impl IntoIterator<Item = F>,
     mode: WaitMode,
     timeout: Option<Duration>,
@@ -1021,7 +1021,7 @@ pub fn wait<F: Waitable>(
 /// for future in as_completed(futures, timeout=60):
 ///     print(future.result())
 /// ```
-pub fn as_completed<F: Waitable>(
+pub fn as_completed<F: AnyFuture>(
     futures: impl IntoIterator<Item = F>,
     timeout: Option<Duration>,
 ) -> AsCompleted<F> {
@@ -1038,7 +1038,7 @@ pub fn as_completed<F: Waitable>(
 
 /// The iterator of [`as_completed`]: `Ok(future)` as each finishes, or one
 /// `Err(PoolError::WaitTimeout)` when the deadline passes first.
-pub struct AsCompleted<F: Waitable> {
+pub struct AsCompleted<F: AnyFuture> {
     futures: Vec<Option<F>>,
     waiter: Arc<Waiter>,
     deadline: Option<Instant>,
@@ -1046,7 +1046,7 @@ pub struct AsCompleted<F: Waitable> {
     ended: bool,
 }
 
-impl<F: Waitable> fmt::Debug for AsCompleted<F> {
+impl<F: AnyFuture> fmt::Debug for AsCompleted<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsCompleted")
             .field("left", &self.left)
@@ -1055,14 +1055,14 @@ impl<F: Waitable> fmt::Debug for AsCompleted<F> {
     }
 }
 
-impl<F: Waitable> AsCompleted<F> {
+impl<F: AnyFuture> AsCompleted<F> {
     /// How many futures are still to be yielded.
     pub fn remaining(&self) -> usize {
         self.left
     }
 }
 
-impl<F: Waitable> Iterator for AsCompleted<F> {
+impl<F: AnyFuture> Iterator for AsCompleted<F> {
     type Item = Result<F, PoolError>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -1095,7 +1095,7 @@ impl<F: Waitable> Iterator for AsCompleted<F> {
     }
 }
 
-impl<F: Waitable> Drop for AsCompleted<F> {
+impl<F: AnyFuture> Drop for AsCompleted<F> {
     fn drop(&mut self) {
         for f in self.futures.iter().flatten() {
             f.watched().unwatch(&self.waiter);

@@ -39,8 +39,8 @@ mod progress;
 
 pub use crate::error::PoolError;
 pub use crate::executor::{
-    AsCompleted, DoneAndNotDone, Future, MapResults, ProcessPoolExecutor,
-    ProcessPoolExecutorBuilder, WaitMode, Waitable, as_completed, wait,
+    AnyFuture, AsCompleted, DoneAndNotDone, Future, MapResults, ProcessPoolExecutor,
+    ProcessPoolExecutorBuilder, WaitMode, as_completed, wait,
 };
 pub use crate::pool::{AsyncResult, Imap, Pool, PoolBuilder, Task};
 pub use crate::progress::{MapOptions, Progress};

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use multiproc_core::StartMethod;
 use multiproc_pool::{
-    Future, PoolError, ProcessPoolExecutor, WaitMode, Waitable, as_completed, wait,
+    AnyFuture, Future, PoolError, ProcessPoolExecutor, WaitMode, as_completed, wait,
 };
 use multiproc_testkit::{Failed, LONG, TestFn, check};
 
@@ -210,7 +210,7 @@ fn as_completed_times_out_on_a_blocked_call(m: StartMethod) -> Result<(), Failed
     let gate = Gate::new("ac-timeout", m);
     let blocked = ex.submit(block, gate.path())?;
     let quick = ex.submit(square, 3)?;
-    let both: [&dyn Waitable; 2] = [&blocked, &quick];
+    let both: [&dyn AnyFuture; 2] = [&blocked, &quick];
     let mut it = as_completed(both, Some(Duration::from_millis(300)));
     check!(matches!(it.next(), Some(Ok(_))), "the quick one first");
     check!(
@@ -313,7 +313,7 @@ fn wait_first_exception(m: StartMethod) -> Result<(), Failed> {
     result(&fine)?;
     let failing = ex.submit(boom, 1)?;
     let w = wait(
-        [&blocked as &dyn Waitable, &fine, &failing],
+        [&blocked as &dyn AnyFuture, &fine, &failing],
         WaitMode::FirstException,
         Some(LONG),
     );
