@@ -63,6 +63,18 @@ fn main() {
             done_callbacks_run_exactly_once,
         ),
         ("map_returns_results_in_order", map_returns_results_in_order),
+        (
+            "map_timeout_ends_and_cancels_the_rest",
+            map_timeout_ends_and_cancels_the_rest,
+        ),
+        (
+            "initializer_runs_in_each_worker",
+            initializer_runs_in_each_worker,
+        ),
+        (
+            "kill_workers_fails_pending_futures",
+            kill_workers_fails_pending_futures,
+        ),
         ("handles_with_fds_are_refused", handles_with_fds_are_refused),
     ];
     multiproc_testkit::run(multiproc_testkit::trials(tests))
@@ -95,6 +107,18 @@ fn block(path: String) -> u32 {
         std::thread::sleep(Duration::from_millis(2));
     }
     std::process::id()
+}
+
+static GREETING: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn setup(greeting: String) {
+    GREETING
+        .set(greeting)
+        .expect("the initializer runs once per worker");
+}
+
+fn greeting(_: ()) -> String {
+    GREETING.get().cloned().unwrap_or_default()
 }
 
 fn takes_event(e: multiproc_sync::Event) -> bool {
@@ -178,6 +202,9 @@ fn submit_and_result(m: StartMethod) -> Result<(), Failed> {
     check!(g.result()? == "abab", "a closure with a String");
     let pids = ex.pids();
     check!(pids.len() == 2, "two workers: {pids:?}");
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ProcessPoolExecutor>();
+    send_sync::<Future<Vec<String>>>();
     Ok(())
 }
 
@@ -210,6 +237,9 @@ fn as_completed_times_out_on_a_blocked_call(m: StartMethod) -> Result<(), Failed
     let gate = Gate::new("ac-timeout", m);
     let blocked = ex.submit(block, gate.path())?;
     let quick = ex.submit(square, 3)?;
+    // Done before the short deadline starts: no timing assumption.
+    check!(quick.exception_timeout(LONG)?.is_none(), "the quick call");
+    until("the blocker runs", || blocked.running())?;
     let both: [&dyn AnyFuture; 2] = [&blocked, &quick];
     let mut it = as_completed(both, Some(Duration::from_millis(300)));
     check!(matches!(it.next(), Some(Ok(_))), "the quick one first");
@@ -559,5 +589,79 @@ fn handles_with_fds_are_refused(m: StartMethod) -> Result<(), Failed> {
         ex.submit(square, 5)?.result()? == 25,
         "the executor goes on"
     );
+    Ok(())
+}
+
+fn map_timeout_ends_and_cancels_the_rest(m: StartMethod) -> Result<(), Failed> {
+    let ex = executor(m, 1)?;
+    let gate = Gate::new("map-timeout", m);
+    let mut results = ex
+        .map(block, vec![gate.path(); 3], 1)?
+        .timeout(Duration::from_millis(200));
+    check!(
+        matches!(results.next(), Some(Err(PoolError::WaitTimeout))),
+        "the first call is blocked"
+    );
+    check!(results.next().is_none(), "the map ends after its deadline");
+    drop(results);
+    gate.open()?;
+    check!(
+        ex.submit(square, 9)?.result()? == 81,
+        "the executor goes on"
+    );
+    let pids = ex.pids();
+    drop(ex);
+    for p in pids {
+        check!(!alive(p), "worker {p} still exists after drop");
+    }
+    Ok(())
+}
+
+fn initializer_runs_in_each_worker(m: StartMethod) -> Result<(), Failed> {
+    let ex = ProcessPoolExecutor::builder()
+        .max_workers(2)
+        .start_method(m)
+        .initializer(setup, "hello".to_string())
+        .build()?;
+    let futures = (0..4)
+        .map(|_| ex.submit(greeting, ()))
+        .collect::<Result<Vec<_>, _>>()?;
+    for f in &futures {
+        check!(result(f)? == "hello", "the worker was initialised");
+    }
+    Ok(())
+}
+
+fn kill_workers_fails_pending_futures(m: StartMethod) -> Result<(), Failed> {
+    let ex = executor(m, 1)?;
+    let pids = ex.pids();
+    let gate = Gate::new("kill-workers", m);
+    let running = ex.submit(block, gate.path())?;
+    until("the blocker runs", || running.running())?;
+    let queued = ex.submit(square, 2)?;
+    ex.kill_workers();
+    for f in [&running as &dyn AnyFuture, &queued] {
+        check!(
+            wait([f], WaitMode::AllCompleted, Some(LONG))
+                .not_done
+                .is_empty(),
+            "a pending future completes"
+        );
+    }
+    check!(
+        matches!(result(&running), Err(PoolError::Terminated)),
+        "the running call"
+    );
+    check!(
+        matches!(result(&queued), Err(PoolError::Terminated)),
+        "the queued call"
+    );
+    check!(
+        matches!(ex.submit(square, 1), Err(PoolError::Closed)),
+        "submit after kill_workers"
+    );
+    for p in pids {
+        check!(!alive(p), "worker {p} still exists");
+    }
     Ok(())
 }
