@@ -75,8 +75,8 @@ pub use multiproc_pool::{
     ProcessPoolExecutorBuilder, Progress, WaitMode, as_completed,
 };
 
-/// Python's `concurrent.futures`: [`ProcessPoolExecutor`], its [`Future`](futures::Future),
-/// [`wait`](futures::wait) and [`as_completed`](futures::as_completed) (from `multiproc-pool`).
+/// Python's `concurrent.futures`: [`ProcessPoolExecutor`], its [`Future`],
+/// [`wait`] and [`as_completed`] (from `multiproc-pool`).
 ///
 /// `wait` lives only here: the flat `multiproc::wait` is Python's
 /// `multiprocessing.connection.wait`.
