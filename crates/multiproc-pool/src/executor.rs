@@ -252,7 +252,7 @@ impl ProcessPoolExecutor {
     pub fn submit<A: Task, R: Task>(&self, f: fn(A) -> R, arg: A) -> Result<Future<R>, PoolError> {
         let f = FnRef::new(f)?;
         let id = self.engine.new_id();
-        let mut rec = Engine::record(id, engine::runner::<A, R>()?);
+        let mut rec = Engine::record(id, engine::runner::<A, R>()?, size_of::<A>() + 8);
         engine::encode_chunk(&mut rec, &f, std::slice::from_ref(&arg))?;
         let shared = self.shared::<R>(id);
         let s = Arc::clone(&shared);
@@ -296,7 +296,7 @@ impl ProcessPoolExecutor {
         let mut chunks = VecDeque::new();
         for chunk in items.chunks(chunksize) {
             let id = self.engine.new_id();
-            let mut rec = Engine::record(id, runner);
+            let mut rec = Engine::record(id, runner, chunk.len() * (size_of::<A>() + 2));
             engine::encode_chunk(&mut rec, &f, chunk)?;
             let shared = self.shared::<Vec<Result<R, PoolError>>>(id);
             let (s, n) = (Arc::clone(&shared), chunk.len());
