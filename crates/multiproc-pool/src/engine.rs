@@ -348,13 +348,11 @@ impl Engine {
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
     /// stays in the ring and its result, if it comes, is dropped.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn forget(&self, id: u64) -> bool {
         self.state.lock().pending.remove(&id).is_some()
     }
 
     /// Whether a worker holds chunk `id` now.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running(&self, id: u64) -> bool {
         (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
@@ -370,7 +368,6 @@ impl Engine {
     }
 
     /// Whether the pool is still taking tasks.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running_phase(&self) -> bool {
         self.state.lock().phase == Phase::Running
     }

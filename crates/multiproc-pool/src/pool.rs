@@ -196,11 +196,6 @@ impl Pool {
         self.engine.pids()
     }
 
-    #[allow(dead_code)] // for the executor
-    pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     /// Runs `f(arg)` in a worker and waits for its result (Python's `apply`).
     pub fn apply<A: Task, R: Task>(&self, f: fn(A) -> R, arg: A) -> Result<R, PoolError> {
         self.apply_async(f, arg)?.get()
@@ -609,14 +604,6 @@ impl<R> Cell<R> {
         match &*v {
             Some(r) => Some(r.is_ok()),
             None => Some(true),
-        }
-    }
-
-    #[allow(dead_code)] // for the executor
-    pub(crate) fn error(&self) -> Option<PoolError> {
-        match &*self.value.lock() {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
         }
     }
 }
