@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
@@ -40,6 +40,17 @@ use crate::error::PoolError;
 
 /// The heap kind of the workers' slots.
 const SLOTS_KIND: u8 = ATOMIC_KINDS + 2;
+
+/// The heap kind of the cancellable tasks' states.
+const STATES_KIND: u8 = ATOMIC_KINDS + 3;
+
+/// Cancellable tasks tracked at once (a task whose word is taken by an older one that is still
+/// pending is not cancellable).
+const STATES: usize = 4096;
+/// A tracked task's state, in the low bits of its word (the id above them).
+const QUEUED: u64 = 1;
+const RUNNING: u64 = 2;
+const CANCELLED: u64 = 3;
 
 /// Words per worker slot.
 const SLOT_WORDS: usize = 8;
@@ -132,6 +143,7 @@ struct WorkerArgs {
     tasks: ByteRing,
     results: ByteRing,
     slots: SharedSlice<AtomicU64>,
+    states: SharedSlice<AtomicU64>,
     slot: usize,
     initializer: Option<(AnyFnRef, Vec<u8>)>,
     max_tasks: u64,
@@ -172,6 +184,8 @@ pub(crate) struct Engine {
     tasks: ByteRing,
     results: ByteRing,
     slots: SharedSlice<AtomicU64>,
+    /// Cancellable tasks' states (see [`track`](Engine::track)).
+    states: SharedSlice<AtomicU64>,
     cfg: Config,
     state: Mutex<State>,
     /// Notified when `pending` empties or a worker leaves.
@@ -194,6 +208,7 @@ impl Engine {
             tasks: ByteRing::new(TASK_RING)?,
             results: ByteRing::new(RESULT_RING)?,
             slots: SharedSlice::new(n * SLOT_WORDS, SLOTS_KIND)?,
+            states: SharedSlice::new(STATES, STATES_KIND)?,
             cfg,
             state: Mutex::new(State {
                 phase: Phase::Running,
@@ -250,6 +265,7 @@ impl Engine {
             tasks: self.tasks.clone(),
             results: self.results.clone(),
             slots: self.slots.clone(),
+            states: self.states.clone(),
             slot,
             initializer: self.cfg.initializer.clone(),
             max_tasks: self.cfg.max_tasks,
@@ -352,9 +368,49 @@ impl Engine {
         self.state.lock().pending.remove(&id).is_some()
     }
 
+    /// The state word of task `id`.
+    fn state_word(&self, id: u64) -> &AtomicU64 {
+        &self.states[(id % STATES as u64) as usize]
+    }
+
+    /// Makes task `id` cancellable before it is submitted: `false` if its state word is taken
+    /// by an older task still pending (then it cannot be cancelled). The worker that takes a
+    /// tracked task moves it from queued to running, or skips it if it was cancelled, with one
+    /// compare-and-swap each: so a cancel and a start never both succeed.
+    pub(crate) fn track(&self, id: u64) -> bool {
+        let w = self.state_word(id);
+        let cur = w.load(Acquire);
+        if cur != 0 && self.state.lock().pending.contains_key(&(cur >> 2)) {
+            return false;
+        }
+        w.compare_exchange(cur, id << 2 | QUEUED, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    /// Forgets the tracking of a task that was not submitted after all.
+    pub(crate) fn untrack(&self, id: u64) {
+        let _ = self
+            .state_word(id)
+            .compare_exchange(id << 2 | QUEUED, 0, AcqRel, Acquire);
+    }
+
+    /// Cancels tracked task `id` if no worker has started it: its sink is dropped and the
+    /// worker that reaches its record skips it.
+    pub(crate) fn cancel(&self, id: u64) -> bool {
+        let cancelled = self
+            .state_word(id)
+            .compare_exchange(id << 2 | QUEUED, id << 2 | CANCELLED, AcqRel, Acquire)
+            .is_ok();
+        if cancelled {
+            self.forget(id);
+        }
+        cancelled
+    }
+
     /// Whether a worker holds chunk `id` now.
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
+        self.state_word(id).load(Acquire) == id << 2 | RUNNING
+            || (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
 
     // ------------------------------------------------------------------ shutdown
@@ -583,6 +639,10 @@ impl Engine {
                     let timed_out = st.timed_out.remove(&held);
                     st.pending.remove(&held).map(|s| (s, timed_out))
                 };
+                let w = self.state_word(held);
+                for st in [QUEUED, RUNNING] {
+                    let _ = w.compare_exchange(held << 2 | st, 0, AcqRel, Acquire);
+                }
                 if let Some((sink, timed_out)) = sink {
                     let err = match (timed_out, self.cfg.timeout) {
                         (true, Some(limit)) => PoolError::TaskTimeout { limit },
@@ -822,6 +882,23 @@ fn worker_main(a: WorkerArgs) {
         if id == STOP {
             return;
         }
+        // A tracked (cancellable) task: start it unless it was cancelled.
+        let state = &a.states[(id % STATES as u64) as usize];
+        let mut tracked = false;
+        let w = state.load(Acquire);
+        if w >> 2 == id {
+            let started = w & 3 == QUEUED
+                && state
+                    .compare_exchange(w, id << 2 | RUNNING, AcqRel, Acquire)
+                    .is_ok();
+            if !started {
+                // Cancelled: nobody waits for its result.
+                let _ = state.compare_exchange(id << 2 | CANCELLED, 0, AcqRel, Acquire);
+                me[HOLD].store(0, Release);
+                continue;
+            }
+            tracked = true;
+        }
         out.clear();
         out.extend_from_slice(&id.to_le_bytes());
         out.push(OK);
@@ -839,6 +916,9 @@ fn worker_main(a: WorkerArgs) {
         me[STARTED].store(0, Relaxed);
         if let Err(e) = a.results.push(&out, None) {
             return broken(format!("the result ring is corrupt: {e}"));
+        }
+        if tracked {
+            let _ = state.compare_exchange(id << 2 | RUNNING, 0, AcqRel, Acquire);
         }
         me[HOLD].store(0, Release);
         done += 1;

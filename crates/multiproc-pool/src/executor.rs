@@ -66,8 +66,6 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -265,6 +263,7 @@ impl ProcessPoolExecutor {
         self.track(&shared);
         if let Err(e) = self.engine.submit(id, &rec, sink) {
             self.registry.live.lock().remove(&id);
+            self.engine.untrack(id);
             return Err(e);
         }
         Ok(Future { shared })
@@ -313,6 +312,7 @@ impl ProcessPoolExecutor {
             let mut live = self.registry.live.lock();
             for c in &chunks {
                 live.remove(&c.shared.id);
+                self.engine.untrack(c.shared.id);
             }
             return Err(e);
         }
@@ -344,16 +344,8 @@ impl ProcessPoolExecutor {
         if !wait {
             return;
         }
-        if self.registry.cancelled.load(Acquire) {
-            // A cancelled call's record is still in the task ring: rather than let the workers
-            // run it, wait for the calls that count, then stop the workers at once.
-            for t in self.registry.snapshot() {
-                t.wait_done();
-            }
-            self.engine.terminate();
-        } else {
-            let _ = self.engine.join();
-        }
+        // Workers skip the records of cancelled calls.
+        let _ = self.engine.join();
     }
 
     /// Kills every worker at once (SIGKILL) and shuts down: pending futures fail with
@@ -380,7 +372,9 @@ impl ProcessPoolExecutor {
         })
     }
 
+    /// Registers a call for `shutdown` and makes it cancellable (before it is submitted).
     fn track<T: Send + 'static>(&self, shared: &Arc<Shared<T>>) {
+        self.engine.track(shared.id);
         let weak: Weak<dyn Track> = Arc::downgrade(shared) as Weak<dyn Track>;
         self.registry.live.lock().insert(shared.id, weak);
     }
@@ -399,8 +393,6 @@ impl Drop for ProcessPoolExecutor {
 #[derive(Default)]
 struct Registry {
     live: Mutex<HashMap<u64, Weak<dyn Track>>>,
-    /// Whether a call was ever cancelled (its record is still in the task ring).
-    cancelled: AtomicBool,
 }
 
 impl Registry {
@@ -416,7 +408,6 @@ impl Registry {
 /// What `shutdown` does to a future of any result type.
 trait Track: Send + Sync {
     fn cancel(&self) -> bool;
-    fn wait_done(&self);
 }
 
 // ---------------------------------------------------------------------- Future
@@ -591,15 +582,11 @@ impl<T: Send + 'static> Shared<T> {
             let Some(engine) = self.engine.upgrade() else {
                 return false;
             };
-            // `forget` fails when the result handler has taken the sink already (the result
-            // is on its way).
-            if engine.is_running(self.id) || !engine.forget(self.id) {
+            // Only a call no worker has started: the worker that reaches its record skips it.
+            if !engine.cancel(self.id) {
                 return false;
             }
             *self.value.lock() = Some(Err(PoolError::Cancelled));
-        }
-        if let Some(reg) = self.registry.upgrade() {
-            reg.cancelled.store(true, Release);
         }
         self.complete(Status::Cancelled);
         true
@@ -609,10 +596,6 @@ impl<T: Send + 'static> Shared<T> {
 impl<T: Send + 'static> Track for Shared<T> {
     fn cancel(&self) -> bool {
         self.cancel_call()
-    }
-
-    fn wait_done(&self) {
-        self.wait_until(None);
     }
 }
 

@@ -262,7 +262,11 @@ fn cancel_queued_succeeds_running_and_finished_fail(m: StartMethod) -> Result<()
         ex.submit(block, gate.path())?,
     ];
     until("both blockers run", || blockers.iter().all(Future::running))?;
-    let queued = ex.submit(square, 5)?;
+    // The queued call would leave a file behind if it ever ran.
+    let marker =
+        std::env::temp_dir().join(format!("multiproc-cancelled-{}-{m}", std::process::id()));
+    let _ = std::fs::remove_file(&marker);
+    let queued = ex.submit(touch, marker.to_string_lossy().into_owned())?;
     check!(!queued.running() && !queued.done(), "queued: {queued:?}");
     let called = Arc::new(AtomicUsize::new(0));
     let c = Arc::clone(&called);
@@ -294,7 +298,15 @@ fn cancel_queued_succeeds_running_and_finished_fail(m: StartMethod) -> Result<()
         "the executor goes on"
     );
     check!(called.load(SeqCst) == 1, "the callback ran once");
+    // Every record has been taken once the workers stopped: the cancelled one never ran.
+    ex.shutdown(true, false);
+    check!(!marker.exists(), "the cancelled call ran in a worker");
     Ok(())
+}
+
+fn touch(path: String) -> u32 {
+    std::fs::write(path, b"ran").expect("write the marker");
+    1
 }
 
 fn wait_first_completed_and_all(m: StartMethod) -> Result<(), Failed> {
