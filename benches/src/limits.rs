@@ -1698,3 +1698,65 @@ impl Bench for MemcpyWarm {
         Ok(())
     }
 }
+
+// ----------------------------------------------------------------------- cpu ----
+
+/// `cpu.parallel_speedup.2proc`: the ceiling of a 2-worker pool's speed-up on this machine
+/// right now (proc.c's `parallel_speedup`): `items` units of pure CPU work in this process,
+/// then two forked children doing half each; serial time / parallel time (x). The unit is the
+/// pool figure's task ([`crate::pool::cpu_task`]) rather than proc.c's LCG loop, so the two
+/// are the same work.
+#[derive(Debug)]
+pub(crate) struct ParallelSpeedup {
+    items: u64,
+}
+
+impl ParallelSpeedup {
+    /// The bench, `items` units per repetition (even).
+    pub(crate) fn new(items: u64) -> Self {
+        Self {
+            items: items.max(2) & !1,
+        }
+    }
+}
+
+impl Bench for ParallelSpeedup {
+    fn name(&self) -> String {
+        "cpu.parallel_speedup.2proc".into()
+    }
+    fn unit(&self) -> &'static str {
+        "x"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let t0 = Instant::now();
+        let mut sink = 0u64;
+        for i in 0..self.items {
+            sink = sink.wrapping_add(std::hint::black_box(crate::pool::cpu_task(i)));
+        }
+        let ts = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sink);
+        let half = self.items / 2;
+        let t0 = Instant::now();
+        let mut kids = [0; 2];
+        for (k, kid) in kids.iter_mut().enumerate() {
+            let first = k as u64 * half;
+            *kid = fork_child(|| {
+                let mut acc = 0u64;
+                for i in first..first + half {
+                    acc = acc.wrapping_add(crate::pool::cpu_task(i));
+                }
+                i32::from(std::hint::black_box(acc) == 1)
+            })?;
+        }
+        for kid in kids {
+            let status = reap(kid)?;
+            if status != 0 {
+                return Err(format!("{}: child status {status:#x}", self.name()).into());
+            }
+        }
+        Ok(ts / t0.elapsed().as_secs_f64())
+    }
+}
