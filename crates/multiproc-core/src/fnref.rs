@@ -153,8 +153,10 @@ pub(crate) struct RawFnRef {
 /// What a trampoline returns: the encoded result with its fds, or why there is none.
 type Encoded = Result<(Vec<u8>, Vec<OwnedFd>), CallError>;
 
-/// `trampoline::<A, R>` as a pointer: decode `A`, call the `fn(A) -> R` at the address, encode `R`.
-type Trampoline = unsafe fn(usize, &[u8], Vec<OwnedFd>, bool) -> Encoded;
+/// `trampoline::<A, R>` as a pointer: decode `A`, call the `fn(A) -> R` at the address, append
+/// the encoded `R` to the buffer and return its fds.
+type Trampoline =
+    unsafe fn(usize, &[u8], Vec<OwnedFd>, bool, &mut Vec<u8>) -> Result<Vec<OwnedFd>, CallError>;
 
 /// Decodes `A`, calls the `fn(A) -> R` at `target` (catching a panic when `capture` is set)
 /// and encodes the result.
@@ -167,7 +169,8 @@ unsafe fn trampoline<A: DeserializeOwned, R: Serialize>(
     args: &[u8],
     fds: Vec<OwnedFd>,
     capture: bool,
-) -> Encoded {
+    out: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, CallError> {
     let args: A = reduction::decode(args, fds).map_err(|e| CallError::Args(e.to_string()))?;
     // SAFETY: the caller guarantees that `target` is a `fn(A) -> R` of these types.
     let f = unsafe { fnptr::fn_at::<fn(A) -> R>(target) };
@@ -176,7 +179,7 @@ unsafe fn trampoline<A: DeserializeOwned, R: Serialize>(
     } else {
         f(args)
     };
-    reduction::encode(&result).map_err(|e| CallError::Result(e.to_string()))
+    reduction::encode_into(&result, out).map_err(|e| CallError::Result(e.to_string()))
 }
 
 /// A reference to a `fn(A) -> R` that processes running the same executable can call: a
@@ -309,6 +312,17 @@ impl AnyFnRef {
     pub fn call_encoded(&self, args: &[u8], fds: Vec<OwnedFd>) -> Encoded {
         self.raw.call(args, fds, true)
     }
+
+    /// [`call_encoded`](Self::call_encoded), appending the encoded result to `out` (a worker
+    /// that reuses one buffer for every call) and returning the result's fds.
+    pub fn call_into(
+        &self,
+        args: &[u8],
+        fds: Vec<OwnedFd>,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, CallError> {
+        self.raw.call_into(args, fds, true, out)
+    }
 }
 
 impl<'de> Deserialize<'de> for AnyFnRef {
@@ -359,6 +373,19 @@ impl RawFnRef {
 
     /// Calls through the trampoline after [`check`](Self::check).
     pub(crate) fn call(&self, args: &[u8], fds: Vec<OwnedFd>, capture: bool) -> Encoded {
+        let mut out = Vec::new();
+        let fds = self.call_into(args, fds, capture, &mut out)?;
+        Ok((out, fds))
+    }
+
+    /// [`call`](Self::call), appending the encoded result to `out`.
+    pub(crate) fn call_into(
+        &self,
+        args: &[u8],
+        fds: Vec<OwnedFd>,
+        capture: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, CallError> {
         let (tramp, target) = self.check()?;
         // SAFETY: `check` passed: the tag can only have been made by `FnRef::new` in this
         // process tree (its key is a secret no other program has and no safe API exposes),
@@ -368,7 +395,7 @@ impl RawFnRef {
         // addresses were checked to lie inside the image once more.
         let tramp = unsafe { fnptr::fn_at::<Trampoline>(tramp) };
         // SAFETY: `tramp` is `trampoline::<A, R>` and `target` is a `fn(A) -> R` (above).
-        unsafe { tramp(target, args, fds, capture) }
+        unsafe { tramp(target, args, fds, capture, out) }
     }
 
     /// The typed reference, if the types agree.

@@ -85,7 +85,9 @@ pub use crate::method::{
 };
 pub use crate::process::{Context, Process, get_context, spawn_helper};
 pub use crate::state::{CurrentProcess, ParentProcess, current_process, parent_process};
-pub use crate::sys::{allow_fork_with_threads, current_pid, ignore_interrupts};
+pub use crate::sys::{
+    allow_fork_with_threads, current_pid, ignore_interrupts, retain_freed_memory,
+};
 
 /// Dispatches a spawned child before the rest of `main` runs; a no-op in the parent.
 ///

@@ -113,16 +113,73 @@ impl<F: FnMut()> Drop for TableGuard<F> {
 /// The fds returned are close-on-exec duplicates, in the order of the indices written into the
 /// bytes. Give both to [`decode`] in the receiving process.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), ReductionError> {
+    let mut bytes = Vec::new();
+    let fds = encode_into(value, &mut bytes)?;
+    Ok((bytes, fds))
+}
+
+/// [`encode`], appending the bytes to `out` (left as it was on an error).
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, ReductionError> {
     let mut previous = ENCODE_TABLE.with(|t| t.borrow_mut().replace(Vec::new()));
     let _restore = TableGuard(|| {
         let _ = ENCODE_TABLE.with(|t| std::mem::replace(&mut *t.borrow_mut(), previous.take()));
     });
     take_reason();
-    let bytes = postcard::to_allocvec(value).map_err(encode_error)?;
-    let fds = ENCODE_TABLE
+    let len = out.len();
+    if let Err(e) = append_postcard(value, out) {
+        out.truncate(len);
+        return Err(encode_error(e));
+    }
+    Ok(ENCODE_TABLE
         .with(|t| t.borrow_mut().take())
-        .unwrap_or_default();
-    Ok((bytes, fds))
+        .unwrap_or_default())
+}
+
+/// Appends the postcard encoding of `value` to `out`, for values without handles that own
+/// file descriptors (those fail with a message saying so): how a pool writes a chunk of task
+/// arguments straight into its record. Faster than `postcard::to_allocvec` for many small
+/// fields: a short varint is copied inline instead of through a `memcpy` call.
+pub fn append<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), ReductionError> {
+    take_reason();
+    append_postcard(value, out).map_err(encode_error)
+}
+
+/// postcard's output into a `Vec`, with short slices (varints) copied without a `memcpy` call.
+struct PushFlavor<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for PushFlavor<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        // Lengths known at compile time: copies the compiler inlines (a varint is 1 to 10
+        // bytes, usually 1 to 3), where a slice of run-time length is a `memcpy` call.
+        match *data {
+            [a] => self.0.push(a),
+            [a, b] => self.0.extend_from_slice(&[a, b]),
+            [a, b, c] => self.0.extend_from_slice(&[a, b, c]),
+            [a, b, c, d] => self.0.extend_from_slice(&[a, b, c, d]),
+            _ => self.0.extend_from_slice(data),
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn append_postcard<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> postcard::Result<()> {
+    postcard::serialize_with_flavor(value, PushFlavor(out))
 }
 
 /// Decodes a value produced by [`encode`], handing each handle its fd back by index.

@@ -23,9 +23,9 @@
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::OnceLock;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -74,11 +74,42 @@ const JOIN_GRACE: Duration = Duration::from_secs(30);
 /// What a chunk came to: its encoded results (`Vec<Result<R, Panicked>>`), or why there are
 /// none.
 pub(crate) enum Outcome {
-    /// The runner's encoded output.
-    Done(Vec<u8>),
+    /// The runner's encoded output: the bytes from the offset on.
+    Done(Bytes, usize),
     /// The chunk failed as a whole.
     Failed(PoolError),
 }
+
+/// A result record's bytes; dropped, the buffer goes back to the result handler for the next
+/// record (fresh memory for each would cost page faults).
+pub(crate) struct Bytes {
+    buf: Vec<u8>,
+    home: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Bytes {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        if buf.capacity() <= MAX_SPARE_BYTES {
+            let mut home = self.home.lock();
+            if home.len() < MAX_SPARES {
+                home.push(buf);
+            }
+        }
+    }
+}
+
+/// Result buffers kept for reuse, and the largest kept.
+const MAX_SPARES: usize = 16;
+const MAX_SPARE_BYTES: usize = 4 << 20;
 
 /// Where a chunk's outcome goes (run on the result handler thread).
 pub(crate) type Sink = Box<dyn FnOnce(Outcome) + Send>;
@@ -148,6 +179,8 @@ pub(crate) struct Engine {
     /// The monitor's wake-up (an eventfd).
     wake: OwnedFd,
     shutting_down: AtomicBool,
+    /// Result buffers given back by [`Bytes`].
+    spares: Arc<Mutex<Vec<Vec<u8>>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     handler_thread: OnceLock<ThreadId>,
 }
@@ -177,6 +210,7 @@ impl Engine {
             )
             .map_err(std::io::Error::from)?,
             shutting_down: AtomicBool::new(false),
+            spares: Arc::default(),
             threads: Mutex::new(Vec::new()),
             handler_thread: OnceLock::new(),
         });
@@ -247,13 +281,18 @@ impl Engine {
         self.next_id.fetch_add(1, Relaxed)
     }
 
-    /// Starts a task record for `runner` with id `id`: the caller appends the encoded
-    /// arguments.
-    pub(crate) fn record(id: u64, runner: AnyFnRef) -> Vec<u8> {
-        let mut rec = Vec::with_capacity(64);
-        rec.extend_from_slice(&id.to_le_bytes());
-        postcard::to_io(&runner, &mut rec).expect("encoding into a Vec cannot fail");
+    /// Starts a task record for `runner` with id `id`, with room for `room` more bytes: the
+    /// caller appends the encoded arguments.
+    pub(crate) fn record(id: u64, runner: AnyFnRef, room: usize) -> Vec<u8> {
+        let mut rec = Vec::with_capacity(64 + room);
+        Engine::start_record(&mut rec, id, runner);
         rec
+    }
+
+    /// Appends a task record's head (id and runner) to `rec`.
+    pub(crate) fn start_record(rec: &mut Vec<u8>, id: u64, runner: AnyFnRef) {
+        rec.extend_from_slice(&id.to_le_bytes());
+        postcard::to_io(&runner, &mut *rec).expect("encoding into a Vec cannot fail");
     }
 
     /// Submits a task record (made by [`record`](Self::record)); `sink` receives its outcome
@@ -308,11 +347,13 @@ impl Engine {
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
     /// stays in the ring and its result, if it comes, is dropped.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn forget(&self, id: u64) -> bool {
         self.state.lock().pending.remove(&id).is_some()
     }
 
     /// Whether a worker holds chunk `id` now.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running(&self, id: u64) -> bool {
         (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
@@ -328,6 +369,7 @@ impl Engine {
     }
 
     /// Whether the pool is still taking tasks.
+    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running_phase(&self) -> bool {
         self.state.lock().phase == Phase::Running
     }
@@ -430,7 +472,8 @@ impl Engine {
                     return;
                 }
             }
-            stop = !self.take_record(&buf, &mut deaths);
+            let rec = std::mem::replace(&mut buf, self.spares.lock().pop().unwrap_or_default());
+            stop = !self.take_record(rec, &mut deaths);
             while let Some(pid) = deaths.pop() {
                 self.handle_death(pid, &mut deaths, &mut stop);
             }
@@ -438,16 +481,23 @@ impl Engine {
     }
 
     /// Handles one result record; `false` on `SHUTDOWN`. Deaths are queued in `deaths`.
-    fn take_record(&self, rec: &[u8], deaths: &mut Vec<u32>) -> bool {
+    fn take_record(&self, rec: Vec<u8>, deaths: &mut Vec<u32>) -> bool {
         if rec.len() < 9 {
             return true;
         }
         let id = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
+        let kind = rec[8];
         let body = &rec[9..];
-        match rec[8] {
+        match kind {
             OK | CALL_ERR => {
-                let outcome = if rec[8] == OK {
-                    Outcome::Done(body.to_vec())
+                let outcome = if kind == OK {
+                    Outcome::Done(
+                        Bytes {
+                            buf: rec,
+                            home: Arc::clone(&self.spares),
+                        },
+                        9,
+                    )
                 } else {
                     let e: Result<CallError, _> = postcard::from_bytes(body);
                     Outcome::Failed(match e {
@@ -519,7 +569,7 @@ impl Engine {
                 .any(|i| self.slot(i)[HOLD].load(Acquire) == held);
             let mut drained = Vec::new();
             let _ = self.results.pop_ready(usize::MAX, &mut drained);
-            for rec in &drained {
+            for rec in drained {
                 if !self.take_record(rec, deaths) {
                     *stop = true;
                 }
@@ -605,8 +655,10 @@ impl Engine {
                     .collect()
             };
             reported.retain(|pid| watched.iter().any(|(p, _)| p == pid));
-            let live: Vec<&(u32, Arc<OwnedFd>)> =
-                watched.iter().filter(|(p, _)| !reported.contains(p)).collect();
+            let live: Vec<&(u32, Arc<OwnedFd>)> = watched
+                .iter()
+                .filter(|(p, _)| !reported.contains(p))
+                .collect();
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() + 1);
             fds.push(PollFd::new(&self.wake, PollFlags::IN));
             for (_, fd) in &live {
@@ -654,7 +706,11 @@ impl Engine {
             let words = self.slot(i);
             let started = words[STARTED].load(Acquire);
             let held = words[HOLD].load(Acquire);
-            if started == 0 || held == 0 || held == STOPPED || now.saturating_sub(started) < limit_ns {
+            if started == 0
+                || held == 0
+                || held == STOPPED
+                || now.saturating_sub(started) < limit_ns
+            {
                 continue;
             }
             if let Some(w) = &st.workers[i] {
@@ -701,8 +757,12 @@ fn task_started() {
     }
 }
 
+/// What a worker's allocator keeps of freed memory (see `retain_freed_memory`).
+const WORKER_RETAIN: usize = 32 << 20;
+
 fn worker_main(a: WorkerArgs) {
     multiproc_core::ignore_interrupts();
+    multiproc_core::retain_freed_memory(WORKER_RETAIN);
     let me = &a.slots[a.slot * SLOT_WORDS..(a.slot + 1) * SLOT_WORDS];
     if a.timed {
         let _ = TIMED_SLOT.set((a.slots.clone(), a.slot));
@@ -721,9 +781,9 @@ fn worker_main(a: WorkerArgs) {
     let mut done = 0u64;
     loop {
         let mut claim = |bytes: &[u8], at: u64| {
-            let id = bytes
-                .get(..8)
-                .map_or(STOPPED - 1, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+            let id = bytes.get(..8).map_or(STOPPED - 1, |b| {
+                u64::from_le_bytes(b.try_into().expect("8 bytes"))
+            });
             me[POS].store(at, Relaxed);
             me[HOLD].store(if id == STOP { STOPPED } else { id }, Release);
         };
@@ -732,7 +792,9 @@ fn worker_main(a: WorkerArgs) {
             Ok(false) => continue,
             Err(_) => std::process::exit(2),
         }
-        let Some(id) = buf.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+        let Some(id) = buf
+            .get(..8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
         else {
             me[HOLD].store(0, Release);
             continue;
@@ -742,19 +804,17 @@ fn worker_main(a: WorkerArgs) {
         }
         out.clear();
         out.extend_from_slice(&id.to_le_bytes());
+        out.push(OK);
         let called = match postcard::take_from_bytes::<AnyFnRef>(&buf[8..]) {
-            Ok((runner, args)) => runner.call_encoded(args, Vec::new()),
-            Err(e) => Err(CallError::Args(format!("a task record that does not decode: {e}"))),
+            Ok((runner, args)) => runner.call_into(args, Vec::new(), &mut out).map(|_| ()),
+            Err(e) => Err(CallError::Args(format!(
+                "a task record that does not decode: {e}"
+            ))),
         };
-        match called {
-            Ok((bytes, _fds)) => {
-                out.push(OK);
-                out.extend_from_slice(&bytes);
-            }
-            Err(e) => {
-                out.push(CALL_ERR);
-                postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
-            }
+        if let Err(e) = called {
+            out.truncate(8);
+            out.push(CALL_ERR);
+            postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
         }
         me[STARTED].store(0, Relaxed);
         if a.results.push(&out, None).is_err() {
@@ -770,8 +830,10 @@ fn worker_main(a: WorkerArgs) {
 
 // ---------------------------------------------------------------------- chunks
 
-/// The outcome of each task of a chunk, in order.
-pub(crate) type ChunkOut<R> = Vec<Result<R, Panicked>>;
+/// What a worker sends back for a chunk: the values of the tasks that returned, in order,
+/// and the panics of the others with their places in the chunk (usually none: a chunk of
+/// plain values decodes as one `Vec<R>`).
+pub(crate) type ChunkOut<R> = (Vec<R>, Vec<(u32, Panicked)>);
 
 /// Runs a chunk of tasks in a worker: the function is checked and fetched once, then called
 /// for each argument under one panic capture, resumed after the task that panicked.
@@ -782,18 +844,23 @@ where
 {
     let (f, args) = input;
     let f = f.as_fn().map_err(|e| e.to_string())?;
-    let mut out = Vec::with_capacity(args.len());
+    let n = args.len();
+    let mut values = Vec::with_capacity(n);
+    let mut panics = Vec::new();
     let mut args = args.into_iter();
     loop {
         let ran = multiproc_core::catch_panic(|| {
             for a in &mut args {
                 task_started();
-                out.push(Ok(f(a)));
+                values.push(f(a));
             }
         });
         match ran {
-            Ok(()) => return Ok(out),
-            Err(p) => out.push(Err(p)),
+            Ok(()) => return Ok((values, panics)),
+            Err(p) => {
+                let at = n - args.len() - 1;
+                panics.push((at as u32, p));
+            }
         }
     }
 }
@@ -804,45 +871,208 @@ where
     A: Serialize + DeserializeOwned,
     R: Serialize + DeserializeOwned,
 {
-    Ok(FnRef::new(run_chunk::<A, R> as fn((FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>)?
-        .erase())
+    Ok(
+        FnRef::new(run_chunk::<A, R> as fn((FnRef<A, R>, Vec<A>)) -> Result<ChunkOut<R>, String>)?
+            .erase(),
+    )
 }
 
 /// Appends the encoded arguments of a chunk (`(FnRef<A, R>, [A])`, what `run_chunk` decodes)
 /// to `rec`.
-pub(crate) fn encode_chunk<A, R>(rec: &mut Vec<u8>, f: &FnRef<A, R>, args: &[A]) -> Result<(), PoolError>
+pub(crate) fn encode_chunk<A, R>(
+    rec: &mut Vec<u8>,
+    f: &FnRef<A, R>,
+    args: &[A],
+) -> Result<(), PoolError>
 where
     A: Serialize,
 {
-    postcard::to_io(&(f, args), &mut *rec)
-        .map(|_| ())
-        .map_err(|e| PoolError::Args(multiproc_core_reason(e)))
+    multiproc_core::reduction::append(&(f, args), rec).map_err(|e| PoolError::Args(e.to_string()))
 }
 
-fn multiproc_core_reason(e: postcard::Error) -> String {
-    e.to_string()
+/// Decodes a chunk's outcome: `Ok` with every value when all `n` tasks returned, else the
+/// result of each task.
+pub(crate) fn decode_values<R: DeserializeOwned>(
+    outcome: Outcome,
+    n: usize,
+) -> Result<Vec<R>, Vec<Result<R, PoolError>>> {
+    let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
+    match outcome {
+        Outcome::Done(bytes, at) => {
+            match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes[at..]) {
+                Ok(Ok((values, panics))) if values.len() + panics.len() == n => {
+                    if panics.is_empty() {
+                        return Ok(values);
+                    }
+                    let mut out = Vec::with_capacity(n);
+                    let mut values = values.into_iter();
+                    let mut panics = panics.into_iter().peekable();
+                    for i in 0..n {
+                        match panics.next_if(|(at, _)| *at as usize == i) {
+                            Some((_, p)) => out.push(Err(PoolError::Panicked(p))),
+                            None => out.push(values.next().ok_or_else(|| {
+                                PoolError::Result("a chunk's results do not add up".into())
+                            })),
+                        }
+                    }
+                    Err(out)
+                }
+                Ok(Ok((values, panics))) => Err(all(PoolError::Result(format!(
+                    "a chunk of {n} tasks returned {} results",
+                    values.len() + panics.len()
+                )))),
+                Ok(Err(e)) => Err(all(PoolError::Function(fn_error(e)))),
+                Err(e) => Err(all(PoolError::Result(e.to_string()))),
+            }
+        }
+        Outcome::Failed(e) => Err(all(e)),
+    }
+}
+
+/// Decodes a chunk's outcome by appending its `n` values to `out`; on a failure, the first
+/// failed task's error (and `out` holds some of the chunk's values).
+pub(crate) fn decode_append<R: DeserializeOwned>(
+    outcome: Outcome,
+    n: usize,
+    out: &mut Vec<R>,
+) -> Result<(), PoolError> {
+    let bytes = match outcome {
+        Outcome::Done(bytes, at) => (bytes, at),
+        Outcome::Failed(e) => return Err(e),
+    };
+    let before = out.len();
+    let mut de = postcard::Deserializer::from_bytes(&bytes.0[bytes.1..]);
+    let decoded = serde::de::DeserializeSeed::deserialize(seed::ChunkSeed { out }, &mut de);
+    match decoded {
+        Ok(Ok(mut panics)) => {
+            let got = out.len() - before;
+            if let Some((_, p)) = panics.drain(..).min_by_key(|(at, _)| *at) {
+                return Err(PoolError::Panicked(p));
+            }
+            if got != n {
+                return Err(PoolError::Result(format!(
+                    "a chunk of {n} tasks returned {got} results"
+                )));
+            }
+            Ok(())
+        }
+        Ok(Err(e)) => Err(PoolError::Function(fn_error(e))),
+        Err(e) => Err(PoolError::Result(e.to_string())),
+    }
 }
 
 /// Decodes a chunk's outcome into per-task results.
-pub(crate) fn decode_chunk<R: DeserializeOwned>(outcome: Outcome, n: usize) -> Vec<Result<R, PoolError>> {
-    let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
-    match outcome {
-        Outcome::Done(bytes) => match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes) {
-            Ok(Ok(v)) if v.len() == n => v
-                .into_iter()
-                .map(|r| r.map_err(PoolError::Panicked))
-                .collect(),
-            Ok(Ok(v)) => all(PoolError::Result(format!(
-                "a chunk of {n} tasks returned {} results",
-                v.len()
-            ))),
-            Ok(Err(e)) => all(PoolError::Function(fn_error(e))),
-            Err(e) => all(PoolError::Result(e.to_string())),
-        },
-        Outcome::Failed(e) => all(e),
+pub(crate) fn decode_chunk<R: DeserializeOwned>(
+    outcome: Outcome,
+    n: usize,
+) -> Vec<Result<R, PoolError>> {
+    match decode_values(outcome, n) {
+        Ok(values) => values.into_iter().map(Ok).collect(),
+        Err(each) => each,
     }
 }
 
 fn fn_error(msg: String) -> multiproc_core::FnRefError {
     multiproc_core::FnRefError::NotReexecutable(msg)
+}
+
+/// Decoding a chunk's results straight into the caller's `Vec` (no vector per chunk).
+mod seed {
+    use multiproc_core::Panicked;
+    use serde::Deserialize;
+    use serde::de::{DeserializeSeed, EnumAccess, SeqAccess, VariantAccess, Visitor};
+    use std::fmt;
+
+    /// The panics of a chunk, with their places.
+    type Panics = Vec<(u32, Panicked)>;
+
+    /// `Result<(Vec<R>, Panics), String>`, the values appended to `out`.
+    pub(super) struct ChunkSeed<'a, R> {
+        pub(super) out: &'a mut Vec<R>,
+    }
+
+    impl<'de, R: Deserialize<'de>> DeserializeSeed<'de> for ChunkSeed<'_, R> {
+        type Value = Result<Panics, String>;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_enum("Result", &["Ok", "Err"], self)
+        }
+    }
+
+    impl<'de, R: Deserialize<'de>> Visitor<'de> for ChunkSeed<'_, R> {
+        type Value = Result<Panics, String>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a chunk's results")
+        }
+
+        fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+            let (idx, variant): (u32, _) = data.variant()?;
+            match idx {
+                0 => variant.newtype_variant_seed(Pair { out: self.out }).map(Ok),
+                1 => variant.newtype_variant::<String>().map(Err),
+                _ => Err(serde::de::Error::custom("not a chunk's results")),
+            }
+        }
+    }
+
+    /// `(Vec<R>, Panics)`.
+    struct Pair<'a, R> {
+        out: &'a mut Vec<R>,
+    }
+
+    impl<'de, R: Deserialize<'de>> DeserializeSeed<'de> for Pair<'_, R> {
+        type Value = Panics;
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Panics, D::Error> {
+            d.deserialize_tuple(2, self)
+        }
+    }
+
+    impl<'de, R: Deserialize<'de>> Visitor<'de> for Pair<'_, R> {
+        type Value = Panics;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("values and panics")
+        }
+
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Panics, S::Error> {
+            seq.next_element_seed(Append { out: self.out })?
+                .ok_or_else(|| serde::de::Error::invalid_length(0, &"2 elements"))?;
+            seq.next_element::<Panics>()?
+                .ok_or_else(|| serde::de::Error::invalid_length(1, &"2 elements"))
+        }
+    }
+
+    /// A sequence appended to `out`.
+    struct Append<'a, R> {
+        out: &'a mut Vec<R>,
+    }
+
+    impl<'de, R: Deserialize<'de>> DeserializeSeed<'de> for Append<'_, R> {
+        type Value = ();
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    impl<'de, R: Deserialize<'de>> Visitor<'de> for Append<'_, R> {
+        type Value = ();
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a sequence of results")
+        }
+
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
+            // The length is what the worker wrote: trust it only as far as a chunk can hold.
+            if let Some(n) = seq.size_hint() {
+                self.out.reserve(n.min(1 << 20));
+            }
+            while let Some(v) = seq.next_element::<R>()? {
+                self.out.push(v);
+            }
+            Ok(())
+        }
+    }
 }

@@ -120,22 +120,18 @@ impl PoolBuilder {
     /// it panics, the pool is broken: pending and later tasks fail with
     /// [`PoolError::Initializer`].
     pub fn initializer<A: Task>(mut self, f: fn(A), arg: A) -> Self {
-        self.initializer = Some(
-            FnRef::new(f)
-                .map_err(PoolError::from)
-                .and_then(|f| {
-                    let (bytes, fds) = multiproc_core::reduction::encode(&arg)
-                        .map_err(|e| PoolError::Args(e.to_string()))?;
-                    if !fds.is_empty() {
-                        return Err(PoolError::Args(
-                            "the initializer's argument holds file descriptors, which cannot \
+        self.initializer = Some(FnRef::new(f).map_err(PoolError::from).and_then(|f| {
+            let (bytes, fds) = multiproc_core::reduction::encode(&arg)
+                .map_err(|e| PoolError::Args(e.to_string()))?;
+            if !fds.is_empty() {
+                return Err(PoolError::Args(
+                    "the initializer's argument holds file descriptors, which cannot \
                              pass through a pool"
-                                .into(),
-                        ));
-                    }
-                    Ok((f.erase(), bytes))
-                }),
-        );
+                        .into(),
+                ));
+            }
+            Ok((f.erase(), bytes))
+        }));
         self
     }
 
@@ -200,6 +196,7 @@ impl Pool {
         self.engine.pids()
     }
 
+    #[allow(dead_code)] // for the executor
     pub(crate) fn engine(&self) -> &Arc<Engine> {
         &self.engine
     }
@@ -228,7 +225,12 @@ impl Pool {
         callback: impl FnOnce(&R) + Send + 'static,
         error_callback: impl FnOnce(&PoolError) + Send + 'static,
     ) -> Result<AsyncResult<R>, PoolError> {
-        self.apply_async_inner(f, arg, Some(Box::new(callback)), Some(Box::new(error_callback)))
+        self.apply_async_inner(
+            f,
+            arg,
+            Some(Box::new(callback)),
+            Some(Box::new(error_callback)),
+        )
     }
 
     #[allow(clippy::type_complexity)]
@@ -241,7 +243,7 @@ impl Pool {
     ) -> Result<AsyncResult<R>, PoolError> {
         let f = FnRef::new(f)?;
         let id = self.engine.new_id();
-        let mut rec = Engine::record(id, engine::runner::<A, R>()?);
+        let mut rec = Engine::record(id, engine::runner::<A, R>()?, size_of::<A>() + 8);
         engine::encode_chunk(&mut rec, &f, std::slice::from_ref(&arg))?;
         let cell = Arc::new(Cell::new());
         let c = Arc::clone(&cell);
@@ -276,58 +278,105 @@ impl Pool {
         &self,
         f: fn(A) -> R,
         items: impl IntoIterator<Item = A>,
+        opts: MapOptions,
+    ) -> Result<Vec<R>, PoolError> {
+        let items = items.into_iter();
+        match items.size_hint() {
+            // An input of known length (a range, a Vec) is read chunk by chunk.
+            (lo, Some(hi)) if lo == hi => self.map_known(f, items, lo, opts),
+            _ => {
+                let v: Vec<A> = items.collect();
+                let n = v.len();
+                self.map_known(f, v.into_iter(), n, opts)
+            }
+        }
+    }
+
+    /// `map_with` over `n` items.
+    fn map_known<A: Task, R: Task>(
+        &self,
+        f: fn(A) -> R,
+        mut items: impl Iterator<Item = A>,
+        n: usize,
         mut opts: MapOptions,
     ) -> Result<Vec<R>, PoolError> {
-        let items: Vec<A> = items.into_iter().collect();
-        let n = items.len();
         let mut reporter = opts.reporter(Some(n));
         if n == 0 {
             return Ok(Vec::new());
         }
         let cs = opts
             .chunksize
-            .unwrap_or_else(|| n.div_ceil(4 * self.processes()));
+            .unwrap_or_else(|| n.div_ceil(4 * self.processes()))
+            .max(1);
         let f = FnRef::new(f)?;
         let runner = engine::runner::<A, R>()?;
         let (tx, rx) = unbounded::<(usize, Outcome)>();
-        let chunks: Vec<&[A]> = items.chunks(cs).collect();
-        // Large chunks go one by one (workers start on the first while the next is encoded);
-        // small ones in batches under one hold of the ring.
+        let mut lens: Vec<usize> = Vec::with_capacity(n.div_ceil(cs));
+        // Large chunks go one by one from one reused buffer (workers start on the first while
+        // the next is encoded); small ones in batches under one hold of the ring.
         let batch = if cs >= 256 { 1 } else { 256 };
-        for (b, group) in chunks.chunks(batch).enumerate() {
-            let mut records = Vec::with_capacity(group.len());
-            for (k, chunk) in group.iter().enumerate() {
-                let idx = b * batch + k;
+        let mut chunk: Vec<A> = Vec::with_capacity(cs.min(n));
+        let mut records = Vec::new();
+        SCRATCH.with(|scratch| -> Result<(), PoolError> {
+            let mut scratch = scratch.borrow_mut();
+            loop {
+                chunk.clear();
+                chunk.extend(items.by_ref().take(cs));
+                if chunk.is_empty() {
+                    break;
+                }
+                let idx = lens.len();
+                lens.push(chunk.len());
                 let id = self.engine.new_id();
-                let mut rec = Engine::record(id, runner);
-                engine::encode_chunk(&mut rec, &f, chunk)?;
                 let tx = tx.clone();
                 let sink: Sink = Box::new(move |o| {
                     let _ = tx.send((idx, o));
                 });
-                records.push((id, rec, sink));
+                if batch == 1 {
+                    scratch.clear();
+                    Engine::start_record(&mut scratch, id, runner);
+                    engine::encode_chunk(&mut scratch, &f, &chunk)?;
+                    self.engine.submit(id, &scratch, sink)?;
+                } else {
+                    let mut rec = Engine::record(id, runner, room::<A>(chunk.len()));
+                    engine::encode_chunk(&mut rec, &f, &chunk)?;
+                    records.push((id, rec, sink));
+                    if records.len() == batch {
+                        self.engine.submit_many(std::mem::take(&mut records))?;
+                    }
+                }
             }
-            self.engine.submit_many(records)?;
-        }
+            if !records.is_empty() {
+                self.engine.submit_many(records)?;
+            }
+            Ok(())
+        })?;
         drop(tx);
-        let mut slots: Vec<Option<Vec<Result<R, PoolError>>>> =
-            (0..chunks.len()).map(|_| None).collect();
-        for _ in 0..chunks.len() {
-            let (idx, outcome) = rx
-                .recv()
-                .map_err(|_| PoolError::Terminated)?;
-            let got = engine::decode_chunk::<R>(outcome, chunks[idx].len());
-            reporter.advance(got.len());
-            slots[idx] = Some(got);
+        // Chunks are decoded in order straight into the output; one that comes early waits
+        // (undecoded) for its turn.
+        let mut out: Vec<R> = Vec::with_capacity(n);
+        let mut early: BTreeMap<usize, Outcome> = BTreeMap::new();
+        let mut next = 0;
+        // The first failure in input order: (chunk, its error).
+        let mut first_err: Option<(usize, PoolError)> = None;
+        for _ in 0..lens.len() {
+            let (idx, outcome) = rx.recv().map_err(|_| PoolError::Terminated)?;
+            reporter.advance(lens[idx]);
+            early.insert(idx, outcome);
+            while let Some(outcome) = early.remove(&next) {
+                if let Err(e) = engine::decode_append(outcome, lens[next], &mut out)
+                    && first_err.is_none()
+                {
+                    first_err = Some((next, e));
+                }
+                next += 1;
+            }
         }
         reporter.finish();
-        let mut out = Vec::with_capacity(n);
-        for chunk in slots {
-            for r in chunk.expect("every chunk arrived") {
-                out.push(r?);
-            }
+        match first_err {
+            Some((_, e)) => Err(e),
+            None => Ok(out),
         }
-        Ok(out)
     }
 
     /// Python's `starmap`: `f` takes the tuple of arguments as one value (`fn((a, b)) -> r`,
@@ -368,7 +417,7 @@ impl Pool {
         let mut records = Vec::with_capacity(chunks.len());
         for (idx, chunk) in chunks.iter().enumerate() {
             let id = self.engine.new_id();
-            let mut rec = Engine::record(id, runner);
+            let mut rec = Engine::record(id, runner, room::<A>(chunk.len()));
             engine::encode_chunk(&mut rec, &f, chunk)?;
             let (g, c, len) = (Arc::clone(&gather), Arc::clone(&cell), chunk.len());
             let sink: Sink = Box::new(move |o| {
@@ -460,6 +509,17 @@ impl Drop for Pool {
     }
 }
 
+thread_local! {
+    /// The buffer a thread encodes large chunks into (kept: fresh memory costs page faults).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Bytes to reserve for the encoded arguments of a chunk of `n` (a guess: most values encode
+/// in about their size).
+fn room<A>(n: usize) -> usize {
+    n * (size_of::<A>() + 2)
+}
+
 struct Gather<R> {
     parts: Vec<Option<Vec<Result<R, PoolError>>>>,
     left: usize,
@@ -549,6 +609,7 @@ impl<R> Cell<R> {
         }
     }
 
+    #[allow(dead_code)] // for the executor
     pub(crate) fn error(&self) -> Option<PoolError> {
         match &*self.value.lock() {
             Some(Err(e)) => Some(e.clone()),
@@ -693,7 +754,7 @@ impl<'p, A: Task, R: Task, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             let idx = self.next_index;
             self.next_index += 1;
             let id = self.pool.engine.new_id();
-            let mut rec = Engine::record(id, runner);
+            let mut rec = Engine::record(id, runner, room::<A>(chunk.len()));
             engine::encode_chunk(&mut rec, &f, &chunk)?;
             let tx = self.tx.clone();
             let sink: Sink = Box::new(move |o| {

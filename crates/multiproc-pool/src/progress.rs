@@ -36,6 +36,9 @@ impl Progress {
     }
 }
 
+/// A progress callback.
+type Callback = Box<dyn FnMut(&Progress)>;
+
 /// Options of `map_with`, `imap_with` and `imap_unordered_with`: the chunk size and what to
 /// report progress to. Nothing is printed unless asked.
 ///
@@ -50,7 +53,7 @@ impl Progress {
 #[derive(Default)]
 pub struct MapOptions {
     pub(crate) chunksize: Option<usize>,
-    callbacks: Vec<Box<dyn FnMut(&Progress)>>,
+    callbacks: Vec<Callback>,
     bar: bool,
 }
 
@@ -131,7 +134,7 @@ fn bar(total: Option<usize>) -> indicatif::ProgressBar {
 
 /// Reports progress for one map.
 pub(crate) struct Reporter {
-    callbacks: Vec<Box<dyn FnMut(&Progress)>>,
+    callbacks: Vec<Callback>,
     #[cfg(feature = "progress")]
     bar: Option<indicatif::ProgressBar>,
     done: usize,

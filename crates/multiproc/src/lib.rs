@@ -113,8 +113,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Pool, Process, Queue, RLock, Reader,
-        Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe, set_start_method, simplex,
-        socketpair, wait,
+        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Pool, Process, Queue, RLock,
+        Reader, Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe, set_start_method,
+        simplex, socketpair, wait,
     };
 }

@@ -82,6 +82,26 @@ pub fn ignore_interrupts() {
     }
 }
 
+/// Keeps freed memory of up to `bytes` in this process's allocator instead of returning it to
+/// the kernel at once: for a pool worker, whose every chunk allocates and frees buffers of
+/// the same size, and which otherwise pays page faults on fresh memory for each one (glibc
+/// serves allocations above 128 KiB with `mmap` and trims its heap above 128 KiB free). A
+/// no-op on other C libraries.
+pub fn retain_freed_memory(bytes: usize) {
+    #[cfg(target_env = "gnu")]
+    {
+        let v = i32::try_from(bytes).unwrap_or(i32::MAX);
+        // SAFETY: `mallopt` only sets allocator parameters; any value is accepted or refused
+        // with a return of 0, and no memory is touched.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, v);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, v.saturating_mul(2));
+        }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    let _ = bytes;
+}
+
 /// Registers `f` to run at normal process exit (`exit()` or return from `main`).
 pub(crate) fn register_atexit(f: extern "C" fn()) -> io::Result<()> {
     // SAFETY: `f` is a plain `extern "C" fn()` that catches every panic before returning.

@@ -108,9 +108,9 @@ impl ByteRing {
     /// Commits records one after the other under one hold of the producer side, making them
     /// visible in batches; returns how many were committed (fewer than given only on
     /// `Err`, which names why the next one was not).
-    pub fn push_many<'a>(
+    pub fn push_many(
         &self,
-        records: &mut dyn Iterator<Item = &'a [u8]>,
+        records: &mut dyn Iterator<Item = &[u8]>,
         timeout: Option<Duration>,
     ) -> Result<usize, RingError> {
         let until = deadline(timeout);
@@ -165,7 +165,9 @@ impl ByteRing {
     /// Takes up to `max` records that are already committed, without waiting (beyond other
     /// consumers' brief holds), appending each to `out`.
     pub fn pop_ready(&self, max: usize, out: &mut Vec<Vec<u8>>) -> Result<(), RingError> {
-        let Some(mut c) = self.ring.consume(Some(Instant::now() + Duration::from_millis(50)))
+        let Some(mut c) = self
+            .ring
+            .consume(Some(Instant::now() + Duration::from_millis(50)))
         else {
             return Ok(());
         };

@@ -109,6 +109,9 @@ const MID_ITEM_SLICE: Duration = Duration::from_millis(20);
 /// buffer grows with the chunks that actually arrive).
 const MAX_AHEAD: usize = 1 << 20;
 
+/// What [`Consumer::pop_claimed`] calls before `HEAD` moves past an item.
+type Claim<'a> = &'a mut dyn FnMut(&[u8], u64);
+
 /// When a wait ends: `None` never, else at that instant (in the past: do not wait).
 pub(crate) type Deadline = Option<Instant>;
 
@@ -960,7 +963,7 @@ impl Consumer<'_> {
         &mut self,
         deadline: Deadline,
         out: &mut Vec<u8>,
-        mut claim: Option<&mut dyn FnMut(&[u8], u64)>,
+        mut claim: Option<Claim<'_>>,
     ) -> Result<Popped, Corrupt> {
         let ring = self.ring;
         let cap = ring.cap();
