@@ -95,7 +95,7 @@ const GROUPS: &[(&str, &str)] = &[
     ),
     (
         "pool.map",
-        "map of 100,000 ident tasks (default chunk size) and of 10,000 in chunks of 1, 2 workers",
+        "map of 100,000 ident tasks (default chunk size) and of 10,000 in chunks of 1, 2 workers; raw rate of 12-byte pipe messages",
     ),
     (
         "pool.apply_async",
@@ -103,7 +103,7 @@ const GROUPS: &[(&str, &str)] = &[
     ),
     (
         "pool.imap_unordered",
-        "imap_unordered of 10,000 ident tasks in chunks of 1 and 100,000 in chunks of 100",
+        "imap_unordered of 10,000 ident tasks in chunks of 1 and 100,000 in chunks of 100; raw rate of 12-byte pipe messages",
     ),
     (
         "pool.cpu",
@@ -140,7 +140,7 @@ fn usage() -> String {
          \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
          \x20            11 sync.pingpong, 7 queue.*, 7 pool.create, 7 pool.map, 11 pool.apply_async,\n\
-         \x20            7 pool.imap_unordered, 5 pool.cpu (3 with --quick)\n\
+         \x20            7 pool.imap_unordered, 9 pool.cpu (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -615,9 +615,14 @@ fn pool_create_group(out: &mut Out, a: &Args) -> Res<()> {
     run_rotated(out, &mut benches, a.rounds(7))
 }
 
-/// Trivial maps on one 2-worker pool (mp_bench.py's counts).
+/// Trivial maps on one 2-worker pool (mp_bench.py's counts), with the raw rate of 12-byte
+/// pipe messages read one by one (stream.c, 200,000 per repetition), the bound of one-task
+/// chunks.
 fn pool_map_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
     if a.mp {
         let p = pool::new_pool()?;
         let kind = pool::MapKind::Map;
@@ -655,9 +660,13 @@ fn pool_apply_group(out: &mut Out, a: &Args) -> Res<()> {
     run_rotated(out, &mut benches, a.rounds(11))
 }
 
-/// `imap_unordered` of trivial tasks on one 2-worker pool (mp_bench.py's counts).
+/// `imap_unordered` of trivial tasks on one 2-worker pool (mp_bench.py's counts), with the
+/// raw rate of 12-byte pipe messages read one by one.
 fn pool_imap_group(out: &mut Out, a: &Args) -> Res<()> {
     let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
     if a.mp {
         let p = pool::new_pool()?;
         let kind = pool::MapKind::ImapUnordered;
@@ -689,5 +698,5 @@ fn pool_cpu_group(out: &mut Out, a: &Args) -> Res<()> {
         let p = pool::new_pool()?;
         benches.push(pool::cpu_map(&p, items));
     }
-    run_rotated(out, &mut benches, a.rounds(5))
+    run_rotated(out, &mut benches, a.rounds(9))
 }
