@@ -62,6 +62,7 @@ const CALL_ERR: u8 = 2;
 const INIT_FAILED: u8 = 3;
 const DEATH: u8 = 4;
 const SHUTDOWN: u8 = 5;
+const BROKEN: u8 = 6;
 
 /// Task ring size: room for the argument chunks of a large map.
 const TASK_RING: usize = 1 << 20;
@@ -161,7 +162,7 @@ struct State {
     workers: Vec<Option<Worker>>,
     /// Chunks whose worker the monitor killed for overrunning the time limit.
     timed_out: HashSet<u64>,
-    broken: Option<String>,
+    broken: Option<PoolError>,
     /// Bumped whenever `workers` changes (the monitor re-reads it).
     generation: u64,
 }
@@ -301,7 +302,7 @@ impl Engine {
         {
             let mut st = self.state.lock();
             if let Some(why) = &st.broken {
-                return Err(PoolError::Initializer(why.clone()));
+                return Err(why.clone());
             }
             if st.phase != Phase::Running {
                 return Err(PoolError::Closed);
@@ -322,7 +323,7 @@ impl Engine {
         {
             let mut st = self.state.lock();
             if let Some(why) = &st.broken {
-                return Err(PoolError::Initializer(why.clone()));
+                return Err(why.clone());
             }
             if st.phase != Phase::Running {
                 return Err(PoolError::Closed);
@@ -347,13 +348,11 @@ impl Engine {
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
     /// stays in the ring and its result, if it comes, is dropped.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn forget(&self, id: u64) -> bool {
         self.state.lock().pending.remove(&id).is_some()
     }
 
     /// Whether a worker holds chunk `id` now.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running(&self, id: u64) -> bool {
         (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
@@ -369,7 +368,6 @@ impl Engine {
     }
 
     /// Whether the pool is still taking tasks.
-    #[allow(dead_code)] // for the executor
     pub(crate) fn is_running_phase(&self) -> bool {
         self.state.lock().phase == Phase::Running
     }
@@ -453,7 +451,7 @@ impl Engine {
         self.changed.notify_all();
         let _fork = multiproc_core::fork_guard();
         for (_, sink) in pending {
-            sink(Outcome::Failed(why.clone()));
+            run_sink(sink, Outcome::Failed(why.clone()));
         }
     }
 
@@ -468,7 +466,7 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => continue,
                 Err(e) => {
-                    self.break_pool(format!("the result ring is corrupt: {e}"));
+                    self.break_pool(PoolError::Os(format!("the result ring is corrupt: {e}")));
                     return;
                 }
             }
@@ -515,11 +513,16 @@ impl Engine {
                 };
                 if let Some(sink) = sink {
                     let _fork = multiproc_core::fork_guard();
-                    sink(outcome);
+                    run_sink(sink, outcome);
                 }
             }
             INIT_FAILED => {
-                self.break_pool(String::from_utf8_lossy(body).into_owned());
+                self.break_pool(PoolError::Initializer(
+                    String::from_utf8_lossy(body).into_owned(),
+                ));
+            }
+            BROKEN => {
+                self.break_pool(PoolError::Os(String::from_utf8_lossy(body).into_owned()));
             }
             DEATH if body.len() >= 4 => {
                 deaths.push(u32::from_le_bytes(body[..4].try_into().expect("4 bytes")));
@@ -531,7 +534,7 @@ impl Engine {
     }
 
     /// The initializer failed (or the rings broke): fail everything, take no more tasks.
-    fn break_pool(&self, why: String) {
+    fn break_pool(&self, why: PoolError) {
         let pending = {
             let mut st = self.state.lock();
             st.broken.get_or_insert(why.clone());
@@ -540,7 +543,7 @@ impl Engine {
         self.changed.notify_all();
         let _fork = multiproc_core::fork_guard();
         for (_, sink) in pending {
-            sink(Outcome::Failed(PoolError::Initializer(why.clone())));
+            run_sink(sink, Outcome::Failed(why.clone()));
         }
     }
 
@@ -586,7 +589,7 @@ impl Engine {
                         _ => PoolError::WorkerLost { pid, exitcode },
                     };
                     let _fork = multiproc_core::fork_guard();
-                    sink(Outcome::Failed(err));
+                    run_sink(sink, Outcome::Failed(err));
                 }
             }
         }
@@ -624,7 +627,9 @@ impl Engine {
                 }
                 Err(e) => {
                     drop(st);
-                    self.break_pool(format!("cannot start a replacement worker: {e}"));
+                    self.break_pool(PoolError::Os(format!(
+                        "cannot start a replacement worker: {e}"
+                    )));
                     st = self.state.lock();
                 }
             }
@@ -728,6 +733,12 @@ impl Drop for Engine {
     }
 }
 
+/// Runs a chunk's sink; a panic in it (a user's callback) is reported by the panic hook and
+/// does not end the thread that runs it (the pool's result thread).
+fn run_sink(sink: Sink, outcome: Outcome) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sink(outcome)));
+}
+
 /// A [`CallError`] from a worker as a pool error.
 pub(crate) fn call_error(e: CallError) -> PoolError {
     match e {
@@ -775,8 +786,17 @@ fn worker_main(a: WorkerArgs) {
         out.push(INIT_FAILED);
         out.extend_from_slice(e.to_string().as_bytes());
         let _ = a.results.push(&out, None);
-        std::process::exit(1);
+        // The pool is broken: no replacement follows (an exit, not `std::process::exit`,
+        // whose atexit handlers are the parent's).
+        return;
     }
+    // The pool cannot work on: tell the parent, which stops replacing workers.
+    let broken = |why: String| {
+        let mut rec = 0u64.to_le_bytes().to_vec();
+        rec.push(BROKEN);
+        rec.extend_from_slice(why.as_bytes());
+        let _ = a.results.push(&rec, Some(Duration::from_secs(5)));
+    };
     let mut buf = Vec::new();
     let mut done = 0u64;
     loop {
@@ -790,7 +810,7 @@ fn worker_main(a: WorkerArgs) {
         match a.tasks.pop_claimed(&mut buf, None, &mut claim) {
             Ok(true) => {}
             Ok(false) => continue,
-            Err(_) => std::process::exit(2),
+            Err(e) => return broken(format!("the task ring is corrupt: {e}")),
         }
         let Some(id) = buf
             .get(..8)
@@ -817,8 +837,8 @@ fn worker_main(a: WorkerArgs) {
             postcard::to_io(&e, &mut out).expect("encoding into a Vec cannot fail");
         }
         me[STARTED].store(0, Relaxed);
-        if a.results.push(&out, None).is_err() {
-            std::process::exit(2);
+        if let Err(e) = a.results.push(&out, None) {
+            return broken(format!("the result ring is corrupt: {e}"));
         }
         me[HOLD].store(0, Release);
         done += 1;

@@ -33,9 +33,14 @@
 
 mod engine;
 mod error;
+mod executor;
 mod pool;
 mod progress;
 
 pub use crate::error::PoolError;
+pub use crate::executor::{
+    AnyFuture, AsCompleted, DoneAndNotDone, Future, MapResults, ProcessPoolExecutor,
+    ProcessPoolExecutorBuilder, WaitMode, as_completed, wait,
+};
 pub use crate::pool::{AsyncResult, Imap, Pool, PoolBuilder, Task};
 pub use crate::progress::{MapOptions, Progress};

@@ -196,11 +196,6 @@ impl Pool {
         self.engine.pids()
     }
 
-    #[allow(dead_code)] // for the executor
-    pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
     /// Runs `f(arg)` in a worker and waits for its result (Python's `apply`).
     pub fn apply<A: Task, R: Task>(&self, f: fn(A) -> R, arg: A) -> Result<R, PoolError> {
         self.apply_async(f, arg)?.get()
@@ -251,11 +246,14 @@ impl Pool {
             let r = engine::decode_chunk::<R>(outcome, 1)
                 .pop()
                 .unwrap_or(Err(PoolError::Result("no result".into())));
-            match (&r, callback, error_callback) {
-                (Ok(v), Some(cb), _) => cb(v),
-                (Err(e), _, Some(ecb)) => ecb(e),
-                _ => {}
-            }
+            // A callback that panics is reported by the panic hook; the result is still set.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match (&r, callback, error_callback) {
+                    (Ok(v), Some(cb), _) => cb(v),
+                    (Err(e), _, Some(ecb)) => ecb(e),
+                    _ => {}
+                }
+            }));
             c.set(r);
         });
         self.engine.submit(id, &rec, sink)?;
@@ -606,14 +604,6 @@ impl<R> Cell<R> {
         match &*v {
             Some(r) => Some(r.is_ok()),
             None => Some(true),
-        }
-    }
-
-    #[allow(dead_code)] // for the executor
-    pub(crate) fn error(&self) -> Option<PoolError> {
-        match &*self.value.lock() {
-            Some(Err(e)) => Some(e.clone()),
-            _ => None,
         }
     }
 }

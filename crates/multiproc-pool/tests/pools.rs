@@ -57,6 +57,18 @@ fn main() {
             "workers_die_with_their_parent",
             workers_die_with_their_parent,
         ),
+        (
+            "large_arguments_and_results_pass_the_rings",
+            large_arguments_and_results_pass_the_rings,
+        ),
+        (
+            "a_panicking_callback_spares_the_pool",
+            a_panicking_callback_spares_the_pool,
+        ),
+        (
+            "handles_with_fds_are_refused_as_arguments",
+            sync_handles_as_task_arguments,
+        ),
     ];
     multiproc_testkit::run(multiproc_testkit::trials(tests));
 }
@@ -558,5 +570,66 @@ fn workers_die_with_their_parent(m: StartMethod) -> Result<(), Failed> {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
+}
+
+fn grow(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn checksum(v: Vec<u8>) -> (usize, u64) {
+    (v.len(), v.iter().map(|&b| u64::from(b)).sum())
+}
+
+fn large_arguments_and_results_pass_the_rings(m: StartMethod) -> Result<(), Failed> {
+    let p = pool(m, 2)?;
+    // Results and arguments of 3 MiB, larger than the 1 MiB rings.
+    let sizes = [3 << 20, 10, 3 << 20, 500_000];
+    let big = p
+        .map_with(grow, sizes, MapOptions::new().chunksize(1))
+        .map_err(fail)?;
+    for (v, n) in big.iter().zip(sizes) {
+        check!(*v == grow(n), "a result of {n} bytes came back changed");
+    }
+    let sums = p
+        .map_with(checksum, big.clone(), MapOptions::new().chunksize(1))
+        .map_err(fail)?;
+    for ((len, sum), v) in sums.into_iter().zip(&big) {
+        check!(
+            len == v.len() && sum == v.iter().map(|&b| u64::from(b)).sum::<u64>(),
+            "an argument of {} bytes arrived changed",
+            v.len()
+        );
+    }
+    Ok(())
+}
+
+fn a_panicking_callback_spares_the_pool(m: StartMethod) -> Result<(), Failed> {
+    let p = pool(m, 2)?;
+    let r = p
+        .apply_async_with(square, 3, |_| panic!("a callback that panics"), |_| {})
+        .map_err(fail)?;
+    check!(r.get() == Ok(9), "the result is still delivered");
+    check!(p.apply(square, 4).map_err(fail)? == 16, "the pool goes on");
+    Ok(())
+}
+
+fn set_event(e: multiproc_sync::Event) -> bool {
+    e.set();
+    true
+}
+
+fn sync_handles_as_task_arguments(m: StartMethod) -> Result<(), Failed> {
+    let p = pool(m, 2)?;
+    let e = multiproc_sync::Event::new().map_err(|e| format!("{e}"))?;
+    // An `Event` owns a file descriptor (its heap segment): it cannot pass through the rings,
+    // and says so, as Python refuses a `multiprocessing.Event` in a pool task.
+    let r = p.apply(set_event, e.clone());
+    check!(
+        matches!(&r, Err(PoolError::Args(why)) if why.contains("file descriptor")),
+        "{r:?}"
+    );
+    check!(!e.is_set(), "no worker ran the task");
+    check!(p.apply(square, 5).map_err(fail)? == 25, "the pool goes on");
     Ok(())
 }

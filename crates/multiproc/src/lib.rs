@@ -10,6 +10,7 @@
 //! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
 //! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `multiprocessing.connection` |
+//! | [`futures`] | `multiproc-pool` | `concurrent.futures`: `ProcessPoolExecutor`, `Future`, `wait`, `as_completed` |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`,
 //! `multiproc::wait` (Python's `multiprocessing.connection.wait`), and the
@@ -69,7 +70,23 @@ pub use multiproc_ipc::{
     Address, Client, Connection, GetError, JoinableQueue, Listener, PutError, Queue, QueueBuilder,
     Reader, SimpleQueue, Waitable, Writer, pipe, simplex, socketpair, wait,
 };
-pub use multiproc_pool::{AsyncResult, MapOptions, Pool, PoolBuilder, PoolError, Progress};
+pub use multiproc_pool::{
+    AsyncResult, Future, MapOptions, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,
+    ProcessPoolExecutorBuilder, Progress, WaitMode, as_completed,
+};
+
+/// Python's `concurrent.futures`: [`ProcessPoolExecutor`], its [`Future`],
+/// [`wait`] and [`as_completed`] (from `multiproc-pool`).
+///
+/// `wait` lives only here: the flat `multiproc::wait` is Python's
+/// `multiprocessing.connection.wait`.
+pub mod futures {
+    #[doc(inline)]
+    pub use multiproc_pool::{
+        AnyFuture, AsCompleted, DoneAndNotDone, Future, MapResults, PoolError, ProcessPoolExecutor,
+        ProcessPoolExecutorBuilder, WaitMode, as_completed, wait,
+    };
+}
 pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 

@@ -37,6 +37,21 @@ fn reexports() {
     assert!(e.to_string().contains("not started"));
     let e: multiproc::Error = multiproc::ipc::Error::Eof.into();
     assert!(!e.to_string().is_empty());
+    let _ = multiproc::ProcessPoolExecutor::submit::<u32, u32>;
+    let _ = multiproc::ProcessPoolExecutorBuilder::max_tasks_per_child;
+    let _ = multiproc::Future::<u32>::cancel;
+    let none: Vec<multiproc::Future<u32>> = Vec::new();
+    assert_eq!(multiproc::as_completed(&none, None).count(), 0);
+    let w = multiproc::futures::wait(&none, multiproc::WaitMode::AllCompleted, None);
+    assert!(w.done.is_empty() && w.not_done.is_empty());
+    let _ = multiproc::futures::DoneAndNotDone::<multiproc::futures::Future<u8>> {
+        done: Vec::new(),
+        not_done: Vec::new(),
+    };
+    assert_ne!(
+        multiproc::WaitMode::FirstCompleted,
+        multiproc::futures::WaitMode::AllCompleted
+    );
     use multiproc::prelude::*;
     let _ = get_context(StartMethod::Spawn);
 }
