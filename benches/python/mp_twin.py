@@ -26,6 +26,8 @@ the output contract and the measurement code are those of the reference harness
   pool.apply_async.roundtrip                          apply_async(noop).get(); us
   pool.imap_unordered.trivial.{chunksize1,chunksize100}   every result of imap_unordered; tasks/s
   pool.map.cpu200x_sum_range_2e5.{serial,pool2,speedup}   200 x sum(range(2e5)) serially / map; ms, x
+  executor.submit_result.roundtrip                    ProcessPoolExecutor(2): submit(noop).result(); us
+  executor.map.trivial.{chunksize1,chunksize1000}     every result of ex.map(ident, range(n), chunksize=cs); tasks/s
 
 Output contract:
   stdout: one line per figure      name<TAB>median<TAB>unit
@@ -682,6 +684,30 @@ def b_pool_cpu():
         emit("pool.map.cpu200x_sum_range_2e5.speedup", vx, "x")
 
 
+def b_executor():
+    # mp_bench.py's b_executor.
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=2, mp_context=FORK) as ex:
+        list(ex.map(ident, range(100)))  # warm-up: workers started
+        n = _n(500, 50)
+        vals = []
+        for _ in range(REPS):
+            t0 = pc()
+            for _ in range(n):
+                ex.submit(noop).result()
+            vals.append((pc() - t0) / n * 1e6)
+        emit("executor.submit_result.roundtrip", vals, "us")
+        for label, n, cs in (("chunksize1", _n(10_000, 500), 1),
+                             ("chunksize1000", _n(100_000, 2_000), 1000)):
+            vals = []
+            for _ in range(REPS):
+                t0 = pc()
+                k = sum(1 for _ in ex.map(ident, range(n), chunksize=cs))
+                vals.append(n / (pc() - t0))
+                assert k == n
+            emit("executor.map.trivial.%s" % label, vals, "tasks/s")
+
+
 BENCHES = [
     ("proc", b_proc),
     ("proc.rss256MiB", b_proc_rss),
@@ -702,6 +728,7 @@ BENCHES = [
     ("pool.apply_async", b_pool_apply),
     ("pool.imap_unordered", b_pool_imap),
     ("pool.cpu", b_pool_cpu),
+    ("executor", b_executor),
 ]
 
 

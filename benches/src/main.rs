@@ -109,6 +109,10 @@ const GROUPS: &[(&str, &str)] = &[
         "pool.cpu",
         "200 CPU tasks serially and through map on 2 workers; raw speed-up of 2 forked processes",
     ),
+    (
+        "executor",
+        "ProcessPoolExecutor(2): submit(noop).result() round trip, map of 10,000 / 100,000 ident tasks in chunks of 1 / 1000; raw pipe ping-pong and small-message rate",
+    ),
 ];
 
 /// Figure families; `--only` accepts these next to group names.
@@ -140,7 +144,7 @@ fn usage() -> String {
          \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
          \x20            11 sync.pingpong, 7 queue.*, 7 pool.create, 7 pool.map, 11 pool.apply_async,\n\
-         \x20            7 pool.imap_unordered, 9 pool.cpu (3 with --quick)\n\
+         \x20            7 pool.imap_unordered, 9 pool.cpu, 7 executor (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -325,6 +329,7 @@ fn run(a: &Args) -> Res<()> {
             "pool.apply_async" => pool_apply_group(&mut out, a)?,
             "pool.imap_unordered" => pool_imap_group(&mut out, a)?,
             "pool.cpu" => pool_cpu_group(&mut out, a)?,
+            "executor" => executor_group(&mut out, a)?,
             _ => unreachable!("group {group} has no runner"),
         }
         eprintln!(
@@ -699,4 +704,26 @@ fn pool_cpu_group(out: &mut Out, a: &Args) -> Res<()> {
         benches.push(pool::cpu_map(&p, items));
     }
     run_rotated(out, &mut benches, a.rounds(9))
+}
+
+/// `ProcessPoolExecutor` of 2 workers (mp_bench.py's `b_executor` counts), with the raw pipe
+/// ping-pong (the bound of `submit(..).result()`) and the raw small-message rate (of one-task
+/// chunks).
+fn executor_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::PingPong::new(
+            limits::Chan::Pipe,
+            64,
+            a.n(5000, 200),
+        )));
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
+    if a.mp {
+        let ex = pool::new_executor()?;
+        benches.push(pool::submit_roundtrip(&ex, a.n(500, 50)));
+        benches.push(pool::executor_map(&ex, a.n(10_000, 500) as u64, 1));
+        benches.push(pool::executor_map(&ex, a.n(100_000, 2_000) as u64, 1000));
+    }
+    run_rotated(out, &mut benches, a.rounds(7))
 }

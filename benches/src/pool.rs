@@ -12,6 +12,11 @@
 //! - `pool.map.cpu200x_sum_range_2e5.{serial,pool2,speedup}`: 200 calls of [`cpu_task`] in
 //!   this process (ms), then `map(cpu_task, 0..200)` on the pool (ms), and their ratio (x).
 //!
+//! - `executor.submit_result.roundtrip`: `ProcessPoolExecutor::submit(noop, ()).result()`, 500
+//!   per repetition; us each (mp_bench.py's `b_executor`).
+//! - `executor.map.trivial.chunksize{1,1000}`: every result of the executor's
+//!   `map(ident, 0..n, chunksize)` (10,000 in chunks of 1, 100,000 in chunks of 1000); tasks/s.
+//!
 //! The figures of one group share one pool of 2 workers (mp_bench.py uses one pool for all),
 //! warmed up with `map(ident, 0..1000)` before the first repetition.
 
@@ -19,7 +24,7 @@ use std::hint::black_box;
 use std::rc::Rc;
 use std::time::Instant;
 
-use multiproc_pool::{MapOptions, Pool};
+use multiproc_pool::{MapOptions, Pool, ProcessPoolExecutor};
 
 use crate::report::{Bench, Family, Res};
 
@@ -262,5 +267,98 @@ pub(crate) fn cpu_map(pool: &Rc<Pool>, items: u64) -> Box<dyn Bench> {
     Box::new(CpuMap {
         pool: Rc::clone(pool),
         items,
+    })
+}
+
+// ------------------------------------------------------------- executor ----
+
+/// An executor of 2 workers (multiproc's default start method), warmed up as mp_bench.py
+/// warms its executor up (`list(ex.map(ident, range(100)))`).
+pub(crate) fn new_executor() -> Res<Rc<ProcessPoolExecutor>> {
+    let ex = ProcessPoolExecutor::new(2)?;
+    let mut k = 0;
+    for r in ex.map(ident, 0..100, 1)? {
+        r?;
+        k += 1;
+    }
+    if k != 100 {
+        return Err("executor warm-up: missing results".into());
+    }
+    Ok(Rc::new(ex))
+}
+
+struct SubmitRoundTrip {
+    ex: Rc<ProcessPoolExecutor>,
+    n: usize,
+}
+
+impl Bench for SubmitRoundTrip {
+    fn name(&self) -> String {
+        "executor.submit_result.roundtrip".into()
+    }
+    fn unit(&self) -> &'static str {
+        "us"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let t0 = Instant::now();
+        for _ in 0..self.n {
+            self.ex.submit(noop, ())?.result()?;
+        }
+        Ok(t0.elapsed().as_secs_f64() / self.n as f64 * 1e6)
+    }
+}
+
+/// `executor.submit_result.roundtrip`: `n` `submit(noop).result()` per repetition.
+pub(crate) fn submit_roundtrip(ex: &Rc<ProcessPoolExecutor>, n: usize) -> Box<dyn Bench> {
+    Box::new(SubmitRoundTrip {
+        ex: Rc::clone(ex),
+        n,
+    })
+}
+
+struct ExecutorMap {
+    ex: Rc<ProcessPoolExecutor>,
+    n: u64,
+    chunksize: usize,
+}
+
+impl Bench for ExecutorMap {
+    fn name(&self) -> String {
+        format!("executor.map.trivial.chunksize{}", self.chunksize)
+    }
+    fn unit(&self) -> &'static str {
+        "tasks/s"
+    }
+    fn family(&self) -> Family {
+        Family::Multiproc
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let t0 = Instant::now();
+        let mut k = 0u64;
+        for r in self.ex.map(ident, 0..self.n, self.chunksize)? {
+            r?;
+            k += 1;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        if k != self.n {
+            return Err(format!("{}: {k} results for {} tasks", self.name(), self.n).into());
+        }
+        Ok(self.n as f64 / dt)
+    }
+}
+
+/// `executor.map.trivial.chunksize<c>`: every result of `map(ident, 0..n, c)`.
+pub(crate) fn executor_map(
+    ex: &Rc<ProcessPoolExecutor>,
+    n: u64,
+    chunksize: usize,
+) -> Box<dyn Bench> {
+    Box::new(ExecutorMap {
+        ex: Rc::clone(ex),
+        n,
+        chunksize,
     })
 }

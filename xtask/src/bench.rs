@@ -45,7 +45,7 @@ outputs in target/bench/<UTC label>/, prints every figure, and writes docs/bench
                 listener, listener.roundtrip, locks,
                 locks.uncontended, locks.contended2p, array, shm, shm.1MiB, shm.256MiB,
                 sync, sync.pingpong, queue, pool, pool.create, pool.map,
-                pool.apply_async, pool.imap_unordered, pool.cpu; a prefix selects
+                pool.apply_async, pool.imap_unordered, pool.cpu, executor; a prefix selects
                 its subgroups) and/or families
                 (mp, limits) of multiproc-benches; a partial run (report kept in the run
                 folder only)
@@ -831,6 +831,18 @@ const TARGETS: &[Target] = &[
         figure: "pool.map.cpu200x_sum_range_2e5.speedup",
         limit: "cpu.parallel_speedup.2proc",
         bound: Bound::AtLeast(1.8),
+    },
+    Target {
+        what: "`ProcessPoolExecutor.submit(noop).result()` round trip ≥ 20× Python's",
+        figure: "executor.submit_result.roundtrip",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    Target {
+        what: "`ProcessPoolExecutor.map` of 10,000 trivial calls, chunk size 1, ≥ 50× Python's tasks/s",
+        figure: "executor.map.trivial.chunksize1",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(50.0),
     },
     Target {
         what: "1 MiB items through a `Queue` ≥ 0.5× memcpy bandwidth",
