@@ -21,6 +21,13 @@ the output contract and the measurement code are those of the reference harness
   {queue,simplequeue}.throughput.{1p1c,4p1c}          1 or 4 children put 1e5 ints in all, items/s
   {queue,simplequeue}.roundtrip.int                   put, child gets and puts back, us
   queue.item_1MiB                                     a child puts 1 MiB bytes objects, GB/s (10^9)
+  pool.create_close_join.2workers                     Pool(2), close, join; ms
+  pool.map.trivial.{default_chunksize,chunksize1}     map(ident, range(n), cs); tasks/s
+  pool.apply_async.roundtrip                          apply_async(noop).get(); us
+  pool.imap_unordered.trivial.{chunksize1,chunksize100}   every result of imap_unordered; tasks/s
+  pool.map.cpu200x_sum_range_2e5.{serial,pool2,speedup}   200 x sum(range(2e5)) serially / map; ms, x
+  executor.submit_result.roundtrip                    ProcessPoolExecutor(2): submit(noop).result(); us
+  executor.map.trivial.{chunksize1,chunksize1000}     every result of ex.map(ident, range(n), chunksize=cs); tasks/s
 
 Output contract:
   stdout: one line per figure      name<TAB>median<TAB>unit
@@ -176,6 +183,14 @@ def _q_producer(q, n, gate):
     for i in range(n):
         put(i)
     put(None)
+
+
+def ident(x):
+    return x
+
+
+def cpu_task(x):
+    return sum(range(200_000))
 
 
 def _q_echo(qin, qout, total):
@@ -590,6 +605,109 @@ def b_queue_big():
     emit("queue.item_1MiB", vals, "GB/s")
 
 
+# mp_bench.py's b_pool, split into the groups of multiproc-benches; each group uses one pool
+# of 2 workers (fork context), warmed up as mp_bench.py warms its pool up.
+
+
+def _pool():
+    pool = FORK.Pool(2)
+    pool.map(ident, range(1000))  # warm-up
+    return pool
+
+
+def b_pool_create():
+    vals = []
+    for _ in range(REPS):
+        t0 = pc()
+        pool = FORK.Pool(2)
+        pool.close()
+        pool.join()
+        vals.append((pc() - t0) * 1e3)
+    emit("pool.create_close_join.2workers", vals, "ms")
+
+
+def b_pool_map():
+    with _pool() as pool:
+        for label, n, cs in (("default_chunksize", _n(100_000, 2_000), None),
+                             ("chunksize1", _n(10_000, 500), 1)):
+            vals = []
+            for _ in range(REPS):
+                t0 = pc()
+                out = pool.map(ident, range(n), cs)
+                vals.append(n / (pc() - t0))
+                assert len(out) == n
+            emit("pool.map.trivial.%s" % label, vals, "tasks/s")
+
+
+def b_pool_apply():
+    with _pool() as pool:
+        n = _n(500, 50)
+        vals = []
+        for _ in range(REPS):
+            t0 = pc()
+            for _ in range(n):
+                pool.apply_async(noop).get()
+            vals.append((pc() - t0) / n * 1e6)
+        emit("pool.apply_async.roundtrip", vals, "us")
+
+
+def b_pool_imap():
+    with _pool() as pool:
+        for label, n, cs in (("chunksize1", _n(10_000, 500), 1),
+                             ("chunksize100", _n(100_000, 2_000), 100)):
+            vals = []
+            for _ in range(REPS):
+                t0 = pc()
+                k = sum(1 for _ in pool.imap_unordered(ident, range(n), cs))
+                vals.append(n / (pc() - t0))
+                assert k == n
+            emit("pool.imap_unordered.trivial.%s" % label, vals, "tasks/s")
+
+
+def b_pool_cpu():
+    items = _n(200, 20)
+    with _pool() as pool:
+        vs, vp, vx = [], [], []
+        for _ in range(max(3, REPS // 2 + 1)):
+            t0 = pc()
+            for i in range(items):
+                cpu_task(i)
+            ts = pc() - t0
+            t0 = pc()
+            pool.map(cpu_task, range(items))
+            tp = pc() - t0
+            vs.append(ts * 1e3)
+            vp.append(tp * 1e3)
+            vx.append(ts / tp)
+        emit("pool.map.cpu200x_sum_range_2e5.serial", vs, "ms")
+        emit("pool.map.cpu200x_sum_range_2e5.pool2", vp, "ms")
+        emit("pool.map.cpu200x_sum_range_2e5.speedup", vx, "x")
+
+
+def b_executor():
+    # mp_bench.py's b_executor.
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=2, mp_context=FORK) as ex:
+        list(ex.map(ident, range(100)))  # warm-up: workers started
+        n = _n(500, 50)
+        vals = []
+        for _ in range(REPS):
+            t0 = pc()
+            for _ in range(n):
+                ex.submit(noop).result()
+            vals.append((pc() - t0) / n * 1e6)
+        emit("executor.submit_result.roundtrip", vals, "us")
+        for label, n, cs in (("chunksize1", _n(10_000, 500), 1),
+                             ("chunksize1000", _n(100_000, 2_000), 1000)):
+            vals = []
+            for _ in range(REPS):
+                t0 = pc()
+                k = sum(1 for _ in ex.map(ident, range(n), chunksize=cs))
+                vals.append(n / (pc() - t0))
+                assert k == n
+            emit("executor.map.trivial.%s" % label, vals, "tasks/s")
+
+
 BENCHES = [
     ("proc", b_proc),
     ("proc.rss256MiB", b_proc_rss),
@@ -605,6 +723,12 @@ BENCHES = [
     ("queue.throughput", b_queue_throughput),
     ("queue.roundtrip", b_queue_roundtrip),
     ("queue.item_1MiB", b_queue_big),
+    ("pool.create", b_pool_create),
+    ("pool.map", b_pool_map),
+    ("pool.apply_async", b_pool_apply),
+    ("pool.imap_unordered", b_pool_imap),
+    ("pool.cpu", b_pool_cpu),
+    ("executor", b_executor),
 ]
 
 

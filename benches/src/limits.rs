@@ -610,6 +610,73 @@ impl Bench for Throughput {
     }
 }
 
+/// `pipe.small_msg_rate.1read_per_msg`: a forked child writes `n` messages of 12 bytes (a
+/// 4-byte length and an 8-byte payload, as a framed small int), one `write` each, into a
+/// `pipe(2)`; the parent reads them with one `read` per message; messages/s (stream.c's
+/// `small_msgs`, unbatched). The bound of a trivial task sent and answered one message at a
+/// time (`benches/pairs.tsv` counts two messages per task).
+#[derive(Debug)]
+pub(crate) struct SmallMsgRate {
+    n: usize,
+    flag: Option<SharedFlag>,
+}
+
+impl SmallMsgRate {
+    /// The bench, `n` messages per repetition.
+    pub(crate) fn new(n: usize) -> Self {
+        Self { n, flag: None }
+    }
+}
+
+impl Bench for SmallMsgRate {
+    fn name(&self) -> String {
+        "pipe.small_msg_rate.1read_per_msg".into()
+    }
+    fn unit(&self) -> &'static str {
+        "items/s"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn setup(&mut self, _rounds: usize) -> Res<()> {
+        self.flag = Some(SharedFlag::new()?);
+        Ok(())
+    }
+    fn measure(&mut self) -> Res<f64> {
+        const MSG: [u8; 12] = [8, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+        let flag = self.flag.as_ref().ok_or("not set up")?;
+        let n = self.n;
+        let (rfd, wfd) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
+        flag.get().store(0, Ordering::SeqCst);
+        let child = fork_child(|| {
+            // SAFETY: closing our copy of the read end, which nothing else in the child uses.
+            unsafe { libc::close(rfd.as_raw_fd()) };
+            flag.get().store(1, Ordering::SeqCst);
+            flag.wait_for(2);
+            for _ in 0..n {
+                if write_all(wfd.as_fd(), &MSG).is_err() {
+                    return 1;
+                }
+            }
+            0
+        })?;
+        drop(wfd);
+        flag.wait_for(1);
+        let t0 = Instant::now();
+        flag.get().store(2, Ordering::SeqCst);
+        let mut m = [0u8; 12];
+        for _ in 0..n {
+            read_all(rfd.as_fd(), &mut m)?;
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let status = reap(child)?;
+        if status != 0 || m != MSG {
+            return Err(format!("{}: bad child status {status:#x} or data", self.name()).into());
+        }
+        Ok(n as f64 / dt)
+    }
+}
+
 // ------------------------------------------------------------ shared memory ----
 
 /// An anonymous shared mapping (`MAP_SHARED | MAP_ANONYMOUS`, inherited across fork),
@@ -1696,5 +1763,68 @@ impl Bench for MemcpyWarm {
     fn finish(&mut self) -> Res<()> {
         self.bufs = None;
         Ok(())
+    }
+}
+
+// ----------------------------------------------------------------------- cpu ----
+
+/// `cpu.parallel_speedup.2proc`: the ceiling of a 2-worker pool's speed-up on this machine
+/// right now (proc.c's `parallel_speedup`): `items` units of pure CPU work in this process,
+/// then two forked children doing half each; serial time / parallel time (x). The unit is the
+/// pool figure's task ([`crate::pool::cpu_task`]) rather than proc.c's LCG loop, so the two
+/// are the same work.
+#[derive(Debug)]
+pub(crate) struct ParallelSpeedup {
+    items: u64,
+}
+
+impl ParallelSpeedup {
+    /// The bench, `items` units per repetition (even).
+    pub(crate) fn new(items: u64) -> Self {
+        Self {
+            items: items.max(2) & !1,
+        }
+    }
+}
+
+impl Bench for ParallelSpeedup {
+    fn name(&self) -> String {
+        "cpu.parallel_speedup.2proc".into()
+    }
+    fn unit(&self) -> &'static str {
+        "x"
+    }
+    fn family(&self) -> Family {
+        Family::Limit
+    }
+    fn measure(&mut self) -> Res<f64> {
+        let task = crate::pool::cpu_task_fn();
+        let t0 = Instant::now();
+        let mut sink = 0u64;
+        for i in 0..self.items {
+            sink = sink.wrapping_add(task(i));
+        }
+        let ts = t0.elapsed().as_secs_f64();
+        std::hint::black_box(sink);
+        let half = self.items / 2;
+        let t0 = Instant::now();
+        let mut kids = [0; 2];
+        for (k, kid) in kids.iter_mut().enumerate() {
+            let first = k as u64 * half;
+            *kid = fork_child(|| {
+                let mut acc = 0u64;
+                for i in first..first + half {
+                    acc = acc.wrapping_add(task(i));
+                }
+                i32::from(std::hint::black_box(acc) == 1)
+            })?;
+        }
+        for kid in kids {
+            let status = reap(kid)?;
+            if status != 0 {
+                return Err(format!("{}: child status {status:#x}", self.name()).into());
+            }
+        }
+        Ok(ts / t0.elapsed().as_secs_f64())
     }
 }

@@ -18,6 +18,7 @@
 
 mod limits;
 mod mp;
+mod pool;
 mod report;
 
 use std::path::PathBuf;
@@ -88,6 +89,30 @@ const GROUPS: &[(&str, &str)] = &[
         "queue.item_1MiB",
         "a child puts 1 MiB byte strings into a Queue; raw memcpy bandwidth",
     ),
+    (
+        "pool.create",
+        "Pool::new(2), close, join; raw fork+_exit+waitpid",
+    ),
+    (
+        "pool.map",
+        "map of 100,000 ident tasks (default chunk size) and of 10,000 in chunks of 1, 2 workers; raw rate of 12-byte pipe messages",
+    ),
+    (
+        "pool.apply_async",
+        "apply_async(noop).get() round trip on 2 workers; raw pipe ping-pong",
+    ),
+    (
+        "pool.imap_unordered",
+        "imap_unordered of 10,000 ident tasks in chunks of 1 and 100,000 in chunks of 100; raw rate of 12-byte pipe messages",
+    ),
+    (
+        "pool.cpu",
+        "200 CPU tasks serially and through map on 2 workers; raw speed-up of 2 forked processes",
+    ),
+    (
+        "executor",
+        "ProcessPoolExecutor(2): submit(noop).result() round trip, map of 10,000 / 100,000 ident tasks in chunks of 1 / 1000; raw pipe ping-pong and small-message rate",
+    ),
 ];
 
 /// Figure families; `--only` accepts these next to group names.
@@ -118,7 +143,8 @@ fn usage() -> String {
          --reps N     rounds (repetitions) of every figure; default 15 proc, 7 proc.rss256MiB,\n\
          \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
-         \x20            11 sync.pingpong, 7 queue.* (3 with --quick)\n\
+         \x20            11 sync.pingpong, 7 queue.*, 7 pool.create, 7 pool.map, 11 pool.apply_async,\n\
+         \x20            7 pool.imap_unordered, 9 pool.cpu, 7 executor (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -298,6 +324,12 @@ fn run(a: &Args) -> Res<()> {
             "queue.throughput" => queue_throughput_group(&mut out, a)?,
             "queue.roundtrip" => queue_roundtrip_group(&mut out, a)?,
             "queue.item_1MiB" => queue_big_group(&mut out, a)?,
+            "pool.create" => pool_create_group(&mut out, a)?,
+            "pool.map" => pool_map_group(&mut out, a)?,
+            "pool.apply_async" => pool_apply_group(&mut out, a)?,
+            "pool.imap_unordered" => pool_imap_group(&mut out, a)?,
+            "pool.cpu" => pool_cpu_group(&mut out, a)?,
+            "executor" => executor_group(&mut out, a)?,
             _ => unreachable!("group {group} has no runner"),
         }
         eprintln!(
@@ -568,6 +600,130 @@ fn queue_big_group(out: &mut Out, a: &Args) -> Res<()> {
     }
     if a.mp {
         benches.push(mp::queue_big(MIB, a.n(100, 8)));
+    }
+    run_rotated(out, &mut benches, a.rounds(7))
+}
+
+/// `Pool::new(2)` + `close` + `join` (10 pools per repetition; mp_bench.py times one), with
+/// raw fork+_exit+waitpid (a pool starts and reaps two processes: `benches/pairs.tsv` doubles it).
+fn pool_create_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::ForkExitWait {
+            n: a.n(200, 10),
+            suffix: "",
+        }));
+    }
+    if a.mp {
+        benches.push(pool::create_close_join(a.n(10, 2)));
+    }
+    run_rotated(out, &mut benches, a.rounds(7))
+}
+
+/// Trivial maps on one 2-worker pool (mp_bench.py's counts), with the raw rate of 12-byte
+/// pipe messages read one by one (stream.c, 200,000 per repetition), the bound of one-task
+/// chunks.
+fn pool_map_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
+    if a.mp {
+        let p = pool::new_pool()?;
+        let kind = pool::MapKind::Map;
+        benches.push(pool::map_trivial(
+            &p,
+            kind,
+            a.n(100_000, 2_000) as u64,
+            None,
+        ));
+        benches.push(pool::map_trivial(
+            &p,
+            kind,
+            a.n(10_000, 500) as u64,
+            Some(1),
+        ));
+    }
+    run_rotated(out, &mut benches, a.rounds(7))
+}
+
+/// `apply_async(noop).get()` (500 per repetition, mp_bench.py) with the raw pipe ping-pong
+/// (5,000, pingpong.c), its bound.
+fn pool_apply_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::PingPong::new(
+            limits::Chan::Pipe,
+            64,
+            a.n(5000, 200),
+        )));
+    }
+    if a.mp {
+        let p = pool::new_pool()?;
+        benches.push(pool::apply_roundtrip(&p, a.n(500, 50)));
+    }
+    run_rotated(out, &mut benches, a.rounds(11))
+}
+
+/// `imap_unordered` of trivial tasks on one 2-worker pool (mp_bench.py's counts), with the
+/// raw rate of 12-byte pipe messages read one by one.
+fn pool_imap_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
+    if a.mp {
+        let p = pool::new_pool()?;
+        let kind = pool::MapKind::ImapUnordered;
+        benches.push(pool::map_trivial(
+            &p,
+            kind,
+            a.n(10_000, 500) as u64,
+            Some(1),
+        ));
+        benches.push(pool::map_trivial(
+            &p,
+            kind,
+            a.n(100_000, 2_000) as u64,
+            Some(100),
+        ));
+    }
+    run_rotated(out, &mut benches, a.rounds(7))
+}
+
+/// 200 CPU tasks serially and through `map` on 2 workers, with the speed-up two forked
+/// processes get on the same work right now (proc.c's `parallel_speedup`).
+fn pool_cpu_group(out: &mut Out, a: &Args) -> Res<()> {
+    let items = if a.quick { 20 } else { pool::CPU_ITEMS };
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::ParallelSpeedup::new(items)));
+    }
+    if a.mp {
+        let p = pool::new_pool()?;
+        benches.push(pool::cpu_map(&p, items));
+    }
+    run_rotated(out, &mut benches, a.rounds(9))
+}
+
+/// `ProcessPoolExecutor` of 2 workers (mp_bench.py's `b_executor` counts), with the raw pipe
+/// ping-pong (the bound of `submit(..).result()`) and the raw small-message rate (of one-task
+/// chunks).
+fn executor_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::PingPong::new(
+            limits::Chan::Pipe,
+            64,
+            a.n(5000, 200),
+        )));
+        benches.push(Box::new(limits::SmallMsgRate::new(a.n(200_000, 5_000))));
+    }
+    if a.mp {
+        let ex = pool::new_executor()?;
+        benches.push(pool::submit_roundtrip(&ex, a.n(500, 50)));
+        benches.push(pool::executor_map(&ex, a.n(10_000, 500) as u64, 1));
+        benches.push(pool::executor_map(&ex, a.n(100_000, 2_000) as u64, 1000));
     }
     run_rotated(out, &mut benches, a.rounds(7))
 }

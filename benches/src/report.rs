@@ -182,9 +182,14 @@ pub(crate) trait Bench {
         Err(format!("{}: measures several figures (measure_all)", self.name()).into())
     }
     /// The names of the figures one repetition measures, all in [`unit`](Self::unit)
-    /// (default: [`name`](Self::name) alone).
+    /// unless [`units`](Self::units) says otherwise (default: [`name`](Self::name) alone).
     fn names(&self) -> Vec<String> {
         vec![self.name()]
+    }
+    /// The unit of each figure of [`names`](Self::names) (default: [`unit`](Self::unit) for
+    /// all), for a repetition that times figures of different kinds (`ms` and a speed-up in `x`).
+    fn units(&self) -> Vec<&'static str> {
+        vec![self.unit(); self.names().len()]
     }
     /// One repetition measuring every figure of [`names`](Self::names), in that order
     /// (default: [`measure`](Self::measure)). For figures timed in one loop, as the reference
@@ -215,6 +220,7 @@ pub(crate) fn run_rotated(out: &mut Out, benches: &mut [Box<dyn Bench>], rounds:
         b.setup(rounds)?;
     }
     let names: Vec<Vec<String>> = benches.iter().map(|b| b.names()).collect();
+    let units: Vec<Vec<&'static str>> = benches.iter().map(|b| b.units()).collect();
     // values[bench][figure][round]
     let mut values: Vec<Vec<Vec<f64>>> = names
         .iter()
@@ -242,9 +248,9 @@ pub(crate) fn run_rotated(out: &mut Out, benches: &mut [Box<dyn Bench>], rounds:
         b.finish()?;
     }
     let group = GROUP.fetch_add(1, Ordering::Relaxed);
-    for ((b, ns), vs) in benches.iter().zip(&names).zip(&values) {
-        for (name, v) in ns.iter().zip(vs) {
-            out.emit(b.family(), name, v, b.unit());
+    for (((b, ns), us), vs) in benches.iter().zip(&names).zip(&units).zip(&values) {
+        for ((name, unit), v) in ns.iter().zip(us).zip(vs) {
+            out.emit(b.family(), name, v, unit);
             out.rounds(b.family(), group, name, v);
         }
     }

@@ -44,7 +44,9 @@ outputs in target/bench/<UTC label>/, prints every figure, and writes docs/bench
   --only LIST   groups (proc, proc.rss256MiB, pipe, pipe.roundtrip, pipe.throughput,
                 listener, listener.roundtrip, locks,
                 locks.uncontended, locks.contended2p, array, shm, shm.1MiB, shm.256MiB,
-                sync, sync.pingpong; a prefix selects its subgroups) and/or families
+                sync, sync.pingpong, queue, pool, pool.create, pool.map,
+                pool.apply_async, pool.imap_unordered, pool.cpu, executor; a prefix selects
+                its subgroups) and/or families
                 (mp, limits) of multiproc-benches; a partial run (report kept in the run
                 folder only)
   --no-python   skip the Python twin
@@ -405,12 +407,17 @@ struct Fig {
 #[derive(Debug, Default)]
 struct Figures {
     order: Vec<String>,
+    /// The last figure printed under each name.
     map: HashMap<String, Fig>,
+    /// Every figure printed under each name, in order: a raw limit measured in several
+    /// rotation groups (`pingpong.pipe.64B` next to the pipes and next to the pool) appears
+    /// once per group.
+    all: HashMap<String, Vec<Fig>>,
 }
 
 impl Figures {
     /// Reads `name<TAB>median<TAB>unit` lines, and `#spread` and `#rounds` lines from the
-    /// sibling `.err`.
+    /// sibling `.err` (the k-th such line of a name belongs to its k-th figure line).
     fn load(path: &Path) -> Self {
         let mut f = Self::default();
         let Ok(text) = fs::read_to_string(path) else {
@@ -424,38 +431,48 @@ impl Figures {
             let Ok(value) = p[1].parse::<f64>() else {
                 continue;
             };
-            if !f.map.contains_key(p[0]) {
+            if !f.all.contains_key(p[0]) {
                 f.order.push(p[0].to_string());
             }
-            f.map.insert(
-                p[0].to_string(),
-                Fig {
-                    value,
-                    text: p[1].to_string(),
-                    unit: p[2].to_string(),
-                    spread: None,
-                    rounds: None,
-                },
-            );
+            f.all.entry(p[0].to_string()).or_default().push(Fig {
+                value,
+                text: p[1].to_string(),
+                unit: p[2].to_string(),
+                spread: None,
+                rounds: None,
+            });
         }
         if let Ok(err) = fs::read_to_string(path.with_extension("err")) {
+            let mut seen_spread: HashMap<String, usize> = HashMap::new();
+            let mut seen_rounds: HashMap<String, usize> = HashMap::new();
             for line in err.lines() {
                 let p: Vec<&str> = line.split('\t').collect();
                 match (p.first().copied(), p.len()) {
                     (Some("#spread"), 7..) => {
-                        if let Some(x) = f.map.get_mut(p[1]) {
+                        let k = seen_spread.entry(p[1].to_string()).or_default();
+                        if let Some(x) = f.all.get_mut(p[1]).and_then(|v| v.get_mut(*k)) {
                             x.spread = Some((p[2].to_string(), p[4].to_string()));
                         }
+                        *k += 1;
                     }
                     (Some("#rounds"), 4..) => {
                         let vals: Option<Vec<f64>> =
                             p[3..].iter().map(|v| v.parse().ok()).collect();
-                        if let (Some(x), Some(vals)) = (f.map.get_mut(p[2]), vals) {
+                        let k = seen_rounds.entry(p[2].to_string()).or_default();
+                        if let (Some(x), Some(vals)) =
+                            (f.all.get_mut(p[2]).and_then(|v| v.get_mut(*k)), vals)
+                        {
                             x.rounds = Some((p[1].to_string(), vals));
                         }
+                        *k += 1;
                     }
                     _ => {}
                 }
+            }
+        }
+        for (name, v) in &f.all {
+            if let Some(last) = v.last() {
+                f.map.insert(name.clone(), last.clone());
             }
         }
         f
@@ -463,6 +480,20 @@ impl Figures {
 
     fn get(&self, name: &str) -> Option<&Fig> {
         self.map.get(name)
+    }
+
+    /// The figure `name` measured in the same rotation group as `with` (so the two can be
+    /// compared round by round), else the last one printed.
+    fn get_paired(&self, name: &str, with: Option<&Fig>) -> Option<&Fig> {
+        let group = with.and_then(|w| w.rounds.as_ref()).map(|(g, _)| g);
+        group
+            .and_then(|g| {
+                self.all.get(name).and_then(|v| {
+                    v.iter()
+                        .find(|x| x.rounds.as_ref().is_some_and(|(xg, _)| xg == g))
+                })
+            })
+            .or_else(|| self.get(name))
     }
 }
 
@@ -501,7 +532,7 @@ fn rate_scale(unit: &str) -> Option<f64> {
     match unit {
         "MB/s" => Some(1e6),
         "GB/s" => Some(1e9),
-        "items/s" | "ops/s" | "tasks/s" => Some(1.0),
+        "items/s" | "ops/s" | "tasks/s" | "x" => Some(1.0),
         _ => None,
     }
 }
@@ -617,6 +648,9 @@ enum Bound {
     /// Python's cost / multiproc's cost on the same figure (how many times faster multiproc
     /// is) is at least this; `limit` is unused.
     VsPythonAtLeast(f64),
+    /// The figure itself is at least this (a speed-up in `x`); `limit`, if not empty, is
+    /// shown beside it as the machine's ceiling.
+    AtLeast(f64),
 }
 
 /// One target of the issue: the figure against its limit, or against Python.
@@ -775,6 +809,42 @@ const TARGETS: &[Target] = &[
         1.5,
     ),
     Target {
+        what: "`Pool.map` of 100,000 trivial tasks, default chunk size, ≥ 20× Python's tasks/s",
+        figure: "pool.map.trivial.default_chunksize",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    Target {
+        what: "`Pool.map` of 10,000 trivial tasks, chunk size 1, ≥ 10× Python's tasks/s",
+        figure: "pool.map.trivial.chunksize1",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
+    },
+    at_most(
+        "`Pool.apply_async(noop).get()` round trip ≤ 2× raw pipe ping-pong",
+        "pool.apply_async.roundtrip",
+        "pingpong.pipe.64B",
+        2.0,
+    ),
+    Target {
+        what: "`Pool.map` of 200 CPU tasks on 2 workers: speed-up over serial ≥ 1.8",
+        figure: "pool.map.cpu200x_sum_range_2e5.speedup",
+        limit: "cpu.parallel_speedup.2proc",
+        bound: Bound::AtLeast(1.8),
+    },
+    Target {
+        what: "`ProcessPoolExecutor.submit(noop).result()` round trip ≥ 20× Python's",
+        figure: "executor.submit_result.roundtrip",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(20.0),
+    },
+    Target {
+        what: "`ProcessPoolExecutor.map` of 10,000 trivial calls, chunk size 1, ≥ 50× Python's tasks/s",
+        figure: "executor.map.trivial.chunksize1",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(50.0),
+    },
+    Target {
         what: "1 MiB items through a `Queue` ≥ 0.5× memcpy bandwidth",
         figure: "queue.item_1MiB",
         limit: "mem.memcpy_256MiB_warm",
@@ -826,7 +896,9 @@ const EXTRA_TARGETS: &[Target] = &[
 fn meets(bound: Bound, value: f64) -> bool {
     match bound {
         Bound::CostAtMost(max) => value <= max,
-        Bound::ThroughputAtLeast(min) | Bound::VsPythonAtLeast(min) => value >= min,
+        Bound::ThroughputAtLeast(min) | Bound::VsPythonAtLeast(min) | Bound::AtLeast(min) => {
+            value >= min
+        }
     }
 }
 
@@ -858,7 +930,8 @@ impl Report<'_> {
         let missing = |other: &str| ("not measured", format!("`{}` or {other} missing", t.figure));
         let (status, measured) = match t.bound {
             Bound::CostAtMost(_) | Bound::ThroughputAtLeast(_) => {
-                match (self.rust.get(t.figure), self.lim.get(t.limit)) {
+                let ours = self.rust.get(t.figure);
+                match (ours, self.lim.get_paired(t.limit, ours)) {
                     (Some(f), Some(l)) => match paired_ratio(f, l, 1.0) {
                         Some((r, paired)) => {
                             let (value, label) = match t.bound {
@@ -903,6 +976,25 @@ impl Report<'_> {
                     None => ("not measured", "units differ".into()),
                 },
                 _ => missing("its Python figure"),
+            },
+            Bound::AtLeast(_) => match self.rust.get(t.figure) {
+                Some(f) => {
+                    let ceiling = match self.lim.get_paired(t.limit, Some(f)) {
+                        Some(l) if !t.limit.is_empty() => {
+                            format!(" (ceiling `{}` = {} {})", t.limit, l.text, l.unit)
+                        }
+                        _ => String::new(),
+                    };
+                    (
+                        if meets(t.bound, f.value) {
+                            "**MET**"
+                        } else {
+                            "**NOT MET**"
+                        },
+                        format!("`{}` = **{} {}**{ceiling}", t.figure, f.text, f.unit),
+                    )
+                }
+                None => ("not measured", format!("`{}` missing", t.figure)),
             },
         };
         let _ = writeln!(s, "| {} | {measured} | {status} |", t.what);
@@ -1004,7 +1096,7 @@ impl Report<'_> {
             let ours = self.rust.get(&name);
             let theirs = self.py.get(&name);
             let pair = self.pair(&name);
-            let limit = pair.and_then(|(l, _)| self.lim.get(l));
+            let limit = pair.and_then(|(l, _)| self.lim.get_paired(l, ours));
             let factor = pair.map_or(1.0, |p| p.1);
             let lim_cell = match (pair, limit) {
                 (Some((l, f)), x) if f != 1.0 => format!("`{l}` ×{f}: {}", cell(x)),
