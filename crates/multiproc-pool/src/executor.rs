@@ -659,12 +659,11 @@ impl<T: Send + 'static> Future<T> {
     /// `false` if it is running or done (Python's `cancel()`). A cancelled future's result is
     /// [`PoolError::Cancelled`]; its done callbacks run now, on this thread.
     ///
-    /// The call's record stays in the executor's task ring: a worker that reaches it later
-    /// runs it and its result is dropped, and a worker that takes it in the very instant of
-    /// the cancel may run it while the future says cancelled. So a call with effects beyond
-    /// its result may still happen after a successful cancel (Python's never runs). The
-    /// executor's shutdown after a cancel stops the workers instead of letting them run such
-    /// records.
+    /// Exact: the call's state word in shared memory goes from queued to cancelled, or a
+    /// worker moves it from queued to running, by one compare-and-swap each, so a cancelled
+    /// call never runs (the worker that reaches its record skips it). A call whose state word
+    /// was taken by an older call still pending (more than 4096 calls queued at once) cannot
+    /// be cancelled: `false`.
     pub fn cancel(&self) -> bool {
         self.shared.cancel_call()
     }

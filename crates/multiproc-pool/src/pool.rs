@@ -440,7 +440,7 @@ impl Pool {
     }
 
     /// Results of `f` over `items` in input order, lazily (Python's `imap`, chunk size 1):
-    /// the input is read only as results are taken (a few chunks per worker ahead), so an
+    /// the input is read only as results are taken (at most 16 chunks per worker ahead), so an
     /// endless iterator works.
     pub fn imap<A: Task, R: Task, I: IntoIterator<Item = A>>(
         &self,
@@ -506,6 +506,9 @@ impl Drop for Pool {
         self.engine.terminate();
     }
 }
+
+/// Chunks per worker an `imap` keeps in flight (submitted, or done and waiting for their turn).
+const IMAP_AHEAD: usize = 16;
 
 thread_local! {
     /// The buffer a thread encodes large chunks into (kept: fresh memory costs page faults).
@@ -712,7 +715,7 @@ impl<'p, A: Task, R: Task, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             runner: engine::runner::<A, R>(),
             input,
             chunksize: opts.chunksize.unwrap_or(1),
-            window: 4 * pool.processes().max(2),
+            window: IMAP_AHEAD * pool.processes().max(2),
             ordered,
             tx,
             rx,

@@ -129,15 +129,7 @@ impl ByteRing {
     /// Takes the next record into `out` (cleared first), waiting up to `timeout` for one
     /// (`None`: as long as it takes); `false` on timeout.
     pub fn pop(&self, out: &mut Vec<u8>, timeout: Option<Duration>) -> Result<bool, RingError> {
-        let until = deadline(timeout);
-        let Some(mut c) = self.ring.consume(until) else {
-            return Ok(false);
-        };
-        match c.pop(until, out) {
-            Ok(Popped::Item) => Ok(true),
-            Ok(Popped::Timeout) => Ok(false),
-            Err(e) => Err(RingError::Corrupt(e.0)),
-        }
+        self.pop_claimed(out, timeout, &mut |_, _| {})
     }
 
     /// [`pop`](Self::pop), calling `claim(bytes, position)` once the record's first part is in
@@ -152,13 +144,26 @@ impl ByteRing {
         claim: &mut dyn FnMut(&[u8], u64),
     ) -> Result<bool, RingError> {
         let until = deadline(timeout);
-        let Some(mut c) = self.ring.consume(until) else {
-            return Ok(false);
-        };
-        match c.pop_claimed(until, out, claim) {
-            Ok(Popped::Item) => Ok(true),
-            Ok(Popped::Timeout) => Ok(false),
-            Err(e) => Err(RingError::Corrupt(e.0)),
+        loop {
+            // Wait for a record without holding the consumers' lock: a waiting consumer that
+            // held it would make the next one queue on the lock, and every record would end
+            // with a lock hand-off between sleeping processes.
+            if !self.ring.wait_not_empty(until) {
+                return Ok(false);
+            }
+            let Some(mut c) = self.ring.consume(until) else {
+                return Ok(false);
+            };
+            match c.pop_claimed(Some(Instant::now()), out, claim) {
+                Ok(Popped::Item) => return Ok(true),
+                // Another consumer took it first.
+                Ok(Popped::Timeout) => {
+                    if until.is_some_and(|u| Instant::now() >= u) {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(RingError::Corrupt(e.0)),
+            }
         }
     }
 

@@ -479,6 +479,22 @@ impl Ring {
 
     // ---------------------------------------------------------------- consumers
 
+    /// Waits, without taking clock, until a record is published and not yet taken (or
+    /// `deadline`); whether one is. Consumers that wait here instead of inside
+    /// [`Consumer::pop`] leave clock free, so a producer's notification wakes them without a
+    /// lock hand-off (a pool's idle workers).
+    pub(crate) fn wait_not_empty(&self, deadline: Deadline) -> bool {
+        let ready = || pos(self.ctl[TAIL].load(Acquire)) != pos(self.ctl[HEAD].load(Acquire));
+        loop {
+            if sleep_on(&self.ev[..], NOT_EMPTY, &ready, deadline) {
+                return true;
+            }
+            if expired(deadline) {
+                return ready();
+            }
+        }
+    }
+
     /// Takes clock (until `deadline`) and returns a consumer holding it.
     #[inline]
     pub(crate) fn consume(&self, deadline: Deadline) -> Option<Consumer<'_>> {
