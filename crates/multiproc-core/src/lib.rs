@@ -72,6 +72,7 @@ mod state;
 // The system-call layer (docs/unsafe.md lists every unsafe module of the crate).
 mod sys;
 mod wait;
+mod wire;
 
 pub use crate::atfork::{ForkGuard, fork_guard, register_after_fork, register_at_child_exit};
 pub use crate::error::{Error, Result};
