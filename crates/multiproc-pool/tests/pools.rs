@@ -65,6 +65,7 @@ fn main() {
             "a_panicking_callback_spares_the_pool",
             a_panicking_callback_spares_the_pool,
         ),
+        ("workers_ignore_sigint", workers_ignore_sigint),
         (
             "handles_with_fds_are_refused_as_arguments",
             sync_handles_as_task_arguments,
@@ -387,8 +388,7 @@ fn die_at(x: u32) -> u32 {
 
 fn killed_worker_fails_only_its_task_50_times(m: StartMethod) -> Result<(), Failed> {
     let p = pool(m, 2)?;
-    let rounds = if m == StartMethod::Fork { 50 } else { 20 };
-    for round in 0..rounds {
+    for round in 0..50 {
         let all: Vec<Result<u32, PoolError>> = p
             .imap_with(die_at, 0..40, MapOptions::new().chunksize(1))
             .collect();
@@ -631,5 +631,32 @@ fn sync_handles_as_task_arguments(m: StartMethod) -> Result<(), Failed> {
     );
     check!(!e.is_set(), "no worker ran the task");
     check!(p.apply(square, 5).map_err(fail)? == 25, "the pool goes on");
+    Ok(())
+}
+
+fn workers_ignore_sigint(m: StartMethod) -> Result<(), Failed> {
+    let p = pool(m, 2)?;
+    check!(p.apply(square, 2).map_err(fail)? == 4, "a first task");
+    let before = p.pids();
+    let busy = p.apply_async(spin_ms, 300).map_err(fail)?;
+    for &pid in &before {
+        let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("a pid")?;
+        rustix::process::kill_process(pid, rustix::process::Signal::INT)
+            .map_err(|e| format!("SIGINT: {e}"))?;
+    }
+    // Ctrl-C reaches the whole process group; the workers go on (the parent decides).
+    check!(
+        busy.get_timeout(LONG) == Ok(300),
+        "the task a worker was running"
+    );
+    check!(
+        p.map(square, 0..10).map_err(fail)?.len() == 10,
+        "the next map"
+    );
+    check!(
+        p.pids() == before,
+        "workers replaced after SIGINT: {before:?} -> {:?}",
+        p.pids()
+    );
     Ok(())
 }
