@@ -66,6 +66,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Release};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -369,6 +371,7 @@ impl ProcessPoolExecutor {
             }),
             value: Mutex::new(None),
             cv: Condvar::new(),
+            settled: AtomicBool::new(false),
         })
     }
 
@@ -486,6 +489,8 @@ struct Shared<T> {
     value: Mutex<Option<Result<T, PoolError>>>,
     /// Notified (under `state`) when the status leaves `Pending`.
     cv: Condvar,
+    /// Set (under `state`) when the status leaves `Pending`: what waiters spin on briefly.
+    settled: AtomicBool,
 }
 
 impl<T: Send + 'static> Shared<T> {
@@ -508,6 +513,7 @@ impl<T: Send + 'static> Shared<T> {
         let (callbacks, waiters) = {
             let mut st = self.state.lock();
             st.status = status;
+            self.settled.store(true, Release);
             self.cv.notify_all();
             (
                 std::mem::take(&mut st.callbacks),
@@ -539,6 +545,18 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     fn wait_until(&self, until: Option<Instant>) -> bool {
+        // A result usually comes within microseconds: spin, then yield, before sleeping (a
+        // sleeping waiter costs a futex wake-up on the result thread and on this one).
+        for i in 0..200 {
+            if self.settled.load(Acquire) {
+                return true;
+            }
+            if i < 100 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
         let mut st = self.state.lock();
         while matches!(st.status, Status::Pending) {
             match until {
