@@ -545,17 +545,8 @@ impl<T: Send + 'static> Shared<T> {
     }
 
     fn wait_until(&self, until: Option<Instant>) -> bool {
-        // A result usually comes within microseconds: spin, then yield, before sleeping (a
-        // sleeping waiter costs a futex wake-up on the result thread and on this one).
-        for i in 0..200 {
-            if self.settled.load(Acquire) {
-                return true;
-            }
-            if i < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        if crate::pool::spin_briefly(|| self.settled.load(Acquire)) {
+            return true;
         }
         let mut st = self.state.lock();
         while matches!(st.status, Status::Pending) {

@@ -528,6 +528,23 @@ struct Gather<R> {
 
 // ---------------------------------------------------------------------- AsyncResult
 
+/// Whether `ready()` comes true within a brief spin, then a few yields: a result usually comes
+/// within microseconds, and a waiter that sleeps costs a futex wake-up on the result thread
+/// and on its own.
+pub(crate) fn spin_briefly(ready: impl Fn() -> bool) -> bool {
+    for i in 0..200 {
+        if ready() {
+            return true;
+        }
+        if i < 100 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+    ready()
+}
+
 /// The shared state behind an [`AsyncResult`].
 pub(crate) struct Cell<R> {
     value: Mutex<Option<Result<R, PoolError>>>,
@@ -563,15 +580,8 @@ impl<R> Cell<R> {
     /// Waits until ready or `until`; spins and yields briefly first (a result usually comes
     /// within microseconds).
     pub(crate) fn wait_until(&self, until: Option<Instant>) -> bool {
-        for i in 0..200 {
-            if self.is_ready() {
-                return true;
-            }
-            if i < 100 {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
+        if spin_briefly(|| self.is_ready()) {
+            return true;
         }
         let mut v = self.value.lock();
         while !self.is_ready() {
