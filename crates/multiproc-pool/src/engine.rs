@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use multiproc_core::heap::{ATOMIC_KINDS, SharedSlice};
 use multiproc_core::{AnyFnRef, CallError, FnRef, Panicked, Process, StartMethod};
-use multiproc_ipc::queue::ByteRing;
+use multiproc_ipc::queue::{ByteRing, RingError};
 use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,10 @@ const BROKEN: u8 = 6;
 const TASK_RING: usize = 1 << 20;
 /// Result ring size.
 const RESULT_RING: usize = 1 << 20;
+
+/// How long a push into the task ring waits for room before it checks that the pool still
+/// runs.
+const PUSH_SLICE: Duration = Duration::from_millis(100);
 
 /// How long `join` waits for workers to take their stop records before it kills them.
 const JOIN_GRACE: Duration = Duration::from_secs(30);
@@ -325,9 +329,39 @@ impl Engine {
             }
             st.pending.insert(id, sink);
         }
-        if let Err(e) = self.tasks.push(record, None) {
-            self.state.lock().pending.remove(&id);
-            return Err(PoolError::Os(format!("the task ring: {e}")));
+        self.push_records(&[(id, record)])
+    }
+
+    /// Pushes task records (whose sinks are pending) into the task ring, waiting for room in
+    /// slices: a pool terminated or broken meanwhile (whose workers will never make room)
+    /// fails the records not yet pushed instead of blocking forever.
+    fn push_records(&self, records: &[(u64, &[u8])]) -> Result<(), PoolError> {
+        let bytes: Vec<&[u8]> = records.iter().map(|(_, r)| *r).collect();
+        let mut done = 0;
+        while done < bytes.len() {
+            match self.tasks.push_many(&bytes[done..], Some(PUSH_SLICE)) {
+                Ok(()) => return Ok(()),
+                Err((n, e)) => {
+                    done += n;
+                    let st = self.state.lock();
+                    let stop = match (&e, &st.broken, st.phase) {
+                        (RingError::Corrupt(why), _, _) => {
+                            Some(PoolError::Os(format!("the task ring: {why}")))
+                        }
+                        (_, Some(why), _) => Some(why.clone()),
+                        (_, None, Phase::Done) => Some(PoolError::Terminated),
+                        _ => None,
+                    };
+                    drop(st);
+                    if let Some(why) = stop {
+                        let mut st = self.state.lock();
+                        for (id, _) in &records[done..] {
+                            st.pending.remove(id);
+                        }
+                        return Err(why);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -349,17 +383,8 @@ impl Engine {
                 records.push((id, rec));
             }
         }
-        let mut it = records.iter().map(|(_, r)| r.as_slice());
-        match self.tasks.push_many(&mut it, None) {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                let mut st = self.state.lock();
-                for (id, _) in &records {
-                    st.pending.remove(id);
-                }
-                Err(PoolError::Os(format!("the task ring: {e}")))
-            }
-        }
+        let refs: Vec<(u64, &[u8])> = records.iter().map(|(id, r)| (*id, r.as_slice())).collect();
+        self.push_records(&refs)
     }
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record

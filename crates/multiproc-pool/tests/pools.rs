@@ -66,6 +66,11 @@ fn main() {
             a_panicking_callback_spares_the_pool,
         ),
         ("workers_ignore_sigint", workers_ignore_sigint),
+        ("pools_back_to_back", pools_back_to_back),
+        (
+            "terminate_frees_a_map_blocked_on_a_full_ring",
+            terminate_frees_a_map_blocked_on_a_full_ring,
+        ),
         (
             "handles_with_fds_are_refused_as_arguments",
             sync_handles_as_task_arguments,
@@ -636,8 +641,21 @@ fn sync_handles_as_task_arguments(m: StartMethod) -> Result<(), Failed> {
 
 fn workers_ignore_sigint(m: StartMethod) -> Result<(), Failed> {
     let p = pool(m, 2)?;
-    check!(p.apply(square, 2).map_err(fail)? == 4, "a first task");
+    // Both workers have run a task, so both are past their start (a worker still starting
+    // has not set SIGINT aside yet: Ctrl-C then kills it, and it is replaced).
     let before = p.pids();
+    let until = Instant::now() + LONG;
+    let mut seen = HashSet::new();
+    while seen.len() < before.len() {
+        check!(
+            Instant::now() < until,
+            "only {seen:?} of {before:?} ran a task"
+        );
+        seen.extend(
+            p.map_with(pid_of, 0..64, MapOptions::new().chunksize(1))
+                .map_err(fail)?,
+        );
+    }
     let busy = p.apply_async(spin_ms, 300).map_err(fail)?;
     for &pid in &before {
         let pid = rustix::process::Pid::from_raw(pid as i32).ok_or("a pid")?;
@@ -658,5 +676,53 @@ fn workers_ignore_sigint(m: StartMethod) -> Result<(), Failed> {
         "workers replaced after SIGINT: {before:?} -> {:?}",
         p.pids()
     );
+    Ok(())
+}
+
+fn len_of(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+fn terminate_frees_a_map_blocked_on_a_full_ring(m: StartMethod) -> Result<(), Failed> {
+    let p = pool(m, 1)?;
+    // The only worker sleeps, so the map's 8 MiB of arguments cannot all fit the 1 MiB task
+    // ring: its submission waits for room that never comes, until the pool is terminated.
+    let sleeper = p.apply_async(sleep_secs, 120).map_err(fail)?;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<usize, PoolError>>();
+    std::thread::scope(|s| -> Result<(), Failed> {
+        s.spawn(|| {
+            let r = p.map_with(
+                len_of,
+                vec![vec![0u8; 64 << 10]; 128],
+                MapOptions::new().chunksize(1),
+            );
+            let _ = tx.send(r.map(|v| v.len()));
+        });
+        p.terminate();
+        match rx.recv_timeout(LONG) {
+            Ok(Err(PoolError::Terminated)) | Ok(Err(PoolError::Closed)) => Ok(()),
+            Ok(other) => Err(Failed::from(format!(
+                "the blocked map ended with {other:?}"
+            ))),
+            Err(_) => Err(Failed::from("the map stayed blocked after terminate")),
+        }
+    })?;
+    check!(
+        sleeper.get() == Err(PoolError::Terminated),
+        "the sleeping task"
+    );
+    Ok(())
+}
+
+/// A pool dropped and the next created at once, many times: no refusal (the dropped pool's
+/// threads may still be counted for a moment), no process left.
+fn pools_back_to_back(m: StartMethod) -> Result<(), Failed> {
+    let rounds = if m == StartMethod::Fork { 100 } else { 20 };
+    for round in 0..rounds {
+        let p = pool(m, 2).map_err(|e| format!("round {round}: {e:?}"))?;
+        check!(p.apply(square, 3).map_err(fail)? == 9, "round {round}");
+    }
+    let children = multiproc_core::active_children();
+    check!(children.is_empty(), "children left: {children:?}");
     Ok(())
 }

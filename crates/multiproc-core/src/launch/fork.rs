@@ -41,7 +41,17 @@ pub(crate) fn forget_library_threads() {
 /// opted in); stdout and stderr are flushed first; core's locks are free at the fork.
 pub(crate) fn fork() -> Result<Option<Pid>> {
     if !sys::fork_with_threads_allowed() {
-        let threads = thread_count().saturating_sub(LIBRARY_THREADS.load(Ordering::Relaxed));
+        let others = || thread_count().saturating_sub(LIBRARY_THREADS.load(Ordering::Relaxed));
+        let mut threads = others();
+        // A thread that was just joined can still be counted for a moment: the kernel wakes
+        // its joiner (clearing its tid) before the thread leaves the thread group. A pool
+        // dropped right before the next one is created joins two threads this way. Give such
+        // threads a moment to go before refusing.
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        while threads > 1 && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            threads = others();
+        }
         if threads > 1 {
             return Err(Error::ForkWithThreads { threads });
         }

@@ -101,29 +101,25 @@ impl ByteRing {
     /// Commits one record, waiting for room (and for other producers) up to `timeout`
     /// (`None`: as long as it takes).
     pub fn push(&self, record: &[u8], timeout: Option<Duration>) -> Result<(), RingError> {
-        self.push_many(&mut std::iter::once(record), timeout)
-            .map(|_| ())
+        self.push_many(&[record], timeout).map_err(|(_, e)| e)
     }
 
     /// Commits records one after the other under one hold of the producer side, making them
-    /// visible in batches; returns how many were committed (fewer than given only on
-    /// `Err`, which names why the next one was not).
+    /// visible in batches; on `Err((n, why))` the first `n` were committed and the rest not.
     pub fn push_many(
         &self,
-        records: &mut dyn Iterator<Item = &[u8]>,
+        records: &[&[u8]],
         timeout: Option<Duration>,
-    ) -> Result<usize, RingError> {
+    ) -> Result<(), (usize, RingError)> {
         let until = deadline(timeout);
-        let mut p = self.ring.produce(until).map_err(stop)?;
-        let mut done = 0;
-        for r in records {
-            p.push(r, until).map_err(stop)?;
-            done += 1;
-            if done % 32 == 0 {
+        let mut p = self.ring.produce(until).map_err(|e| (0, stop(e)))?;
+        for (done, r) in records.iter().enumerate() {
+            p.push(r, until).map_err(|e| (done, stop(e)))?;
+            if done % 32 == 31 {
                 p.publish();
             }
         }
-        Ok(done)
+        Ok(())
     }
 
     /// Takes the next record into `out` (cleared first), waiting up to `timeout` for one
