@@ -59,8 +59,9 @@
 //!   Python fails every pending future and refuses all later work.
 //! - [`max_tasks_per_child`](ProcessPoolExecutorBuilder::max_tasks_per_child) works under all
 //!   three start methods (CPython refuses it under fork).
-//! - [`Future::cancel`] takes a queued call back, but its record stays in the task ring: see
-//!   there for what that means.
+//! - [`Future::cancel`] is exact like Python's (a cancelled call never runs), and also
+//!   succeeds for a call already handed to the workers' ring as long as no worker has started
+//!   it (Python's fails once a call is in its call queue).
 //! - Workers are started with the executor, not on demand.
 
 use std::collections::{HashMap, HashSet, VecDeque};
