@@ -90,8 +90,8 @@ const JOIN_GRACE: Duration = Duration::from_secs(30);
 /// What a chunk came to: its encoded results (`Vec<Result<R, Panicked>>`), or why there are
 /// none.
 pub(crate) enum Outcome {
-    /// The runner's encoded output: the bytes from the offset on.
-    Done(Bytes, usize),
+    /// The runner's encoded output.
+    Done(Bytes),
     /// The chunk failed as a whole.
     Failed(PoolError),
 }
@@ -106,10 +106,14 @@ pub(crate) struct Bytes {
 impl std::ops::Deref for Bytes {
     type Target = [u8];
 
+    /// The record's body (after its id and kind).
     fn deref(&self) -> &[u8] {
-        &self.buf
+        &self.buf[RESULT_HEAD..]
     }
 }
+
+/// A result record's id and kind bytes.
+const RESULT_HEAD: usize = 9;
 
 impl Drop for Bytes {
     fn drop(&mut self) {
@@ -179,8 +183,19 @@ struct State {
     /// Chunks whose worker the monitor killed for overrunning the time limit.
     timed_out: HashSet<u64>,
     broken: Option<PoolError>,
-    /// Bumped whenever `workers` changes (the monitor re-reads it).
-    generation: u64,
+}
+
+impl State {
+    /// Whether new tasks are taken: not once closed, terminated or broken.
+    fn accepting(&self) -> Result<(), PoolError> {
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        if self.phase != Phase::Running {
+            return Err(PoolError::Closed);
+        }
+        Ok(())
+    }
 }
 
 /// The parent's side of a pool.
@@ -220,7 +235,6 @@ impl Engine {
                 workers: (0..n).map(|_| None).collect(),
                 timed_out: HashSet::new(),
                 broken: None,
-                generation: 0,
             }),
             changed: Condvar::new(),
             next_id: AtomicU64::new(1),
@@ -321,22 +335,16 @@ impl Engine {
     pub(crate) fn submit(&self, id: u64, record: &[u8], sink: Sink) -> Result<(), PoolError> {
         {
             let mut st = self.state.lock();
-            if let Some(why) = &st.broken {
-                return Err(why.clone());
-            }
-            if st.phase != Phase::Running {
-                return Err(PoolError::Closed);
-            }
+            st.accepting()?;
             st.pending.insert(id, sink);
         }
-        self.push_records(&[(id, record)])
+        self.push_records(&[id], &[record])
     }
 
     /// Pushes task records (whose sinks are pending) into the task ring, waiting for room in
     /// slices: a pool terminated or broken meanwhile (whose workers will never make room)
     /// fails the records not yet pushed instead of blocking forever.
-    fn push_records(&self, records: &[(u64, &[u8])]) -> Result<(), PoolError> {
-        let bytes: Vec<&[u8]> = records.iter().map(|(_, r)| *r).collect();
+    fn push_records(&self, ids: &[u64], bytes: &[&[u8]]) -> Result<(), PoolError> {
         let mut done = 0;
         while done < bytes.len() {
             match self.tasks.push_many(&bytes[done..], Some(PUSH_SLICE)) {
@@ -355,7 +363,7 @@ impl Engine {
                     drop(st);
                     if let Some(why) = stop {
                         let mut st = self.state.lock();
-                        for (id, _) in &records[done..] {
+                        for id in &ids[done..] {
                             st.pending.remove(id);
                         }
                         return Err(why);
@@ -372,19 +380,15 @@ impl Engine {
         let mut records = Vec::with_capacity(batch.len());
         {
             let mut st = self.state.lock();
-            if let Some(why) = &st.broken {
-                return Err(why.clone());
-            }
-            if st.phase != Phase::Running {
-                return Err(PoolError::Closed);
-            }
+            st.accepting()?;
             for (id, rec, sink) in batch {
                 st.pending.insert(id, sink);
                 records.push((id, rec));
             }
         }
-        let refs: Vec<(u64, &[u8])> = records.iter().map(|(id, r)| (*id, r.as_slice())).collect();
-        self.push_records(&refs)
+        let ids: Vec<u64> = records.iter().map(|(id, _)| *id).collect();
+        let bytes: Vec<&[u8]> = records.iter().map(|(_, r)| r.as_slice()).collect();
+        self.push_records(&ids, &bytes)
     }
 
     /// Takes `sink` back if the chunk has not started (for an executor's `cancel`): the record
@@ -561,22 +565,19 @@ impl Engine {
 
     /// Handles one result record; `false` on `SHUTDOWN`. Deaths are queued in `deaths`.
     fn take_record(&self, rec: Vec<u8>, deaths: &mut Vec<u32>) -> bool {
-        if rec.len() < 9 {
+        if rec.len() < RESULT_HEAD {
             return true;
         }
         let id = u64::from_le_bytes(rec[..8].try_into().expect("8 bytes"));
         let kind = rec[8];
-        let body = &rec[9..];
+        let body = &rec[RESULT_HEAD..];
         match kind {
             OK | CALL_ERR => {
                 let outcome = if kind == OK {
-                    Outcome::Done(
-                        Bytes {
-                            buf: rec,
-                            home: Arc::clone(&self.spares),
-                        },
-                        9,
-                    )
+                    Outcome::Done(Bytes {
+                        buf: rec,
+                        home: Arc::clone(&self.spares),
+                    })
                 } else {
                     let e: Result<CallError, _> = postcard::from_bytes(body);
                     Outcome::Failed(match e {
@@ -681,46 +682,35 @@ impl Engine {
         for w in words {
             w.store(0, Relaxed);
         }
-        // A replacement, unless the pool is stopping or broken.
-        let replace = {
+        // A replacement, unless the worker took a stop record or the pool is stopping or broken.
+        let replace = held != STOPPED && {
             let st = self.state.lock();
             matches!(st.phase, Phase::Running | Phase::Closed)
                 && st.broken.is_none()
                 && !self.shutting_down.load(Relaxed)
         };
-        let mut st = self.state.lock();
-        if replace && held != STOPPED {
-            drop(st);
-            let started = self.start_worker(slot);
-            st = self.state.lock();
-            match started {
+        if replace {
+            match self.start_worker(slot) {
+                Ok(w) if self.shutting_down.load(Relaxed) => {
+                    let _ = w.process.kill();
+                    let _ = w.process.join();
+                }
                 Ok(w) => {
-                    if self.shutting_down.load(Relaxed) {
-                        let _ = w.process.kill();
-                        let _ = w.process.join();
-                    } else {
-                        // `join` counted the workers before this one came: it needs its own
-                        // stop record.
-                        let stopping = st.phase == Phase::Stopping;
-                        st.workers[slot] = Some(w);
-                        if stopping {
-                            drop(st);
-                            let _ = self.tasks.push(&STOP.to_le_bytes(), Some(JOIN_GRACE));
-                            st = self.state.lock();
-                        }
+                    let mut st = self.state.lock();
+                    // `join` counted the workers before this one came: it needs its own stop
+                    // record.
+                    let stopping = st.phase == Phase::Stopping;
+                    st.workers[slot] = Some(w);
+                    drop(st);
+                    if stopping {
+                        let _ = self.tasks.push(&STOP.to_le_bytes(), Some(JOIN_GRACE));
                     }
                 }
-                Err(e) => {
-                    drop(st);
-                    self.break_pool(PoolError::Os(format!(
-                        "cannot start a replacement worker: {e}"
-                    )));
-                    st = self.state.lock();
-                }
+                Err(e) => self.break_pool(PoolError::Os(format!(
+                    "cannot start a replacement worker: {e}"
+                ))),
             }
         }
-        st.generation += 1;
-        drop(st);
         self.changed.notify_all();
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
@@ -1015,45 +1005,6 @@ where
     multiproc_core::reduction::append(&(f, args), rec).map_err(|e| PoolError::Args(e.to_string()))
 }
 
-/// Decodes a chunk's outcome: `Ok` with every value when all `n` tasks returned, else the
-/// result of each task.
-pub(crate) fn decode_values<R: DeserializeOwned>(
-    outcome: Outcome,
-    n: usize,
-) -> Result<Vec<R>, Vec<Result<R, PoolError>>> {
-    let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
-    match outcome {
-        Outcome::Done(bytes, at) => {
-            match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes[at..]) {
-                Ok(Ok((values, panics))) if values.len() + panics.len() == n => {
-                    if panics.is_empty() {
-                        return Ok(values);
-                    }
-                    let mut out = Vec::with_capacity(n);
-                    let mut values = values.into_iter();
-                    let mut panics = panics.into_iter().peekable();
-                    for i in 0..n {
-                        match panics.next_if(|(at, _)| *at as usize == i) {
-                            Some((_, p)) => out.push(Err(PoolError::Panicked(p))),
-                            None => out.push(values.next().ok_or_else(|| {
-                                PoolError::Result("a chunk's results do not add up".into())
-                            })),
-                        }
-                    }
-                    Err(out)
-                }
-                Ok(Ok((values, panics))) => Err(all(PoolError::Result(format!(
-                    "a chunk of {n} tasks returned {} results",
-                    values.len() + panics.len()
-                )))),
-                Ok(Err(e)) => Err(all(PoolError::Function(fn_error(e)))),
-                Err(e) => Err(all(PoolError::Result(e.to_string()))),
-            }
-        }
-        Outcome::Failed(e) => Err(all(e)),
-    }
-}
-
 /// Decodes a chunk's outcome by appending its `n` values to `out`; on a failure, the first
 /// failed task's error (and `out` holds some of the chunk's values).
 pub(crate) fn decode_append<R: DeserializeOwned>(
@@ -1062,11 +1013,11 @@ pub(crate) fn decode_append<R: DeserializeOwned>(
     out: &mut Vec<R>,
 ) -> Result<(), PoolError> {
     let bytes = match outcome {
-        Outcome::Done(bytes, at) => (bytes, at),
+        Outcome::Done(bytes) => bytes,
         Outcome::Failed(e) => return Err(e),
     };
     let before = out.len();
-    let mut de = postcard::Deserializer::from_bytes(&bytes.0[bytes.1..]);
+    let mut de = postcard::Deserializer::from_bytes(&bytes);
     let decoded = serde::de::DeserializeSeed::deserialize(seed::ChunkSeed { out }, &mut de);
     match decoded {
         Ok(Ok(mut panics)) => {
@@ -1091,9 +1042,34 @@ pub(crate) fn decode_chunk<R: DeserializeOwned>(
     outcome: Outcome,
     n: usize,
 ) -> Vec<Result<R, PoolError>> {
-    match decode_values(outcome, n) {
-        Ok(values) => values.into_iter().map(Ok).collect(),
-        Err(each) => each,
+    let all = |e: PoolError| (0..n).map(|_| Err(e.clone())).collect();
+    match outcome {
+        Outcome::Done(bytes) => match postcard::from_bytes::<Result<ChunkOut<R>, String>>(&bytes) {
+            Ok(Ok((values, panics))) if values.len() + panics.len() == n => {
+                if panics.is_empty() {
+                    return values.into_iter().map(Ok).collect();
+                }
+                let mut out = Vec::with_capacity(n);
+                let mut values = values.into_iter();
+                let mut panics = panics.into_iter().peekable();
+                for i in 0..n {
+                    match panics.next_if(|(at, _)| *at as usize == i) {
+                        Some((_, p)) => out.push(Err(PoolError::Panicked(p))),
+                        None => out.push(values.next().ok_or_else(|| {
+                            PoolError::Result("a chunk's results do not add up".into())
+                        })),
+                    }
+                }
+                out
+            }
+            Ok(Ok((values, panics))) => all(PoolError::Result(format!(
+                "a chunk of {n} tasks returned {} results",
+                values.len() + panics.len()
+            ))),
+            Ok(Err(e)) => all(PoolError::Function(fn_error(e))),
+            Err(e) => all(PoolError::Result(e.to_string())),
+        },
+        Outcome::Failed(e) => all(e),
     }
 }
 

@@ -549,7 +549,6 @@ pub(crate) fn spin_briefly(ready: impl Fn() -> bool) -> bool {
 pub(crate) struct Cell<R> {
     value: Mutex<Option<Result<R, PoolError>>>,
     ready: AtomicBool,
-    taken: AtomicBool,
     cv: Condvar,
 }
 
@@ -558,7 +557,6 @@ impl<R> Cell<R> {
         Cell {
             value: Mutex::new(None),
             ready: AtomicBool::new(false),
-            taken: AtomicBool::new(false),
             cv: Condvar::new(),
         }
     }
@@ -600,10 +598,7 @@ impl<R> Cell<R> {
     pub(crate) fn take(&self) -> Result<R, PoolError> {
         let mut v = self.value.lock();
         match v.take() {
-            Some(r) => {
-                self.taken.store(true, Release);
-                r
-            }
+            Some(r) => r,
             None => Err(PoolError::ResultTaken),
         }
     }
@@ -747,8 +742,11 @@ impl<'p, A: Task, R: Task, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             self.exhausted = true;
             return Ok(());
         };
+        let first = self.next_index;
         let mut batch = Vec::new();
-        while !self.exhausted && self.sizes.len() + self.early.len() + batch.len() < self.window {
+        let mut built = Ok(());
+        // `sizes` counts the chunks in flight, these new ones included.
+        while !self.exhausted && self.sizes.len() + self.early.len() < self.window {
             let chunk: Vec<A> = self.input.by_ref().take(self.chunksize).collect();
             if chunk.is_empty() {
                 self.exhausted = true;
@@ -756,25 +754,31 @@ impl<'p, A: Task, R: Task, I: Iterator<Item = A>> Imap<'p, A, R, I> {
             }
             let idx = self.next_index;
             self.next_index += 1;
+            self.sizes.insert(idx, chunk.len());
             let id = self.pool.engine.new_id();
             let mut rec = Engine::record(id, runner, room::<A>(chunk.len()));
-            engine::encode_chunk(&mut rec, &f, &chunk)?;
+            if let Err(e) = engine::encode_chunk(&mut rec, &f, &chunk) {
+                built = Err(e);
+                break;
+            }
             let tx = self.tx.clone();
             let sink: Sink = Box::new(move |o| {
                 let _ = tx.send((idx, o));
             });
-            self.sizes.insert(idx, chunk.len());
             batch.push((id, rec, sink));
         }
-        if !batch.is_empty() {
-            let sent: Vec<u64> = self.sizes.keys().rev().take(batch.len()).copied().collect();
-            if let Err(e) = self.pool.engine.submit_many(batch) {
-                for idx in sent {
-                    self.sizes.remove(&idx);
-                }
-                self.exhausted = true;
-                return Err(e);
+        let sent = match built {
+            Ok(()) if batch.is_empty() => return Ok(()),
+            Ok(()) => self.pool.engine.submit_many(batch),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            // None of these chunks is in flight: forget them, so no `next` waits for them.
+            for idx in first..self.next_index {
+                self.sizes.remove(&idx);
             }
+            self.exhausted = true;
+            return Err(e);
         }
         Ok(())
     }

@@ -135,11 +135,14 @@ fn map_async_and_starmap(m: StartMethod) -> Result<(), Failed> {
     check!(r.wait_timeout(LONG), "map_async never finished");
     check!(r.successful() == Some(true), "map_async not successful");
     check!(
-        r.get().map_err(fail)? == [1, 4, 9, 16, 25],
+        r.get_timeout(LONG).map_err(fail)? == [1, 4, 9, 16, 25],
         "map_async values"
     );
     let empty = p.map_async(square, Vec::new(), Some(3)).map_err(fail)?;
-    check!(empty.get().map_err(fail)?.is_empty(), "empty map_async");
+    check!(
+        empty.get_timeout(LONG).map_err(fail)?.is_empty(),
+        "empty map_async"
+    );
     Ok(())
 }
 
@@ -231,7 +234,7 @@ fn callbacks_run_once_in_the_parent(m: StartMethod) -> Result<(), Failed> {
     }
     let mut outcomes = Vec::new();
     for r in results {
-        outcomes.push(r.get());
+        outcomes.push(r.get_timeout(LONG));
     }
     let calls = calls.lock().clone();
     check!(calls.len() == 2, "two callbacks in all: {calls:?}");
@@ -510,7 +513,7 @@ fn close_join_and_terminate(m: StartMethod) -> Result<(), Failed> {
     );
     p.join().map_err(fail)?;
     for (i, r) in pending.into_iter().enumerate() {
-        check!(r.get() == Ok(i as u64), "task {i} after join");
+        check!(r.get_timeout(LONG) == Ok(i as u64), "task {i} after join");
     }
     check!(
         p.pids().is_empty(),
@@ -522,7 +525,7 @@ fn close_join_and_terminate(m: StartMethod) -> Result<(), Failed> {
     let slow = p.apply_async(sleep_secs, 120).map_err(fail)?;
     p.terminate();
     check!(
-        slow.get() == Err(PoolError::Terminated),
+        slow.get_timeout(LONG) == Err(PoolError::Terminated),
         "pending after terminate"
     );
     p.join().map_err(fail)?;
@@ -614,7 +617,10 @@ fn a_panicking_callback_spares_the_pool(m: StartMethod) -> Result<(), Failed> {
     let r = p
         .apply_async_with(square, 3, |_| panic!("a callback that panics"), |_| {})
         .map_err(fail)?;
-    check!(r.get() == Ok(9), "the result is still delivered");
+    check!(
+        r.get_timeout(LONG) == Ok(9),
+        "the result is still delivered"
+    );
     check!(p.apply(square, 4).map_err(fail)? == 16, "the pool goes on");
     Ok(())
 }
@@ -635,6 +641,14 @@ fn sync_handles_as_task_arguments(m: StartMethod) -> Result<(), Failed> {
         "{r:?}"
     );
     check!(!e.is_set(), "no worker ran the task");
+    // Through `imap`: the error once, then the end (no wait for chunks never sent).
+    let mut it = p.imap(set_event, vec![e.clone(); 3]);
+    check!(
+        matches!(it.next(), Some(Err(PoolError::Args(_)))),
+        "imap's first item"
+    );
+    check!(it.next().is_none(), "imap ends after the error");
+    drop(it);
     check!(p.apply(square, 5).map_err(fail)? == 25, "the pool goes on");
     Ok(())
 }
@@ -708,7 +722,7 @@ fn terminate_frees_a_map_blocked_on_a_full_ring(m: StartMethod) -> Result<(), Fa
         }
     })?;
     check!(
-        sleeper.get() == Err(PoolError::Terminated),
+        sleeper.get_timeout(LONG) == Err(PoolError::Terminated),
         "the sleeping task"
     );
     Ok(())
