@@ -582,15 +582,20 @@ impl Layout {
         for (i, chunk) in raw.chunks_exact(ALIGN).enumerate() {
             let off = i64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
             let prev = offsets.last().copied();
-            let ok = match (prev, usize::try_from(off)) {
-                (None, Ok(0)) => true,
-                (Some(prev), Ok(off)) => off > prev && (off - prev) % ALIGN == 0 && off <= size,
-                _ => false,
+            let valid = usize::try_from(off).ok().filter(|&o| match prev {
+                None => o == 0,
+                Some(p) => o > p && (o - p) % ALIGN == 0 && o <= size,
+            });
+            let Some(off) = valid else {
+                return Err(match prev {
+                    None => format!("offset 0 is {off}, not 0"),
+                    Some(p) => format!(
+                        "offset {i} is {off}: not a multiple of 8 above offset {} ({p}) within the block",
+                        i - 1
+                    ),
+                });
             };
-            if !ok {
-                return Err(format!("offset {i} is {off}, after {prev:?}"));
-            }
-            offsets.push(off as usize);
+            offsets.push(off);
         }
         let layout = Layout { offsets };
         if layout.size() > size {
