@@ -24,7 +24,9 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{ManagerError, RemoteError, RemoteErrorKind, Result};
+use crate::mailbox::{self, Found, Mailbox};
 use crate::protocol::{ERR, Kind, OK, Request};
+use crate::server::MAILBOX_REQUEST;
 
 /// How long connecting to a server (and its handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +46,7 @@ pub(crate) struct Token {
 pub(crate) struct ServerHandle {
     pub(crate) address: Address,
     authkey: Mutex<Option<Vec<u8>>>,
-    pool: Mutex<Vec<Connection>>,
+    pool: Mutex<Vec<Link>>,
     lifeline: Mutex<Option<Connection>>,
     /// Set when the manager that owned the server shut it down: nothing more is sent.
     closed: std::sync::atomic::AtomicBool,
@@ -188,6 +190,16 @@ impl ServerHandle {
             })
     }
 
+    /// A connection for calls: with a mailbox when the server is on this machine.
+    fn link(&self) -> Result<Link> {
+        let mut conn = self.connect()?;
+        let mailbox = match self.address {
+            Address::Tcp(_) => None,
+            _ => offer_mailbox(&mut conn),
+        };
+        Ok(Link { conn, mailbox })
+    }
+
     /// Sends `request` on a pooled connection and returns the reply (status byte first).
     ///
     /// A pooled connection that turns out dead before any reply (its server went away since
@@ -212,27 +224,23 @@ impl ServerHandle {
             let _fork = multiproc_core::fork_guard();
             self.pool.lock().pop()
         };
-        let (mut conn, mut fresh) = match pooled {
-            Some(c) => (c, false),
-            None => (self.connect()?, true),
+        let (mut link, mut fresh) = match pooled {
+            Some(l) => (l, false),
+            None => (self.link()?, true),
         };
         loop {
-            let r = conn.send_bytes(request).and_then(|()| conn.recv_bytes());
-            match r {
-                Ok(r) => {
-                    *reply = r;
-                    break;
-                }
+            match link.exchange(request, reply) {
+                Ok(()) => break,
                 Err(e) if fresh => return Err(gone(&self.address, e)),
                 Err(_) => {
-                    conn = self.connect()?;
+                    link = self.link()?;
                     fresh = true;
                 }
             }
         }
         let r = parse_reply(&self.address, reply).and_then(|()| then(&reply[1..]));
         let _fork = multiproc_core::fork_guard();
-        self.pool.lock().push(conn);
+        self.pool.lock().push(link);
         r
     }
 
@@ -426,6 +434,57 @@ impl ServerHandle {
         reply.remove(0);
         Ok(reply)
     }
+}
+
+/// A pooled connection: the socket, and the mailbox that carries its messages (see
+/// `mailbox.rs`) when the server is local.
+pub(crate) struct Link {
+    conn: Connection,
+    mailbox: Option<Mailbox>,
+}
+
+impl Link {
+    /// One request and its reply.
+    fn exchange(&mut self, request: &[u8], reply: &mut Vec<u8>) -> std::result::Result<(), String> {
+        let Some(m) = &self.mailbox else {
+            self.conn.send_bytes(request).map_err(|e| e.to_string())?;
+            *reply = self.conn.recv_bytes().map_err(|e| e.to_string())?;
+            return Ok(());
+        };
+        if !mailbox::send_request(m, request) {
+            self.conn.send_bytes(request).map_err(|e| e.to_string())?;
+        }
+        let found = {
+            let fd = self.conn.side_fd();
+            mailbox::wait_reply(m, &|| mailbox::peer_open(fd))
+        };
+        let r = match found {
+            Found::Here(n) => {
+                mailbox::read_bytes(m, n, reply);
+                Ok(())
+            }
+            Found::OnSocket => match self.conn.recv_bytes() {
+                Ok(r) => {
+                    *reply = r;
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Found::Gone => Err("the connection closed".to_string()),
+        };
+        mailbox::done(m);
+        r
+    }
+}
+
+/// Hands the server a mailbox for this connection; `None` (the socket alone is used) when it
+/// cannot be made or is refused.
+fn offer_mailbox(conn: &mut Connection) -> Option<Mailbox> {
+    let m = mailbox::new().ok()?;
+    conn.send_bytes(&MAILBOX_REQUEST).ok()?;
+    conn.send(&m).ok()?;
+    let reply = conn.recv_bytes().ok()?;
+    (reply.first() == Some(&OK)).then_some(m)
 }
 
 fn encode_request(request: &Request<'_>) -> Result<Vec<u8>> {

@@ -43,6 +43,7 @@
 mod client;
 mod custom;
 mod error;
+mod mailbox;
 mod manager;
 mod objects;
 mod protocol;

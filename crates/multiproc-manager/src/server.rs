@@ -22,11 +22,16 @@ use multiproc_ipc::{Connection, Listener};
 use parking_lot::Mutex;
 
 use crate::error::RemoteErrorKind as K;
+use crate::mailbox::{self, Found, Mailbox};
 use crate::objects::{Obj, Outcome};
 use crate::protocol::{Kind, OK, Request, error_reply};
 
 /// How long a connecting client may take to complete the authkey handshake.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The frame a client sends to hand over a mailbox (not a valid [`Request`]: a variant index
+/// no request has).
+pub(crate) const MAILBOX_REQUEST: [u8; 2] = [0xff, 0x01];
 
 /// The largest request the server accepts (a bigger frame closes the connection).
 const MAX_REQUEST: usize = 1 << 30;
@@ -125,28 +130,29 @@ impl Shared {
         let mut out = Vec::with_capacity(256);
         let mut buf = vec![0u8; 4096];
         while let Some(n) = recv_into(&mut conn, &mut buf) {
-            let req = &buf[..n];
-            let request: Request<'_> = match postcard::from_bytes(req) {
-                Ok(r) => r,
-                Err(e) => {
-                    error_reply(&mut out, K::Protocol, format!("undecodable request: {e}"));
-                    if conn.send_bytes(&out).is_err() {
-                        break;
-                    }
-                    continue;
+            if buf[..n] == MAILBOX_REQUEST[..] {
+                // The client hands over a mailbox (next message, with its fd) and from now
+                // on talks through it.
+                let mailbox: Option<Mailbox> = conn.recv().ok().filter(mailbox::valid);
+                out.clear();
+                match &mailbox {
+                    Some(_) => out.push(OK),
+                    None => error_reply(&mut out, K::Protocol, "not a mailbox"),
                 }
-            };
-            out.clear();
-            if !st.deferred.is_empty() {
-                self.release(std::mem::take(&mut st.deferred));
+                if conn.send_bytes(&out).is_err() {
+                    break;
+                }
+                if let Some(m) = mailbox {
+                    self.serve_mailbox(&mut conn, &m, &mut st, &mut buf, &mut out);
+                    break;
+                }
+                continue;
             }
-            let alive = Alive(conn.side_fd());
-            let reply = self.handle(request, &mut st, &alive, &mut out);
-            let stop = matches!(reply, Reply::Stop);
+            let reply = self.process(&buf[..n], &mut conn, &mut st, &mut out);
             if !matches!(reply, Reply::None) && conn.send_bytes(&out).is_err() {
                 break;
             }
-            if stop {
+            if matches!(reply, Reply::Stop) {
                 self.stop();
                 break;
             }
@@ -155,6 +161,71 @@ impl Shared {
             }
         }
         self.release_connection(st);
+    }
+
+    /// Serves requests that come through `m` (and large ones on the socket) until the client
+    /// goes or the server stops.
+    fn serve_mailbox(
+        &self,
+        conn: &mut Connection,
+        m: &Mailbox,
+        st: &mut ConnState,
+        buf: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) {
+        loop {
+            let found = {
+                let fd = conn.side_fd();
+                mailbox::wait_request(m, &|| mailbox::peer_open(fd))
+            };
+            match found {
+                Found::Gone => return,
+                Found::Here(n) => mailbox::read_bytes(m, n, buf),
+                Found::OnSocket => match conn.recv_bytes() {
+                    Ok(r) => *buf = r,
+                    Err(_) => return,
+                },
+            }
+            let reply = self.process(buf, conn, st, out);
+            if matches!(reply, Reply::None) {
+                // Every request through a mailbox is answered.
+                out.clear();
+                out.push(OK);
+            }
+            if !mailbox::send_reply(m, out) && conn.send_bytes(out).is_err() {
+                return;
+            }
+            if matches!(reply, Reply::Stop) {
+                self.stop();
+                return;
+            }
+            if buf.capacity() > 1 << 20 {
+                *buf = Vec::with_capacity(4096);
+            }
+        }
+    }
+
+    /// Decodes and runs one request; the reply is in `out`.
+    fn process(
+        &self,
+        req: &[u8],
+        conn: &mut Connection,
+        st: &mut ConnState,
+        out: &mut Vec<u8>,
+    ) -> Reply {
+        out.clear();
+        let request: Request<'_> = match postcard::from_bytes(req) {
+            Ok(r) => r,
+            Err(e) => {
+                error_reply(out, K::Protocol, format!("undecodable request: {e}"));
+                return Reply::Some;
+            }
+        };
+        if !st.deferred.is_empty() {
+            self.release(std::mem::take(&mut st.deferred));
+        }
+        let alive = Alive(conn.side_fd());
+        self.handle(request, st, &alive, out)
     }
 
     fn handle(
