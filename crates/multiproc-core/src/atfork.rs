@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 static FORK_LOCK: RwLock<()> = RwLock::new(());
 static HOOKS: Hooks = Hooks::new("after-fork");
+static BEFORE_HOOKS: Hooks = Hooks::new("before-fork");
 static EXIT_HOOKS: Hooks = Hooks::new("exit");
 
 /// A list of hooks, each registered once, run in registration order.
@@ -114,6 +115,23 @@ pub fn fork_guard() -> ForkGuard {
 /// A hook must not panic (a panic is caught and printed, and the next hook still runs).
 pub fn register_after_fork(hook: fn()) {
     HOOKS.register(hook);
+}
+
+/// Registers `hook` to run in the parent just before multiproc forks a child (with the fork
+/// start method), on the forking thread; each function is registered once.
+///
+/// Python: the `before` callback of `os.register_at_fork`. A hook may take locks and talk to
+/// other processes (it runs before the fork lock is taken): a manager client uses it to hand
+/// the references of its proxies over to the child (the child's copies of the proxies are
+/// counted by the server before the parent could drop its own). A hook must not panic (a
+/// panic is caught and printed).
+pub fn register_before_fork(hook: fn()) {
+    BEFORE_HOOKS.register(hook);
+}
+
+/// Runs the registered before-fork hooks (in the parent, before a fork).
+pub(crate) fn run_before_fork_hooks() {
+    BEFORE_HOOKS.run();
 }
 
 /// Runs the registered hooks (in a new child).

@@ -74,7 +74,9 @@ mod sys;
 mod wait;
 mod wire;
 
-pub use crate::atfork::{ForkGuard, fork_guard, register_after_fork, register_at_child_exit};
+pub use crate::atfork::{
+    ForkGuard, fork_guard, register_after_fork, register_at_child_exit, register_before_fork,
+};
 pub use crate::error::{Error, Result};
 pub use crate::fnref::{AnyFnRef, CallError, FnRef, FnRefError, Panicked, catch_panic};
 pub use crate::launch::children::{ProcessHandle, active_children, set_exit_join_timeout};

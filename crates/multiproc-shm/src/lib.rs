@@ -8,6 +8,7 @@
 //! | `Value(t, v, lock=lock)` | [`Value::with_lock`] (an [`AnyLock`]: `new_rlock()`, `new_lock()`, or another value's `get_lock().clone()`) |
 //! | `RawValue`, `RawArray` | [`RawValue`], [`RawArray`] (no lock; per-element atomic access) |
 //! | `shared_memory.SharedMemory(name, create, size)` | [`SharedMemory::create`], [`SharedMemory::attach`] |
+//! | `shared_memory.ShareableList(seq, name=None)` | [`ShareableList::new`], [`ShareableList::attach`] (Python's exact layout; see [`shareable_list`]) |
 //!
 //! Element types are [`bytemuck::Pod`]: any bit pattern is a valid value, so memory another
 //! process writes can never make a value invalid. A [`Value`] or [`Array`] hands out `&mut`
@@ -35,9 +36,11 @@
 
 #[allow(unsafe_code)] // Element access to shared regions; see the module docs.
 mod raw;
+pub mod shareable_list;
 mod shared_memory;
 mod value;
 
+pub use crate::shareable_list::{Item, ShareableList};
 pub use crate::shared_memory::SharedMemory;
 pub use crate::value::{
     AnyLock, AnyLockGuard, Array, Guard, RawArray, RawValue, Value, ValueGuard,
@@ -78,6 +81,37 @@ pub enum Error {
         len: usize,
         /// The segment's size.
         size: usize,
+    },
+    /// A [`ShareableList`] index at or past its length (Python: `IndexError`).
+    #[error("index {index} out of range for a ShareableList of {len} items")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The list's length.
+        len: usize,
+    },
+    /// A str or bytes longer than the storage of its [`ShareableList`] slot, or, at creation,
+    /// than [`shareable_list::MAX_ITEM_LEN`] (Python's message, from its `ValueError`).
+    #[error("bytes/str item exceeds available storage")]
+    ExceedsStorage {
+        /// The item's index.
+        index: usize,
+        /// The value's length in bytes (UTF-8 for a str).
+        len: usize,
+        /// The bytes available.
+        available: usize,
+    },
+    /// [`ShareableList::index`] of a value not in the list (Python: `ValueError`).
+    #[error("{0} not in this container")]
+    NotInList(Item),
+    /// The block does not hold a valid [`ShareableList`] (attach), or another process left an
+    /// item corrupt (get).
+    #[error("shared memory {name:?} does not hold a valid ShareableList: {reason}")]
+    InvalidList {
+        /// The block's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
     },
     /// An operating-system call failed.
     #[error("{op} failed: {source}")]

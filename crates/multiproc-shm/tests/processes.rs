@@ -7,7 +7,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use multiproc_core::{Process, StartMethod, get_context};
-use multiproc_shm::{AnyLock, Array, Error, RawArray, RawValue, SharedMemory, Value};
+use multiproc_shm::{
+    AnyLock, Array, Error, Item, RawArray, RawValue, ShareableList, SharedMemory, Value,
+    shareable_list,
+};
 use multiproc_sync::Event;
 use multiproc_testkit::{Failed, LONG, TestFn, Trial, check, join, join_all, start, start_daemon};
 
@@ -57,9 +60,30 @@ fn main() {
             "issue_6_try_clone_hands_one_segment_to_several_children",
             issue_6_try_clone_hands_one_segment_to_several_children,
         ),
+        (
+            "shareable_list_child_attaches_by_name_and_changes_items",
+            shareable_list_child_attaches_by_name_and_changes_items,
+        ),
+        (
+            "shareable_list_handed_to_children",
+            shareable_list_handed_to_children,
+        ),
     ];
     let mut trials = multiproc_testkit::trials(tests);
     trials.push(Trial::test("shared_memory_errors", shared_memory_errors));
+    trials.push(Trial::test(
+        "shareable_list_python_example_layout",
+        shareable_list_python_example_layout,
+    ));
+    trials.push(Trial::test(
+        "shareable_list_methods",
+        shareable_list_methods,
+    ));
+    trials.push(Trial::test("shareable_list_errors", shareable_list_errors));
+    trials.push(Trial::test(
+        "shareable_list_attach_refuses_corrupt_blocks",
+        shareable_list_attach_refuses_corrupt_blocks,
+    ));
     trials.push(Trial::test(
         "python_attaches_ours_and_we_attach_pythons",
         python_interop,
@@ -687,5 +711,408 @@ fn python_interop() -> Result<(), Failed> {
         child.wait()?.success() && done == "ok",
         "python saw: {done}"
     );
+    Ok(())
+}
+
+/// The items of the cross-process `ShareableList` tests: every type, a 16-byte str slot.
+fn list_items() -> Vec<Item> {
+    vec![
+        Item::Int(7),
+        Item::Float(-0.5),
+        "fifteen chars!!".into(),
+        b"raw".into(),
+        Item::None,
+        Item::Bool(false),
+    ]
+}
+
+/// Attaches by name, checks the parent's items, changes five of them.
+fn change_list_items(name: String) {
+    let sl = ShareableList::attach(&name).unwrap();
+    assert_eq!(sl.to_vec().unwrap(), list_items());
+    assert_eq!(sl.format().unwrap(), "qd16s8sxxxxxx?xxxxxxxx?");
+    sl.set(0, 2.25).unwrap(); // int -> float
+    sl.set(1, "in 8").unwrap(); // float -> str (an 8-byte slot)
+    sl.set(2, "short").unwrap(); // a shorter str
+    sl.set(3, Item::None).unwrap(); // bytes -> None
+    sl.set(4, 99i64).unwrap(); // None -> int
+    assert!(matches!(
+        sl.set(2, "x".repeat(17)),
+        Err(Error::ExceedsStorage {
+            index: 2,
+            len: 17,
+            available: 16
+        })
+    ));
+}
+
+fn expect_changed(sl: &ShareableList) -> Result<(), Failed> {
+    let want = vec![
+        Item::Float(2.25),
+        "in 8".into(),
+        "short".into(),
+        Item::None,
+        Item::Int(99),
+        Item::Bool(false),
+    ];
+    let got = sl.to_vec()?;
+    check!(got == want, "items {got:?}");
+    let format = sl.format()?;
+    check!(
+        format == "d8s16sxxxxxx?xqxxxxxxx?",
+        "format after the child: {format}"
+    );
+    Ok(())
+}
+
+/// A child attaches by name (Python's `ShareableList(name=...)`), changes items, and the
+/// parent sees the changes and the new formats.
+fn shareable_list_child_attaches_by_name_and_changes_items(m: StartMethod) -> Result<(), Failed> {
+    let sl = ShareableList::with_name(&unique("slist", m), list_items())?;
+    let p = start(m, change_list_items, sl.name().to_string())?;
+    join_all(&[p])?;
+    expect_changed(&sl)?;
+    sl.unlink()?;
+    check!(
+        !Path::new(&format!("/dev/shm/{}", sl.name())).exists(),
+        "name left after unlink"
+    );
+    Ok(())
+}
+
+/// Sets item `i` to `i * 10` in the list it was handed (serde: fd and name).
+fn set_own_item((sl, i): (ShareableList, u8)) {
+    assert_eq!(sl.len(), 3);
+    sl.set(usize::from(i), i64::from(i) * 10).unwrap();
+}
+
+/// A `ShareableList` handed to children as a process argument (Python pickles it by name).
+fn shareable_list_handed_to_children(m: StartMethod) -> Result<(), Failed> {
+    let sl = ShareableList::new([Item::None, Item::None, Item::None])?;
+    let ps: Vec<Process> = (0..3u8)
+        .map(|i| start(m, set_own_item, (sl.try_clone()?, i)))
+        .collect::<Result<_, _>>()?;
+    join_all(&ps)?;
+    let got = sl.to_vec()?;
+    check!(
+        got == [Item::Int(0), Item::Int(10), Item::Int(20)],
+        "items {got:?}"
+    );
+    check!(sl.format()? == "qqq", "format {}", sl.format()?);
+    sl.unlink()?;
+    Ok(())
+}
+
+/// PYTHON-REFERENCE §2.5's verified example, through a real block.
+fn shareable_list_python_example_layout() -> Result<(), Failed> {
+    let items = [
+        Item::Int(1),
+        Item::Float(2.5),
+        "ab".into(),
+        b"xy".into(),
+        Item::None,
+        Item::Bool(true),
+    ];
+    let sl = ShareableList::new(items.clone())?;
+    check!(sl.name().starts_with("psm_"), "name {}", sl.name());
+    check!(
+        sl.format()? == "qd8s8sxxxxxx?xxxxxxxx?",
+        "format {}",
+        sl.format()?
+    );
+    check!(sl.shm().size() == 166, "size {}", sl.shm().size());
+    let mut head = [0u8; 8];
+    sl.shm().read(0, &mut head)?;
+    check!(head == [6, 0, 0, 0, 0, 0, 0, 0], "first 8 bytes {head:?}");
+    check!(sl.len() == 6 && !sl.is_empty(), "len {}", sl.len());
+    check!(sl.to_vec()? == items, "items {:?}", sl.to_vec()?);
+    sl.unlink()?;
+    Ok(())
+}
+
+fn shareable_list_methods() -> Result<(), Failed> {
+    let sl = ShareableList::new([
+        Item::from(3),
+        Item::from(3.0),
+        Item::from(true),
+        Item::from("héllo wörld"),
+        Item::from(b"a\0b\0\0".as_slice()),
+        Item::from(()),
+        Item::from(Some("x")),
+        Item::from(None::<i64>),
+    ])?;
+    let same = ShareableList::attach(sl.name())?;
+    check!(same.len() == 8, "attached len {}", same.len());
+    check!(
+        sl.get(3)? == Item::Str("héllo wörld".into()),
+        "str {:?}",
+        sl.get(3)?
+    );
+    // Trailing NULs go, inner ones stay (Python's rstrip).
+    check!(
+        sl.get(4)? == Item::Bytes(b"a\0b".to_vec()),
+        "bytes {:?}",
+        sl.get(4)?
+    );
+    check!(
+        sl.format()? == "qdxxxxxxx?16s8sxxxxxx?x8sxxxxxx?x",
+        "format {}",
+        sl.format()?
+    );
+    // Python's ==: 3 == 3.0, 1 == True; None twice.
+    check!(sl.count(&Item::Int(3))? == 2, "count 3");
+    check!(sl.count(&Item::Float(1.0))? == 1, "count 1.0");
+    check!(sl.count(&Item::None)? == 2, "count None");
+    check!(sl.count(&Item::Str("y".into()))? == 0, "count 'y'");
+    check!(sl.index(&Item::Float(3.0))? == 0, "index 3.0");
+    check!(sl.index(&Item::None)? == 5, "index None");
+    check!(sl.index(&"x".into())? == 6, "index 'x'");
+    match sl.index(&Item::Bytes(b"x".to_vec())) {
+        Err(Error::NotInList(item)) => check!(
+            item == Item::Bytes(b"x".to_vec())
+                && Error::NotInList(item).to_string() == "b'x' not in this container",
+            "message"
+        ),
+        other => return Err(format!("index of b'x': {other:?}").into()),
+    }
+    // Type changes through the other handle, seen here.
+    same.set(0, "8 bytes!")?; // a str of exactly the slot's size
+    same.set(1, false)?;
+    same.set(2, Item::None)?;
+    same.set(3, 1.5)?; // a 16-byte str slot holding a float
+    same.set(5, -1)?;
+    same.set(7, b"\xff\xfe".as_slice())?;
+    check!(
+        sl.format()? == "8sxxxxxxx?xxxxxx?xd8sq8s8s",
+        "format {}",
+        sl.format()?
+    );
+    let got: Vec<Item> = sl.iter().collect::<Result<_, _>>()?;
+    let want = [
+        Item::Str("8 bytes!".into()),
+        Item::Bool(false),
+        Item::None,
+        Item::Float(1.5),
+        Item::Bytes(b"a\0b".to_vec()),
+        Item::Int(-1),
+        "x".into(),
+        Item::Bytes(vec![0xff, 0xfe]),
+    ];
+    check!(got == want, "items {got:?}");
+    check!(sl.to_vec()? == want, "to_vec {:?}", sl.to_vec()?);
+    // The 16-byte slot takes a str of 16 bytes again (format from the slot, not the float).
+    sl.set(3, "sixteen bytes!!!")?;
+    check!(
+        same.get(3)? == Item::Str("sixteen bytes!!!".into()),
+        "{:?}",
+        same.get(3)?
+    );
+    check!(
+        same.format()? == "8sxxxxxxx?xxxxxx?x16s8sq8s8s",
+        "format {}",
+        same.format()?
+    );
+    check!(format!("{sl:?}").contains(sl.name()), "{sl:?}");
+    // An empty list: 16 bytes.
+    let empty = ShareableList::new(Vec::<Item>::new())?;
+    check!(
+        empty.is_empty() && empty.shm().size() == 16 && empty.format()?.is_empty(),
+        "{empty:?}"
+    );
+    check!(
+        ShareableList::attach(empty.name())?.is_empty(),
+        "attached empty"
+    );
+    empty.unlink()?;
+    let name = sl.name().to_string();
+    sl.unlink()?;
+    check!(
+        !Path::new(&format!("/dev/shm/{name}")).exists(),
+        "name left after unlink"
+    );
+    check!(
+        matches!(ShareableList::attach(&name), Err(Error::NotFound(_))),
+        "attach after unlink"
+    );
+    // The handles still map the block.
+    check!(same.get(6)? == "x".into(), "after unlink");
+    Ok(())
+}
+
+fn shareable_list_errors() -> Result<(), Failed> {
+    let sl = ShareableList::new([Item::from("abc"), Item::Int(1)])?;
+    let too_long = sl.set(0, "123456789");
+    check!(
+        matches!(
+            &too_long,
+            Err(Error::ExceedsStorage {
+                index: 0,
+                len: 9,
+                available: 8
+            })
+        ),
+        "{too_long:?}"
+    );
+    check!(
+        too_long.unwrap_err().to_string() == "bytes/str item exceeds available storage",
+        "Python's message"
+    );
+    check!(
+        matches!(
+            sl.set(1, vec![0u8; 9]),
+            Err(Error::ExceedsStorage { index: 1, .. })
+        ),
+        "bytes into an int's slot"
+    );
+    // UTF-8 length counts: 5 two-byte characters do not fit 8 bytes.
+    check!(
+        matches!(
+            sl.set(0, "ééééé"),
+            Err(Error::ExceedsStorage { len: 10, .. })
+        ),
+        "utf-8 length"
+    );
+    check!(
+        sl.get(0)? == "abc".into() && sl.format()? == "8sq",
+        "a refused set wrote nothing"
+    );
+    check!(
+        matches!(sl.get(2), Err(Error::IndexOutOfRange { index: 2, len: 2 })),
+        "get past the end"
+    );
+    check!(
+        matches!(
+            sl.set(usize::MAX, 1),
+            Err(Error::IndexOutOfRange { len: 2, .. })
+        ),
+        "set past the end"
+    );
+    check!(
+        matches!(
+            ShareableList::with_name(sl.name(), [1]),
+            Err(Error::Exists(_))
+        ),
+        "with_name of an existing block"
+    );
+    check!(
+        matches!(
+            ShareableList::new([Item::Bytes(vec![0; shareable_list::MAX_ITEM_LEN + 1])]),
+            Err(Error::ExceedsStorage { .. })
+        ),
+        "an item too large for a format string"
+    );
+    sl.unlink()?;
+    Ok(())
+}
+
+/// A block with these bytes (zero beyond them), attached as a list.
+fn attach_bytes(
+    tag: &str,
+    size: usize,
+    bytes: &[u8],
+) -> Result<Result<ShareableList, Error>, Failed> {
+    let name = format!("mp_test_{}_corrupt_{tag}", std::process::id());
+    let shm = SharedMemory::create(Some(&name), size)?;
+    shm.write(0, bytes)?;
+    let attached = ShareableList::attach(&name);
+    shm.unlink()?;
+    Ok(attached)
+}
+
+fn words(ws: &[i64]) -> Vec<u8> {
+    ws.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// Foreign or corrupt blocks are refused with `Error::InvalidList` (never a panic or a read
+/// past the block); an item corrupted after attaching is an error of `get`/`to_vec`.
+fn shareable_list_attach_refuses_corrupt_blocks() -> Result<(), Failed> {
+    // A valid one-item list (an int), for reference: count, offsets, slot, format, code.
+    let mut good = words(&[1, 0, 8, 5]);
+    good.extend_from_slice(b"q\0\0\0\0\0\0\0");
+    good.push(0);
+    check!(
+        attach_bytes("good", good.len(), &good)?
+            .map(|l| l.get(0).ok())
+            .ok()
+            == Some(Some(Item::Int(5))),
+        "the reference block"
+    );
+    let with = |at: usize, bytes: &[u8]| {
+        let mut b = good.clone();
+        b[at..at + bytes.len()].copy_from_slice(bytes);
+        b
+    };
+    let cases: Vec<(&str, usize, Vec<u8>, &str)> = vec![
+        ("tiny", 8, vec![0; 8], "fewer than"),
+        ("negative", 4096, words(&[-1]), "item count of -1"),
+        ("huge", 4096, words(&[1 << 40]), "does not fit"),
+        ("allff", 4096, vec![0xff; 4096], "item count of -1"),
+        (
+            "first",
+            good.len(),
+            with(8, &8i64.to_ne_bytes()),
+            "offset 0",
+        ),
+        (
+            "unaligned",
+            good.len(),
+            with(16, &7i64.to_ne_bytes()),
+            "offset 1",
+        ),
+        ("past", good.len(), with(16, &16i64.to_ne_bytes()), "needs"),
+        ("format", good.len(), with(32, b"zz"), "invalid format"),
+        (
+            "wide",
+            good.len(),
+            with(32, b"16s"),
+            "does not fit its slot",
+        ),
+        ("code", good.len(), with(40, &[4]), "unknown type code 4"),
+        (
+            "short",
+            good.len() - 1,
+            good.clone(),
+            "does not fit in 40 bytes",
+        ),
+    ];
+    for (tag, size, bytes, why) in cases {
+        let bytes = &bytes[..bytes.len().min(size)];
+        match attach_bytes(tag, size, bytes)? {
+            Err(Error::InvalidList { reason, .. }) => {
+                check!(reason.contains(why), "{tag}: reason {reason:?}")
+            }
+            other => return Err(format!("{tag}: {other:?}").into()),
+        }
+    }
+    // Corrupted after attaching: a code, a format, a str that is not UTF-8.
+    let sl = ShareableList::new([Item::Int(1), "ok".into()])?;
+    let (formats, codes) = (16 + 8 + 8 + 16, 16 + 8 + 8 + 16 + 16);
+    sl.shm().write(codes, &[9])?;
+    check!(
+        matches!(&sl.get(0), Err(Error::InvalidList { reason, .. }) if reason.contains("unknown type code 9")),
+        "bad code {:?}",
+        sl.get(0)
+    );
+    check!(
+        sl.to_vec().is_err() && sl.count(&Item::Int(1)).is_err(),
+        "to_vec"
+    );
+    sl.shm().write(codes, &[0])?;
+    sl.shm().write(formats, b"99s")?;
+    check!(
+        matches!(sl.get(0), Err(Error::InvalidList { .. })) && sl.format().is_err(),
+        "bad format"
+    );
+    sl.shm().write(formats, b"q\0\0")?;
+    sl.shm().write(16 + 8 + 8 + 8, b"\xff")?;
+    check!(
+        matches!(&sl.get(1), Err(Error::InvalidList { reason, .. }) if reason.contains("UTF-8")),
+        "bad str {:?}",
+        sl.get(1)
+    );
+    check!(sl.get(0)? == Item::Int(1), "the other item");
+    sl.set(1, "ok")?;
+    check!(sl.get(1)? == "ok".into(), "repaired");
+    sl.unlink()?;
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`process`] | `multiproc-core` | `multiprocessing.Process`, start methods, `current_process` … |
 //! | [`sync`] | `multiproc-sync` | `Lock`, `RLock`, `Semaphore`, `BoundedSemaphore`, `Event`, `Condition`, `Barrier` |
-//! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory` |
+//! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory`, `ShareableList` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `multiprocessing.connection` |
 //! | [`futures`] | `multiproc-pool` | `concurrent.futures`: `ProcessPoolExecutor`, `Future`, `wait`, `as_completed` |
 //!
@@ -87,7 +87,7 @@ pub mod futures {
         ProcessPoolExecutorBuilder, WaitMode, as_completed, wait,
     };
 }
-pub use multiproc_shm::{Array, RawArray, RawValue, SharedMemory, Value};
+pub use multiproc_shm::{Array, RawArray, RawValue, ShareableList, SharedMemory, Value};
 pub use multiproc_sync::{Barrier, BoundedSemaphore, Condition, Event, Lock, RLock, Semaphore};
 
 /// Any error of multiproc: a process error or a connection error.

@@ -19,6 +19,8 @@ fn reexports() {
     let _ = multiproc::RawValue::<u8>::new;
     let _ = multiproc::RawArray::<u8>::zeroed;
     let _ = multiproc::shm::Value::<u64>::get;
+    let _ = multiproc::ShareableList::attach;
+    let _ = multiproc::shm::Item::py_eq;
     let e: multiproc::Error = multiproc::sync::Error::NotHeld.into();
     assert!(e.to_string().contains("not held"));
     let _ = multiproc::Process::start;

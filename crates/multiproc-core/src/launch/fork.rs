@@ -56,6 +56,7 @@ pub(crate) fn fork() -> Result<Option<Pid>> {
             return Err(Error::ForkWithThreads { threads });
         }
     }
+    atfork::run_before_fork_hooks();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     let exclusive = atfork::exclusive();
