@@ -28,6 +28,14 @@ the output contract and the measurement code are those of the reference harness
   pool.map.cpu200x_sum_range_2e5.{serial,pool2,speedup}   200 x sum(range(2e5)) serially / map; ms, x
   executor.submit_result.roundtrip                    ProcessPoolExecutor(2): submit(noop).result(); us
   executor.map.trivial.{chunksize1,chunksize1000}     every result of ex.map(ident, range(n), chunksize=cs); tasks/s
+  manager.dict.{set,get}_from_child, manager.queue.{put,get}_from_child
+                                                      mp_bench.py's b_manager: a child does 2000 d[k] = i / d[k]
+                                                      (q.put(i) / q.get()) per rep on a fork Manager's proxy,
+                                                      timing itself; us per op
+  manager.list.append_from_child                      the same shape with l.append(i); us per op
+  manager.dict.set_8clients                           8 children (gated) each set their own key 2000 times in one
+                                                      dict proxy; ops/s from the gate's opening to the last one done
+  manager.start_shutdown                              get_context('fork').Manager(), shutdown(); ms each
 
 Output contract:
   stdout: one line per figure      name<TAB>median<TAB>unit
@@ -196,6 +204,58 @@ def cpu_task(x):
 def _q_echo(qin, qout, total):
     for _ in range(total):
         qout.put(qin.get())
+
+
+def _mgr_dict_child(d, conn, n, reps):
+    d["k"] = 0
+    d["k"]
+    for _ in range(reps):
+        t0 = pc()
+        for i in range(n):
+            d["k"] = i
+        t1 = pc()
+        for i in range(n):
+            d["k"]
+        t2 = pc()
+        conn.send(((t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6))
+    conn.close()
+
+
+def _mgr_queue_child(q, conn, n, reps):
+    q.put(0)
+    q.get()
+    for _ in range(reps):
+        t0 = pc()
+        for i in range(n):
+            q.put(i)
+        t1 = pc()
+        for i in range(n):
+            q.get()
+        t2 = pc()
+        conn.send(((t1 - t0) / n * 1e6, (t2 - t1) / n * 1e6))
+    conn.close()
+
+
+def _mgr_list_child(lst, conn, n, reps):
+    # Not in mp_bench.py: the shape of _mgr_dict_child with l.append(i).
+    lst.append(0)
+    for _ in range(reps):
+        t0 = pc()
+        for i in range(n):
+            lst.append(i)
+        t1 = pc()
+        conn.send((t1 - t0) / n * 1e6)
+    conn.close()
+
+
+def _mgr_dict_client(d, key, n, gate, conn):
+    # Not in mp_bench.py: one of 8 clients setting its own key; reports when done.
+    d[key] = -1                       # connected before the gate
+    _gate_child(gate)
+    for i in range(n):
+        d[key] = i
+    conn.send(n)
+    conn.close()
 
 
 def _q_big_sender(q, size, count, gate):
@@ -708,6 +768,66 @@ def b_executor():
             emit("executor.map.trivial.%s" % label, vals, "tasks/s")
 
 
+def b_manager():
+    # mp_bench.py's b_manager, exactly: one fork Manager, a child per proxy timing n ops per rep.
+    n = _n(2000, 100)
+    with FORK.Manager() as mgr:
+        for label, proxy, target in (("dict", mgr.dict(), _mgr_dict_child),
+                                     ("queue", mgr.Queue(), _mgr_queue_child)):
+            r, w = FORK.Pipe(duplex=False)
+            p = FORK.Process(target=target, args=(proxy, w, n, REPS))
+            p.start()
+            res = [r.recv() for _ in range(REPS)]
+            p.join()
+            ops = ("set", "get") if label == "dict" else ("put", "get")
+            emit("manager.%s.%s_from_child" % (label, ops[0]), [x[0] for x in res], "us")
+            emit("manager.%s.%s_from_child" % (label, ops[1]), [x[1] for x in res], "us")
+
+        # Not in mp_bench.py: list append, the same shape.
+        lst = mgr.list()          # held here: Process.start() drops its args in the parent
+        r, w = FORK.Pipe(duplex=False)
+        p = FORK.Process(target=_mgr_list_child, args=(lst, w, n, REPS))
+        p.start()
+        res = [r.recv() for _ in range(REPS)]
+        p.join()
+        emit("manager.list.append_from_child", res, "us")
+
+        # Not in mp_bench.py: 8 clients of one dict proxy, each setting its own key n times.
+        clients = 8
+        vals = []
+        for _ in range(REPS):
+            d = mgr.dict()
+            gate = _make_gate(clients)
+            conns, ps = [], []
+            for c in range(clients):
+                r, w = FORK.Pipe(duplex=False)
+                p = FORK.Process(target=_mgr_dict_client, args=(d, "k%d" % c, n, gate, w))
+                p.start()
+                w.close()
+                conns.append(r)
+                ps.append(p)
+            t0 = _gate_open(gate)
+            done = sum(r.recv() for r in conns)
+            dt = pc() - t0
+            for p in ps:
+                p.join()
+            assert done == clients * n
+            assert all(d["k%d" % c] == n - 1 for c in range(clients))
+            vals.append(done / dt)
+        emit("manager.dict.set_8clients", vals, "ops/s")
+
+    # Not in mp_bench.py: a fork Manager's start (server process, handshake) and shutdown.
+    k = _n(5, 2)
+    vals = []
+    for _ in range(REPS):
+        t0 = pc()
+        for _ in range(k):
+            m = FORK.Manager()        # SyncManager(ctx=FORK), started
+            m.shutdown()
+        vals.append((pc() - t0) / k * 1e3)
+    emit("manager.start_shutdown", vals, "ms")
+
+
 BENCHES = [
     ("proc", b_proc),
     ("proc.rss256MiB", b_proc_rss),
@@ -729,6 +849,7 @@ BENCHES = [
     ("pool.imap_unordered", b_pool_imap),
     ("pool.cpu", b_pool_cpu),
     ("executor", b_executor),
+    ("manager", b_manager),
 ]
 
 

@@ -17,6 +17,7 @@
 )]
 
 mod limits;
+mod manager;
 mod mp;
 mod pool;
 mod report;
@@ -113,6 +114,10 @@ const GROUPS: &[(&str, &str)] = &[
         "executor",
         "ProcessPoolExecutor(2): submit(noop).result() round trip, map of 10,000 / 100,000 ident tasks in chunks of 1 / 1000; raw pipe ping-pong and small-message rate",
     ),
+    (
+        "manager",
+        "Manager (fork): dict set/get, queue put/get, list append from a child (2,000 each), 8 children setting keys of one dict, start+shutdown; raw socketpair ping-pong, fork+_exit+waitpid",
+    ),
 ];
 
 /// Figure families; `--only` accepts these next to group names.
@@ -144,7 +149,7 @@ fn usage() -> String {
          \x20            15 pipe.roundtrip, 7 pipe.throughput, 15 listener.roundtrip, 15 locks.uncontended,\n\
          \x20            11 locks.contended2p, 11 array, 11 shm.1MiB, 5 shm.256MiB,\n\
          \x20            11 sync.pingpong, 7 queue.*, 7 pool.create, 7 pool.map, 11 pool.apply_async,\n\
-         \x20            7 pool.imap_unordered, 9 pool.cpu, 7 executor (3 with --quick)\n\
+         \x20            7 pool.imap_unordered, 9 pool.cpu, 7 executor, 9 manager (3 with --quick)\n\
          --quick      tiny iteration counts (a smoke test, not a measurement)\n\
          --limits-out write raw limits to FILE under their exact names (spread to FILE.err);\n\
          \x20            otherwise they go to stdout as `limit:<name>`\n\
@@ -330,6 +335,7 @@ fn run(a: &Args) -> Res<()> {
             "pool.imap_unordered" => pool_imap_group(&mut out, a)?,
             "pool.cpu" => pool_cpu_group(&mut out, a)?,
             "executor" => executor_group(&mut out, a)?,
+            "manager" => manager_group(&mut out, a)?,
             _ => unreachable!("group {group} has no runner"),
         }
         eprintln!(
@@ -726,4 +732,37 @@ fn executor_group(out: &mut Out, a: &Args) -> Res<()> {
         benches.push(pool::executor_map(&ex, a.n(100_000, 2_000) as u64, 1000));
     }
     run_rotated(out, &mut benches, a.rounds(7))
+}
+
+/// A fork `Manager` (mp_bench.py's `b_manager` figures with its counts: 2,000 ops per
+/// repetition, timed by the child), 8 children sharing one dict proxy, and start+shutdown;
+/// with the raw socketpair ping-pong (a proxy call is one request and one reply over a Unix
+/// stream socket) and raw fork+_exit+waitpid (a manager's start forks its server).
+fn manager_group(out: &mut Out, a: &Args) -> Res<()> {
+    let mut benches: Vec<Box<dyn Bench>> = Vec::new();
+    if a.limits {
+        benches.push(Box::new(limits::PingPong::new(
+            limits::Chan::Socketpair,
+            64,
+            a.n(5000, 200),
+        )));
+        benches.push(Box::new(limits::ForkExitWait {
+            n: a.n(200, 10),
+            suffix: "",
+        }));
+    }
+    if a.mp {
+        let m = manager::new_manager()?;
+        let n = a.n(2000, 100);
+        for what in [
+            manager::FromChild::Dict,
+            manager::FromChild::Queue,
+            manager::FromChild::List,
+        ] {
+            benches.push(manager::from_child(&m, what, n));
+        }
+        benches.push(manager::dict_clients(&m, manager::CLIENTS, n));
+        benches.push(manager::start_shutdown(a.n(5, 2)));
+    }
+    run_rotated(out, &mut benches, a.rounds(9))
 }

@@ -105,12 +105,12 @@ fn stream_sender(args: (Connection, u64, u64, u64)) {
     }
 }
 
-fn start(mut p: Process) -> Res<Process> {
+pub(crate) fn start(mut p: Process) -> Res<Process> {
     p.start()?;
     Ok(p)
 }
 
-fn join_ok(p: &Process, what: &str) -> Res<()> {
+pub(crate) fn join_ok(p: &Process, what: &str) -> Res<()> {
     let code = p.join()?;
     if code != 0 {
         return Err(format!("{what}: child exited with code {code}").into());
@@ -374,18 +374,18 @@ pub(crate) fn throughput(
 /// mp_bench.py's start gate: the children report ready at a `Barrier(n + 1)` and wait for an
 /// `Event`; the parent passes the barrier, reads the clock, then sets the event, so no child
 /// work can precede the clock.
-type Gate = (Barrier, Event);
+pub(crate) type Gate = (Barrier, Event);
 
-fn make_gate(children: usize) -> Res<Gate> {
+pub(crate) fn make_gate(children: usize) -> Res<Gate> {
     Ok((Barrier::new(children as u32 + 1, None)?, Event::new()?))
 }
 
-fn gate_child(gate: &Gate) {
+pub(crate) fn gate_child(gate: &Gate) {
     gate.0.wait().expect("gate: broken barrier");
     gate.1.wait();
 }
 
-fn gate_open(gate: &Gate) -> Res<Instant> {
+pub(crate) fn gate_open(gate: &Gate) -> Res<Instant> {
     gate.0.wait()?;
     let t0 = Instant::now();
     gate.1.set();

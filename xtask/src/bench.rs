@@ -45,8 +45,8 @@ outputs in target/bench/<UTC label>/, prints every figure, and writes docs/bench
                 listener, listener.roundtrip, locks,
                 locks.uncontended, locks.contended2p, array, shm, shm.1MiB, shm.256MiB,
                 sync, sync.pingpong, queue, pool, pool.create, pool.map,
-                pool.apply_async, pool.imap_unordered, pool.cpu, executor; a prefix selects
-                its subgroups) and/or families
+                pool.apply_async, pool.imap_unordered, pool.cpu, executor, manager; a prefix
+                selects its subgroups) and/or families
                 (mp, limits) of multiproc-benches; a partial run (report kept in the run
                 folder only)
   --no-python   skip the Python twin
@@ -843,6 +843,48 @@ const TARGETS: &[Target] = &[
         figure: "executor.map.trivial.chunksize1",
         limit: "",
         bound: Bound::VsPythonAtLeast(50.0),
+    },
+    Target {
+        what: "`Manager` dict: `d[k] = v` from a child ≥ 10× Python's",
+        figure: "manager.dict.set_from_child",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
+    },
+    at_most(
+        "`Manager` dict: `d[k] = v` from a child ≤ 2× raw socketpair ping-pong",
+        "manager.dict.set_from_child",
+        "pingpong.socketpair_stream.64B",
+        2.0,
+    ),
+    Target {
+        what: "`Manager` dict: `d.get(k)` from a child ≥ 10× Python's",
+        figure: "manager.dict.get_from_child",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
+    },
+    at_most(
+        "`Manager` dict: `d.get(k)` from a child ≤ 2× raw socketpair ping-pong",
+        "manager.dict.get_from_child",
+        "pingpong.socketpair_stream.64B",
+        2.0,
+    ),
+    Target {
+        what: "`Manager` queue: `put` from a child ≥ 10× Python's",
+        figure: "manager.queue.put_from_child",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
+    },
+    Target {
+        what: "`Manager` queue: `get` from a child ≥ 10× Python's",
+        figure: "manager.queue.get_from_child",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
+    },
+    Target {
+        what: "`Manager` dict shared by 8 children setting their own keys ≥ 10× Python's ops/s",
+        figure: "manager.dict.set_8clients",
+        limit: "",
+        bound: Bound::VsPythonAtLeast(10.0),
     },
     Target {
         what: "1 MiB items through a `Queue` ≥ 0.5× memcpy bandwidth",
