@@ -1,9 +1,10 @@
 //! The client side: connections to servers, references, and the untyped object handle that
 //! every proxy wraps.
 //!
-//! A process keeps, per server address, a pool of authenticated connections (a call takes one
-//! and puts it back, so threads never share a connection mid-call and a blocking call holds
-//! only its own) and one *lifeline* connection on which it takes and drops references. It
+//! A process keeps, per server address and thread, one authenticated connection for calls (as
+//! Python does: the server serves each in its own thread, so a blocking call holds only its
+//! own, and the owner of an `RLock` or `Condition` is the connection, that is the thread), and
+//! one *lifeline* connection on which it takes and drops references. It
 //! counts its proxies of each object itself: the server hears of the first (`Incref`) and of
 //! the last (`Decref`), not of clones. When the process ends, however it ends, the lifeline
 //! closes and the server drops every reference it held.
@@ -46,7 +47,8 @@ pub(crate) struct Token {
 pub(crate) struct ServerHandle {
     pub(crate) address: Address,
     authkey: Mutex<Option<Vec<u8>>>,
-    pool: Mutex<Vec<Link>>,
+    /// Tells this handle's connections in the threads' caches from others'.
+    uid: u64,
     lifeline: Mutex<Option<Connection>>,
     /// Set when the manager that owned the server shut it down: nothing more is sent.
     closed: std::sync::atomic::AtomicBool,
@@ -56,6 +58,15 @@ pub(crate) struct ServerHandle {
 }
 
 static SERVERS: Mutex<Option<HashMap<Address, Arc<ServerHandle>>>> = Mutex::new(None);
+static NEXT_HANDLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// Counts forks of this process's line: a thread's cached connections made before the last
+/// fork are the parent's, not ours.
+static FORK_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's connections for calls: `(handle uid, fork generation, link)`.
+    static LINKS: RefCell<Vec<(u64, u64, Link)>> = const { RefCell::new(Vec::new()) };
+}
 static HOOK: Once = Once::new();
 
 /// The handle of the server at `address` (made on first use). `authkey` replaces the key
@@ -74,7 +85,7 @@ pub(crate) fn server(address: &Address, authkey: Option<&[u8]>) -> Arc<ServerHan
             Arc::new(ServerHandle {
                 address: address.clone(),
                 authkey: Mutex::new(None),
-                pool: Mutex::new(Vec::new()),
+                uid: NEXT_HANDLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 lifeline: Mutex::new(None),
                 closed: std::sync::atomic::AtomicBool::new(false),
                 counts: Mutex::new(HashMap::new()),
@@ -115,13 +126,13 @@ fn before_fork() {
 
 /// In a forked child: forget the parent's connections and take references of our own.
 fn after_fork() {
+    FORK_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let pending = std::mem::take(&mut *PENDING.lock());
     let handles: Vec<Arc<ServerHandle>> = match &*SERVERS.lock() {
         Some(map) => map.values().cloned().collect(),
         None => return,
     };
     for h in handles {
-        h.pool.lock().clear();
         *h.lifeline.lock() = None;
         let held: Vec<(u64, Kind, String)> = h
             .counts
@@ -200,17 +211,17 @@ impl ServerHandle {
         Ok(Link { conn, mailbox })
     }
 
-    /// Sends `request` on a pooled connection and returns the reply (status byte first).
+    /// Sends `request` on this thread's connection and returns the reply (status byte first).
     ///
-    /// A pooled connection that turns out dead before any reply (its server went away since
-    /// it was last used) is replaced by a fresh one once: nothing was served on it.
+    /// A connection that turns out dead before any reply (its server went away since it was
+    /// last used) is replaced by a fresh one once: nothing was served on it.
     pub(crate) fn request(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
         self.request_then(request, reply, |_| Ok(()))
     }
 
-    /// [`request`](Self::request), running `then` on the reply's body before the connection
-    /// goes back to the pool: references for proxies in the reply are taken before the next
-    /// request on this connection lets the server drop the ones it held for them.
+    /// [`request`](Self::request), running `then` on the reply's body before the next request
+    /// can go on this connection: references for proxies in the reply are taken before that
+    /// next request lets the server drop the ones it held for them.
     pub(crate) fn request_then<R>(
         &self,
         request: &[u8],
@@ -220,11 +231,16 @@ impl ServerHandle {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(gone(&self.address, "the manager was shut down"));
         }
-        let pooled = {
-            let _fork = multiproc_core::fork_guard();
-            self.pool.lock().pop()
-        };
-        let (mut link, mut fresh) = match pooled {
+        let generation = FORK_GENERATION.load(std::sync::atomic::Ordering::Relaxed);
+        // Taken out of the cache for the call (a nested call on this thread makes its own).
+        let cached = LINKS.with(|links| {
+            let mut links = links.borrow_mut();
+            // Connections inherited from before a fork belong to the parent: drop our copies.
+            links.retain(|(_, g, _)| *g == generation);
+            let i = links.iter().position(|(uid, _, _)| *uid == self.uid)?;
+            Some(links.swap_remove(i).2)
+        });
+        let (mut link, mut fresh) = match cached {
             Some(l) => (l, false),
             None => (self.link()?, true),
         };
@@ -239,8 +255,12 @@ impl ServerHandle {
             }
         }
         let r = parse_reply(&self.address, reply).and_then(|()| then(&reply[1..]));
-        let _fork = multiproc_core::fork_guard();
-        self.pool.lock().push(link);
+        LINKS.with(|links| {
+            let mut links = links.borrow_mut();
+            if !links.iter().any(|(uid, _, _)| *uid == self.uid) {
+                links.push((self.uid, generation, link));
+            }
+        });
         r
     }
 
@@ -249,8 +269,9 @@ impl ServerHandle {
         self.closed
             .store(true, std::sync::atomic::Ordering::Release);
         let _fork = multiproc_core::fork_guard();
-        self.pool.lock().clear();
         *self.lifeline.lock() = None;
+        let uid = self.uid;
+        LINKS.with(|links| links.borrow_mut().retain(|(u, _, _)| *u != uid));
     }
 
     /// A request on the lifeline (opened on first use); the reply's body.
@@ -436,7 +457,7 @@ impl ServerHandle {
     }
 }
 
-/// A pooled connection: the socket, and the mailbox that carries its messages (see
+/// A connection for calls: the socket, and the mailbox that carries its messages (see
 /// `mailbox.rs`) when the server is local.
 pub(crate) struct Link {
     conn: Connection,

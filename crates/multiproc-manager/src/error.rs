@@ -113,6 +113,9 @@ pub enum ManagerError {
     /// The manager was shut down, or is not started.
     #[error("the manager is {0}")]
     State(&'static str),
+    /// A shared-memory segment could not be made ([`SharedMemoryManager`](crate::SharedMemoryManager)).
+    #[error("shared memory: {0}")]
+    SharedMemory(String),
     /// A blocking call reached its timeout.
     #[error("timed out")]
     Timeout,

@@ -49,6 +49,7 @@ mod objects;
 mod protocol;
 mod proxies;
 mod server;
+mod shared_memory_manager;
 
 pub use crate::client::ObjectRef;
 pub use crate::custom::Managed;
@@ -60,6 +61,7 @@ pub use crate::proxies::{
     EventProxy, JoinableQueueProxy, ListProxy, LockProxy, NamespaceProxy, Proxy, QueueProxy,
     RLockProxy, SemaphoreProxy, ValueProxy,
 };
+pub use crate::shared_memory_manager::SharedMemoryManager;
 pub use multiproc_ipc::{Address, Error as IpcError};
 
 /// What [`managed!`] expands to refers to (not public API).

@@ -50,7 +50,9 @@ const REPLY: u32 = 3;
 /// The reply follows on the socket.
 const REPLY_ON_SOCKET: u32 = 4;
 
-/// How long a side spins before it sleeps.
+/// How long a side spins (busy) before it yields between looks.
+const BUSY: Duration = Duration::from_micros(4);
+/// How long a side keeps looking (yielding the CPU between looks) before it sleeps.
 const SPIN: Duration = Duration::from_micros(50);
 /// How long a sleeping side sleeps before it checks that the other side is still there.
 const SLICE: Duration = Duration::from_millis(100);
@@ -118,6 +120,9 @@ fn wait_for(m: &Mailbox, want: (u32, u32), my_flag: usize, alive: &dyn Fn() -> b
             None
         }
     };
+    // Busy first; then yield between looks: should the other side have been woken on this
+    // CPU (the scheduler puts a woken thread beside its waker), spinning would keep it from
+    // running until the spin ends, every call.
     let start = Instant::now();
     let mut spins = 0u32;
     loop {
@@ -125,8 +130,15 @@ fn wait_for(m: &Mailbox, want: (u32, u32), my_flag: usize, alive: &dyn Fn() -> b
             return f;
         }
         spins += 1;
-        if spins % 64 == 0 && start.elapsed() > SPIN {
-            break;
+        if spins % 64 == 0 {
+            let waited = start.elapsed();
+            if waited > SPIN {
+                break;
+            }
+            if waited > BUSY {
+                std::thread::yield_now();
+                continue;
+            }
         }
         std::hint::spin_loop();
     }

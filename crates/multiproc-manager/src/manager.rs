@@ -149,7 +149,7 @@ impl ManagerBuilder {
             }
         };
         Ok(Manager {
-            server: server(&address, Some(&authkey)),
+            server: fresh_server(&address, &authkey),
             address,
             owner: Owner::Process(Mutex::new(Some(p))),
             shut: AtomicBool::new(false),
@@ -178,12 +178,19 @@ impl ManagerBuilder {
                 .map_err(|e| ManagerError::Connection(e.into()))?
         };
         Ok(Manager {
-            server: server(&address, Some(&authkey)),
+            server: fresh_server(&address, &authkey),
             address,
             owner: Owner::Thread(Mutex::new(Some(thread))),
             shut: AtomicBool::new(false),
         })
     }
+}
+
+/// The handle of a server just started at `address`: a new one (a server that was there
+/// before, and this process's connections to it, are forgotten).
+fn fresh_server(address: &Address, authkey: &[u8]) -> Arc<ServerHandle> {
+    forget(address);
+    server(address, Some(authkey))
 }
 
 fn server_main(args: ServerArgs) {
@@ -283,6 +290,19 @@ impl Manager {
     /// ([`ManagerError::Connection`] with an authentication error).
     pub fn connect(address: impl Into<Address>, authkey: impl AsRef<[u8]>) -> Result<Manager> {
         let address = address.into();
+        // Check the key on a connection of its own before this process uses it for the
+        // server (a wrong key must not spoil the proxies that already work).
+        multiproc_ipc::Client::builder(address.clone())
+            .authkey(authkey.as_ref())
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .map_err(|e| match e {
+                multiproc_ipc::Error::Authentication(_) => ManagerError::Connection(e),
+                e => ManagerError::ServerGone {
+                    address: address.to_string(),
+                    reason: e.to_string(),
+                },
+            })?;
         let server = server(&address, Some(authkey.as_ref()));
         server.simple(&Request::Ping)?;
         Ok(Manager {
@@ -492,6 +512,12 @@ impl Manager {
         Ok(wrap(obj))
     }
 
+    /// A server-level request; the reply's body.
+    pub(crate) fn server_request(&self, request: &Request<'_>) -> Result<Vec<u8>> {
+        self.check()?;
+        self.server.simple(request)
+    }
+
     /// How many objects the server holds (Python's `_number_of_objects()`).
     pub fn number_of_objects(&self) -> Result<usize> {
         let body = self.server.simple(&Request::NumberOfObjects)?;
@@ -502,13 +528,17 @@ impl Manager {
 
     /// Stops the server (idempotent): asks it to stop, waits up to a second, then terminates
     /// it, then kills it (Python's `shutdown`). For a manager made by
-    /// [`connect`](Self::connect) it only forgets the server.
+    /// [`connect`](Self::connect) it does nothing: the server, and proxies of it, go on.
     ///
     /// # Errors
     ///
     /// Waiting for the server process failed.
     pub fn shutdown(&self) -> Result<()> {
         if self.shut.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Owner::None = self.owner {
+            // A connected manager leaves the server, and this process's proxies of it, alone.
             return Ok(());
         }
         let r = self.stop_server();

@@ -122,8 +122,15 @@ pub(crate) enum Request<'a> {
     },
     /// How many objects the server holds (Python's `number_of_objects`, for tests).
     NumberOfObjects,
-    /// Stops the server.
+    /// Stops the server (a shared-memory manager's first unlinks the segments it tracks).
     Shutdown,
+    /// Tracks a shared-memory segment: the server unlinks it when it stops
+    /// ([`SharedMemoryManager`](crate::SharedMemoryManager); Python's `track_segment`).
+    TrackSegment { name: &'a str },
+    /// Stops tracking a segment (Python's `release_segment`).
+    ReleaseSegment { name: &'a str },
+    /// The names of the tracked segments (Python's `list_segments`).
+    ListSegments,
     /// Nothing (Python's `dummy`): checks the connection.
     Ping,
 }

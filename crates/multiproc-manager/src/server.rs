@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     authkey: Option<Vec<u8>>,
     stop: AtomicBool,
     listener: Listener,
+    /// Shared-memory segments to unlink when the server stops.
+    segments: Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -78,6 +80,7 @@ impl Shared {
             authkey,
             stop: AtomicBool::new(false),
             listener,
+            segments: Mutex::new(Vec::new()),
         }
     }
 
@@ -109,7 +112,14 @@ impl Shared {
         }
     }
 
+    /// Unlinks the tracked segments, then stops accepting (the server process ends when its
+    /// accept loop does, so the segments go first).
     fn stop(&self) {
+        for name in std::mem::take(&mut *self.segments.lock()) {
+            if let Ok(shm) = multiproc_shm::SharedMemory::attach(&name) {
+                let _ = shm.unlink();
+            }
+        }
         self.stop.store(true, Ordering::Release);
         self.listener.close();
     }
@@ -494,6 +504,22 @@ impl Shared {
             }
             Request::Ping => {
                 out.push(OK);
+                Reply::Some
+            }
+            Request::TrackSegment { name } => {
+                self.segments.lock().push(name.to_string());
+                out.push(OK);
+                Reply::Some
+            }
+            Request::ReleaseSegment { name } => {
+                self.segments.lock().retain(|n| n != name);
+                out.push(OK);
+                Reply::Some
+            }
+            Request::ListSegments => {
+                out.push(OK);
+                let names = self.segments.lock().clone();
+                let _ = multiproc_core::reduction::append(&names, out);
                 Reply::Some
             }
         }

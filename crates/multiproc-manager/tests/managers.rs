@@ -64,6 +64,10 @@ fn main() {
             "update_with_is_atomic_across_processes",
             update_with_is_atomic_across_processes,
         ),
+        (
+            "shared_memory_manager_unlinks_at_shutdown",
+            shared_memory_manager_unlinks_at_shutdown,
+        ),
     ];
     multiproc_testkit::run(multiproc_testkit::trials(tests))
 }
@@ -821,8 +825,14 @@ fn wrong_authkey_is_refused(m: StartMethod) -> Result<(), Failed> {
         ),
         "wrong key: {e}"
     );
-    let ok = Manager::connect(mgr.address().clone(), KEY)?;
-    check!(ok.number_of_objects()? == 0, "right key works");
+    let d = mgr.dict::<u8, u8>()?;
+    {
+        let ok = Manager::connect(mgr.address().clone(), KEY)?;
+        check!(ok.number_of_objects()? == 1, "right key works");
+        // Dropping a connected manager leaves the server and this process's proxies alone.
+    }
+    d.set(&1, &1)?;
+    check!(mgr.number_of_objects()? == 1, "owner still works");
     Ok(())
 }
 
@@ -877,5 +887,62 @@ fn shutdown_and_drop_leave_no_process(m: StartMethod) -> Result<(), Failed> {
     };
     check!(!alive(pid), "server {pid} left after drop");
     let _unused: Option<SemaphoreProxy> = None;
+    Ok(())
+}
+
+// ------------------------------------------------------------ shared memory manager ------
+
+fn smm_child((shm_name, list_name): (String, String)) {
+    let shm = multiproc_shm::SharedMemory::attach(&shm_name).unwrap();
+    shm.write(0, b"child").unwrap();
+    let list = multiproc_shm::ShareableList::attach(&list_name).unwrap();
+    list.set(0, 42i64).unwrap();
+}
+
+fn in_dev_shm(name: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(name).exists()
+}
+
+fn shared_memory_manager_unlinks_at_shutdown(m: StartMethod) -> Result<(), Failed> {
+    let smm =
+        multiproc_manager::SharedMemoryManager::start_with(Manager::builder().start_method(m))?;
+    let shm = smm.shared_memory(4096)?;
+    let list = smm.shareable_list([1i64, 2, 3])?;
+    let names = (shm.name().to_string(), list.name().to_string());
+    check!(
+        in_dev_shm(&names.0) && in_dev_shm(&names.1),
+        "segments exist"
+    );
+    let mut tracked = smm.segments()?;
+    tracked.sort();
+    let mut expected = vec![names.0.clone(), names.1.clone()];
+    expected.sort();
+    check!(tracked == expected, "tracked: {tracked:?}");
+    let p = start(m, smm_child, names.clone())?;
+    join_all(&[p])?;
+    let mut buf = [0u8; 5];
+    shm.read(0, &mut buf)?;
+    check!(
+        &buf == b"child" && list.get(0)?.as_int() == Some(42),
+        "child's writes"
+    );
+    // Released segments stay; the others go at shutdown.
+    let kept = smm.shared_memory(64)?;
+    smm.release(kept.name())?;
+    smm.shutdown()?;
+    check!(
+        !in_dev_shm(&names.0) && !in_dev_shm(&names.1),
+        "segments left after shutdown"
+    );
+    check!(in_dev_shm(kept.name()), "released segment unlinked");
+    kept.unlink()?;
+    // Dropping the manager does the same.
+    let name = {
+        let smm =
+            multiproc_manager::SharedMemoryManager::start_with(Manager::builder().start_method(m))?;
+        let s = smm.shared_memory(64)?;
+        s.name().to_string()
+    };
+    check!(!in_dev_shm(&name), "segment left after drop");
     Ok(())
 }
