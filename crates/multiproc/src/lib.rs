@@ -11,8 +11,10 @@
 //! | [`shm`] | `multiproc-shm` | `Value`, `Array`, `RawValue`, `RawArray`, `shared_memory.SharedMemory`, `ShareableList` |
 //! | [`ipc`] | `multiproc-ipc` | `multiprocessing.Pipe`, `Queue`, `SimpleQueue`, `JoinableQueue`, `multiprocessing.connection` |
 //! | [`futures`] | `multiproc-pool` | `concurrent.futures`: `ProcessPoolExecutor`, `Future`, `wait`, `as_completed` |
+//! | [`manager`] | `multiproc-manager` | `multiprocessing.Manager`, `SyncManager` and its proxies, `BaseManager.register`, remote managers |
 //!
 //! Python's top-level names are here flat: `multiproc::Process`, `multiproc::pipe`,
+//! `multiproc::Manager` (with its proxies, `multiproc::DictProxy` …),
 //! `multiproc::wait` (Python's `multiprocessing.connection.wait`), and the
 //! common ones in [`prelude`].
 //!
@@ -54,6 +56,8 @@ pub use multiproc_core as process;
 #[doc(inline)]
 pub use multiproc_ipc as ipc;
 #[doc(inline)]
+pub use multiproc_manager as manager;
+#[doc(inline)]
 pub use multiproc_pool as pool;
 #[doc(inline)]
 pub use multiproc_shm as shm;
@@ -69,6 +73,11 @@ pub use multiproc_core::{
 pub use multiproc_ipc::{
     Address, Client, Connection, GetError, JoinableQueue, Listener, PutError, Queue, QueueBuilder,
     Reader, SimpleQueue, Waitable, Writer, pipe, simplex, socketpair, wait,
+};
+pub use multiproc_manager::{
+    ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
+    JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, ManagerError,
+    NamespaceProxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy, managed,
 };
 pub use multiproc_pool::{
     AsyncResult, Future, MapOptions, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,
@@ -116,6 +125,9 @@ pub enum Error {
     /// A pool task gave no result, or the pool refused it.
     #[error(transparent)]
     Pool(#[from] multiproc_pool::PoolError),
+    /// A manager or one of its proxies failed (the server refused an operation, or is gone).
+    #[error(transparent)]
+    Manager(#[from] multiproc_manager::ManagerError),
 }
 
 impl<T> From<PutError<T>> for Error {
@@ -130,8 +142,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The names most programs use: `use multiproc::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Pool, Process, Queue, RLock,
-        Reader, Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe, set_start_method,
-        simplex, socketpair, wait,
+        BoundedSemaphore, Connection, Event, JoinableQueue, Lock, Manager, Pool, Process, Queue,
+        RLock, Reader, Semaphore, SimpleQueue, StartMethod, Writer, get_context, pipe,
+        set_start_method, simplex, socketpair, wait,
     };
 }

@@ -54,6 +54,31 @@ fn reexports() {
         multiproc::WaitMode::FirstCompleted,
         multiproc::futures::WaitMode::AllCompleted
     );
+    let _ = multiproc::Manager::start;
+    let _ = multiproc::manager::Manager::number_of_objects;
+    let _ = multiproc::ManagerBuilder::serve;
+    let _ = multiproc::DictProxy::<String, u32>::items;
+    let _ = multiproc::ListProxy::<u8>::append;
+    let _ = multiproc::NamespaceProxy::get::<u8>;
+    let _ = multiproc::ValueProxy::<u8>::get;
+    let _ = multiproc::ArrayProxy::<u8>::set;
+    let _ = multiproc::QueueProxy::<u8>::put;
+    let _ = multiproc::JoinableQueueProxy::<u8>::task_done;
+    let _ = multiproc::LockProxy::acquire;
+    let _ = multiproc::RLockProxy::release;
+    let _ = multiproc::SemaphoreProxy::value;
+    let _ = multiproc::BoundedSemaphoreProxy::value;
+    let _ = multiproc::ConditionProxy::notify_all;
+    let _ = multiproc::EventProxy::set;
+    let _ = multiproc::BarrierProxy::wait;
+    let e: multiproc::Error = multiproc::ManagerError::Timeout.into();
+    assert_eq!(e.to_string(), "timed out");
+    assert!(matches!(
+        multiproc::manager::RemoteErrorKind::KeyError
+            .to_string()
+            .as_str(),
+        "KeyError"
+    ));
     use multiproc::prelude::*;
     let _ = get_context(StartMethod::Spawn);
 }
