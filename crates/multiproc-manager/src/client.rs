@@ -476,7 +476,7 @@ impl Link {
             self.conn.send_bytes(request).map_err(|e| e.to_string())?;
         }
         let found = {
-            let fd = self.conn.side_fd();
+            let fd = self.conn.read_fd();
             mailbox::wait_reply(m, &|| mailbox::peer_open(fd))
         };
         let r = match found {

@@ -31,6 +31,9 @@ const STATE: usize = 0;
 const LEN: usize = 1;
 const SERVER_SLEEPS: usize = 2;
 const CLIENT_SLEEPS: usize = 3;
+/// The CPU each side last published from, plus one (0: not known).
+const SERVER_CPU: usize = 4;
+const CLIENT_CPU: usize = 5;
 /// The message starts on the second cache line.
 const DATA: usize = 16;
 /// Words of message: 16 KiB.
@@ -50,10 +53,12 @@ const REPLY: u32 = 3;
 /// The reply follows on the socket.
 const REPLY_ON_SOCKET: u32 = 4;
 
-/// How long a side spins (busy) before it yields between looks.
-const BUSY: Duration = Duration::from_micros(4);
-/// How long a side keeps looking (yielding the CPU between looks) before it sleeps.
+/// How long a side spins before it sleeps, when the other side runs on another CPU.
 const SPIN: Duration = Duration::from_micros(50);
+/// How long a server thread spins for the next request before it sleeps.
+const SERVER_SPIN: Duration = Duration::from_micros(50);
+/// How often a server thread may move off its client's CPU.
+const MOVE_EVERY: Duration = Duration::from_millis(1);
 /// How long a sleeping side sleeps before it checks that the other side is still there.
 const SLICE: Duration = Duration::from_millis(100);
 
@@ -100,8 +105,14 @@ pub(crate) fn read_bytes(m: &Mailbox, len: usize, out: &mut Vec<u8>) {
     out.truncate(len);
 }
 
-/// Publishes `state`, waking the other side if it sleeps (`sleeper` is its flag).
-fn publish(m: &Mailbox, state: u32, sleeper: usize) {
+fn this_cpu() -> u32 {
+    rustix::thread::sched_getcpu() as u32 + 1
+}
+
+/// Publishes `state`, waking the other side if it sleeps (`sleeper` is its flag); records
+/// the CPU it was published from (`cpu` is this side's word).
+fn publish(m: &Mailbox, state: u32, sleeper: usize, cpu: usize) {
+    m[cpu].store(this_cpu(), Relaxed);
     m[STATE].store(state, SeqCst);
     if m[sleeper].load(SeqCst) != 0 {
         let _ = futex::wake(&m[STATE], futex::Flags::empty(), 1);
@@ -110,37 +121,95 @@ fn publish(m: &Mailbox, state: u32, sleeper: usize) {
 
 /// Waits until `STATE` is one of `want` (the in-mailbox and on-socket states), spinning first,
 /// then sleeping on the futex with `my_flag` set; checks `alive` between sleeps.
-fn wait_for(m: &Mailbox, want: (u32, u32), my_flag: usize, alive: &dyn Fn() -> bool) -> Found {
+fn wait_for(
+    m: &Mailbox,
+    want: (u32, u32),
+    my_flag: usize,
+    other_cpu: usize,
+    alive: &dyn Fn() -> bool,
+) -> Found {
+    let found = wait_inner(m, want, my_flag, other_cpu, alive);
+    // The server thread, woken on the CPU its client runs on (the scheduler puts a woken
+    // thread beside its waker), moves to another: two threads of two processes taking turns
+    // on one CPU pay a context switch each way (tens of µs on a VM), where two CPUs spinning
+    // answer in about one.
+    if my_flag == SERVER_SLEEPS
+        && matches!(found, Found::Here(_))
+        && m[other_cpu].load(Relaxed) == this_cpu()
+    {
+        leave_cpu();
+    }
+    found
+}
+
+/// Moves the calling thread off its CPU (briefly excluding it from the thread's affinity),
+/// at most every [`MOVE_EVERY`] per thread, and only when another CPU is allowed.
+fn leave_cpu() {
+    thread_local! {
+        static LAST: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST.with(|l| l.get().is_some_and(|t| now.duration_since(t) < MOVE_EVERY)) {
+        return;
+    }
+    LAST.with(|l| l.set(Some(now)));
+    let Ok(allowed) = rustix::thread::sched_getaffinity(None) else {
+        return;
+    };
+    let cpu = rustix::thread::sched_getcpu();
+    if allowed.count() < 2 || !allowed.is_set(cpu) {
+        return;
+    }
+    let mut elsewhere = allowed;
+    elsewhere.unset(cpu);
+    if rustix::thread::sched_setaffinity(None, &elsewhere).is_ok() {
+        let _ = rustix::thread::sched_setaffinity(None, &allowed);
+    }
+}
+
+/// [`wait_for`] without the move.
+fn wait_inner(
+    m: &Mailbox,
+    want: (u32, u32),
+    my_flag: usize,
+    other_cpu: usize,
+    alive: &dyn Fn() -> bool,
+) -> Found {
     let seen = |s: u32| {
         if s == want.0 {
-            Some(Found::Here(m[LEN].load(Relaxed) as usize))
+            // The other process wrote the length: a bad one ends the connection.
+            let len = m[LEN].load(Relaxed) as usize;
+            Some(if len <= CAPACITY {
+                Found::Here(len)
+            } else {
+                Found::Gone
+            })
         } else if s == want.1 {
             Some(Found::OnSocket)
         } else {
             None
         }
     };
-    // Busy first; then yield between looks: should the other side have been woken on this
-    // CPU (the scheduler puts a woken thread beside its waker), spinning would keep it from
-    // running until the spin ends, every call.
-    let start = Instant::now();
-    let mut spins = 0u32;
-    loop {
-        if let Some(f) = seen(m[STATE].load(Acquire)) {
-            return f;
-        }
-        spins += 1;
-        if spins % 64 == 0 {
-            let waited = start.elapsed();
-            if waited > SPIN {
+    // Spinning pays only when the other side runs on another CPU: on this one (a woken thread
+    // is often put beside its waker) it could not run until the spin ended, every call.
+    let spin = if my_flag == SERVER_SLEEPS {
+        SERVER_SPIN
+    } else {
+        SPIN
+    };
+    if my_flag == CLIENT_SLEEPS || m[other_cpu].load(Relaxed) != this_cpu() {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if let Some(f) = seen(m[STATE].load(Acquire)) {
+                return f;
+            }
+            spins += 1;
+            if spins % 64 == 0 && start.elapsed() > spin {
                 break;
             }
-            if waited > BUSY {
-                std::thread::yield_now();
-                continue;
-            }
+            std::hint::spin_loop();
         }
-        std::hint::spin_loop();
     }
     loop {
         m[my_flag].store(1, SeqCst);
@@ -166,17 +235,23 @@ fn wait_for(m: &Mailbox, want: (u32, u32), my_flag: usize, alive: &dyn Fn() -> b
 pub(crate) fn send_request(m: &Mailbox, request: &[u8]) -> bool {
     if request.len() <= CAPACITY {
         write_bytes(m, request);
-        publish(m, REQUEST, SERVER_SLEEPS);
+        publish(m, REQUEST, SERVER_SLEEPS, CLIENT_CPU);
         true
     } else {
-        publish(m, REQUEST_ON_SOCKET, SERVER_SLEEPS);
+        publish(m, REQUEST_ON_SOCKET, SERVER_SLEEPS, CLIENT_CPU);
         false
     }
 }
 
 /// Client: waits for the reply.
 pub(crate) fn wait_reply(m: &Mailbox, alive: &dyn Fn() -> bool) -> Found {
-    wait_for(m, (REPLY, REPLY_ON_SOCKET), CLIENT_SLEEPS, alive)
+    wait_for(
+        m,
+        (REPLY, REPLY_ON_SOCKET),
+        CLIENT_SLEEPS,
+        SERVER_CPU,
+        alive,
+    )
 }
 
 /// Client: the reply was read; the mailbox is free again.
@@ -186,7 +261,13 @@ pub(crate) fn done(m: &Mailbox) {
 
 /// Server: waits for the next request.
 pub(crate) fn wait_request(m: &Mailbox, alive: &dyn Fn() -> bool) -> Found {
-    wait_for(m, (REQUEST, REQUEST_ON_SOCKET), SERVER_SLEEPS, alive)
+    wait_for(
+        m,
+        (REQUEST, REQUEST_ON_SOCKET),
+        SERVER_SLEEPS,
+        CLIENT_CPU,
+        alive,
+    )
 }
 
 /// Server: puts `reply` in the mailbox (or says it follows on the socket: the caller then
@@ -194,10 +275,10 @@ pub(crate) fn wait_request(m: &Mailbox, alive: &dyn Fn() -> bool) -> Found {
 pub(crate) fn send_reply(m: &Mailbox, reply: &[u8]) -> bool {
     if reply.len() <= CAPACITY {
         write_bytes(m, reply);
-        publish(m, REPLY, CLIENT_SLEEPS);
+        publish(m, REPLY, CLIENT_SLEEPS, SERVER_CPU);
         true
     } else {
-        publish(m, REPLY_ON_SOCKET, CLIENT_SLEEPS);
+        publish(m, REPLY_ON_SOCKET, CLIENT_SLEEPS, SERVER_CPU);
         false
     }
 }

@@ -923,7 +923,7 @@ impl Obj {
                     if bound.is_some_and(|b| *value >= b) {
                         return Err(fail(K::ValueError, "Semaphore released too many times"));
                     }
-                    *value += 1;
+                    *value = value.saturating_add(1);
                     self.cv.notify_all();
                     done()
                 }

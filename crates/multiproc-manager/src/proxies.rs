@@ -351,11 +351,11 @@ proxy_type!(
 fn range_args<R: RangeBounds<i64>>(r: &R) -> (Option<i64>, Option<i64>) {
     let start = match r.start_bound() {
         Bound::Included(&s) => Some(s),
-        Bound::Excluded(&s) => Some(s + 1),
+        Bound::Excluded(&s) => Some(s.saturating_add(1)),
         Bound::Unbounded => None,
     };
     let end = match r.end_bound() {
-        Bound::Included(&e) => Some(e + 1),
+        Bound::Included(&e) => Some(e.saturating_add(1)),
         Bound::Excluded(&e) => Some(e),
         Bound::Unbounded => None,
     };

@@ -185,7 +185,7 @@ impl Shared {
     ) {
         loop {
             let found = {
-                let fd = conn.side_fd();
+                let fd = conn.read_fd();
                 mailbox::wait_request(m, &|| mailbox::peer_open(fd))
             };
             match found {
@@ -234,7 +234,7 @@ impl Shared {
         if !st.deferred.is_empty() {
             self.release(std::mem::take(&mut st.deferred));
         }
-        let alive = Alive(conn.side_fd());
+        let alive = Alive(conn.read_fd());
         self.handle(request, st, &alive, out)
     }
 

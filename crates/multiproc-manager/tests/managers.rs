@@ -68,6 +68,10 @@ fn main() {
             "shared_memory_manager_unlinks_at_shutdown",
             shared_memory_manager_unlinks_at_shutdown,
         ),
+        (
+            "long_blocked_get_loses_nothing",
+            long_blocked_get_loses_nothing,
+        ),
     ];
     multiproc_testkit::run(multiproc_testkit::trials(tests))
 }
@@ -944,5 +948,30 @@ fn shared_memory_manager_unlinks_at_shutdown(m: StartMethod) -> Result<(), Faile
         s.name().to_string()
     };
     check!(!in_dev_shm(&name), "segment left after drop");
+    Ok(())
+}
+
+// ------------------------------------------------------------------ long waits ------
+
+fn late_putter(q: QueueProxy<String>) {
+    // Not an ordering device: whatever the timing, both items must arrive, in order. The
+    // pause only makes the parent's `get` outlast the sleeping sides' check interval.
+    std::thread::sleep(Duration::from_millis(400));
+    q.put(&"a".to_string()).unwrap();
+    q.put(&"b".to_string()).unwrap();
+}
+
+fn long_blocked_get_loses_nothing(m: StartMethod) -> Result<(), Failed> {
+    let mgr = mgr(m)?;
+    let q = mgr.queue::<String>()?;
+    let p = start(m, late_putter, q.clone())?;
+    let first = q.get_timeout(LONG)?;
+    let second = q.get_timeout(LONG)?;
+    join_all(&[p])?;
+    check!(
+        first == "a" && second == "b",
+        "got {first:?} then {second:?}"
+    );
+    check!(q.qsize()? == 0, "left: {}", q.qsize()?);
     Ok(())
 }
