@@ -15,7 +15,7 @@ use crate::custom::Managed;
 use crate::error::{ManagerError, Result};
 use crate::protocol::Request;
 use crate::proxies::*;
-use crate::server::{Registry, Shared};
+use crate::server::{HANDSHAKE_TIMEOUT, Registry, Shared};
 
 /// How long `shutdown` waits for the server after asking it to stop, and again after
 /// terminating it (Python's `shutdown_timeout`, 1 s by default).
@@ -26,6 +26,7 @@ const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 struct ServerArgs {
     address: Address,
     authkey: Vec<u8>,
+    handshake_timeout: Duration,
     registry: Vec<(String, AnyFnRef)>,
     report: Connection,
 }
@@ -35,6 +36,7 @@ struct ServerArgs {
 pub struct ManagerBuilder {
     address: Option<Address>,
     authkey: Option<Vec<u8>>,
+    handshake_timeout: Option<Duration>,
     method: Option<StartMethod>,
     registry: Vec<(String, AnyFnRef)>,
 }
@@ -62,6 +64,14 @@ impl ManagerBuilder {
     /// which every child inherits.
     pub fn authkey(mut self, authkey: impl AsRef<[u8]>) -> Self {
         self.authkey = Some(authkey.as_ref().to_vec());
+        self
+    }
+
+    /// How long a connecting client may take to complete the authkey handshake before the
+    /// server drops it (10 s by default). A client that stalls holds only its own thread
+    /// meanwhile: the others are served.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
         self
     }
 
@@ -115,6 +125,7 @@ impl ManagerBuilder {
         let args = ServerArgs {
             address,
             authkey: authkey.clone(),
+            handshake_timeout: self.handshake_timeout.unwrap_or(HANDSHAKE_TIMEOUT),
             registry: self.registry,
             report,
         };
@@ -169,7 +180,13 @@ impl ManagerBuilder {
         let registry: Registry = self.registry.into_iter().collect();
         let listener = Listener::builder().address(address).bind()?;
         let address = listener.address().clone();
-        let shared = Arc::new(Shared::new(listener, Some(authkey.clone()), registry));
+        let timeout = self.handshake_timeout.unwrap_or(HANDSHAKE_TIMEOUT);
+        let shared = Arc::new(Shared::new(
+            listener,
+            Some(authkey.clone()),
+            timeout,
+            registry,
+        ));
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new()
@@ -198,6 +215,7 @@ fn server_main(args: ServerArgs) {
     let ServerArgs {
         address,
         authkey,
+        handshake_timeout,
         registry,
         mut report,
     } = args;
@@ -213,6 +231,7 @@ fn server_main(args: ServerArgs) {
     let shared = Arc::new(Shared::new(
         listener,
         Some(authkey),
+        handshake_timeout,
         registry.into_iter().collect(),
     ));
     shared.serve_forever();

@@ -26,7 +26,7 @@ use crate::mailbox::{self, Found, Mailbox};
 use crate::objects::{Obj, Outcome};
 use crate::protocol::{Kind, OK, Request, error_reply};
 
-/// How long a connecting client may take to complete the authkey handshake.
+/// How long a connecting client may take to complete the authkey handshake, by default.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The frame a client sends to hand over a mailbox (not a valid [`Request`]: a variant index
@@ -65,6 +65,7 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
     registry: Registry,
     authkey: Option<Vec<u8>>,
+    handshake_timeout: Duration,
     stop: AtomicBool,
     listener: Listener,
     /// Shared-memory segments to unlink when the server stops.
@@ -72,12 +73,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(listener: Listener, authkey: Option<Vec<u8>>, registry: Registry) -> Self {
+    pub(crate) fn new(
+        listener: Listener,
+        authkey: Option<Vec<u8>>,
+        handshake_timeout: Duration,
+        registry: Registry,
+    ) -> Self {
         Shared {
             table: Mutex::new(Table::default()),
             next_conn: AtomicU64::new(1),
             registry,
             authkey,
+            handshake_timeout,
             stop: AtomicBool::new(false),
             listener,
             segments: Mutex::new(Vec::new()),
@@ -126,7 +133,8 @@ impl Shared {
 
     fn serve_connection(self: Arc<Self>, mut conn: Connection, conn_id: u64) {
         if let Some(key) = &self.authkey
-            && multiproc_ipc::server_handshake(&mut conn, key, Some(HANDSHAKE_TIMEOUT)).is_err()
+            && multiproc_ipc::server_handshake(&mut conn, key, Some(self.handshake_timeout))
+                .is_err()
         {
             return;
         }

@@ -72,6 +72,16 @@ fn main() {
             "long_blocked_get_loses_nothing",
             long_blocked_get_loses_nothing,
         ),
+        (
+            "stalled_handshake_times_out_while_others_are_served",
+            stalled_handshake_times_out_while_others_are_served,
+        ),
+        ("server_ignores_sigint", server_ignores_sigint),
+        ("server_dies_with_its_parent", server_dies_with_its_parent),
+        (
+            "proxies_as_pool_task_arguments",
+            proxies_as_pool_task_arguments,
+        ),
     ];
     multiproc_testkit::run(multiproc_testkit::trials(tests))
 }
@@ -973,5 +983,94 @@ fn long_blocked_get_loses_nothing(m: StartMethod) -> Result<(), Failed> {
         "got {first:?} then {second:?}"
     );
     check!(q.qsize()? == 0, "left: {}", q.qsize()?);
+    Ok(())
+}
+
+// ------------------------------------------------------ handshake, signals, parents ------
+
+fn stalled_handshake_times_out_while_others_are_served(m: StartMethod) -> Result<(), Failed> {
+    use std::io::Read;
+    let mgr = Manager::builder()
+        .address("127.0.0.1:0".parse::<Address>()?)
+        .authkey(KEY)
+        .handshake_timeout(Duration::from_millis(300))
+        .start_method(m)
+        .start()?;
+    let Address::Tcp(addr) = mgr.address().clone() else {
+        return Err("not a TCP address".into());
+    };
+    let t = Instant::now();
+    let mut stalled = std::net::TcpStream::connect(addr)?;
+    stalled.set_read_timeout(Some(LONG))?;
+    // Meanwhile another client is served.
+    let other = Manager::connect(mgr.address().clone(), KEY)?;
+    check!(other.number_of_objects()? == 0, "other client served");
+    // The server sent its challenge, got no answer, and closed the connection.
+    let mut got = Vec::new();
+    stalled.read_to_end(&mut got)?;
+    check!(!got.is_empty(), "no challenge sent");
+    check!(
+        t.elapsed() >= Duration::from_millis(300),
+        "closed early: {:?}",
+        t.elapsed()
+    );
+    Ok(())
+}
+
+fn server_ignores_sigint(m: StartMethod) -> Result<(), Failed> {
+    let mgr = mgr(m)?;
+    let d = mgr.dict::<u8, u8>()?;
+    let pid = mgr.pid().ok_or("pid")?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).ok_or("pid")?,
+        rustix::process::Signal::INT,
+    )?;
+    d.set(&1, &2)?;
+    check!(d.get(&1)? == Some(2) && alive(pid), "server after SIGINT");
+    Ok(())
+}
+
+fn manager_owner(out: multiproc_testkit::End) {
+    let mgr = Manager::start().unwrap();
+    out.send(&mgr.pid().unwrap().to_string());
+    // Until killed.
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn server_dies_with_its_parent(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = multiproc_testkit::End::pair();
+    let owner = start(m, manager_owner, w)?;
+    let pid: u32 = r.line()?.parse()?;
+    check!(alive(pid), "server running");
+    owner.kill()?;
+    owner.join()?;
+    wait_until("the server of a killed owner to end", || Ok(!alive(pid)))?;
+    Ok(())
+}
+
+fn pool_task(a: (ListProxy<u32>, u32)) -> u32 {
+    a.0.append(&a.1).unwrap();
+    a.1
+}
+
+fn proxies_as_pool_task_arguments(m: StartMethod) -> Result<(), Failed> {
+    let mgr = mgr(m)?;
+    let l = mgr.list::<u32>()?;
+    {
+        let pool = multiproc_pool::Pool::builder()
+            .processes(2)
+            .start_method(m)
+            .build()?;
+        let out = pool.map(pool_task, (0..20).map(|i| (l.clone(), i)))?;
+        check!(out == (0..20).collect::<Vec<_>>(), "results");
+    }
+    let mut got = l.to_vec()?;
+    got.sort();
+    check!(
+        got == (0..20).collect::<Vec<_>>(),
+        "appended by the pool: {got:?}"
+    );
     Ok(())
 }
