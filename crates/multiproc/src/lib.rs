@@ -77,7 +77,8 @@ pub use multiproc_ipc::{
 pub use multiproc_manager::{
     ArrayProxy, BarrierProxy, BoundedSemaphoreProxy, ConditionProxy, DictProxy, EventProxy,
     JoinableQueueProxy, ListProxy, LockProxy, Manager, ManagerBuilder, ManagerError,
-    NamespaceProxy, QueueProxy, RLockProxy, SemaphoreProxy, ValueProxy, managed,
+    NamespaceProxy, QueueProxy, RLockProxy, SemaphoreProxy, SharedMemoryManager, ValueProxy,
+    managed,
 };
 pub use multiproc_pool::{
     AsyncResult, Future, MapOptions, Pool, PoolBuilder, PoolError, ProcessPoolExecutor,

@@ -56,6 +56,7 @@ fn reexports() {
     );
     let _ = multiproc::Manager::start;
     let _ = multiproc::manager::Manager::number_of_objects;
+    let _ = multiproc::SharedMemoryManager::start;
     let _ = multiproc::ManagerBuilder::serve;
     let _ = multiproc::DictProxy::<String, u32>::items;
     let _ = multiproc::ListProxy::<u8>::append;
