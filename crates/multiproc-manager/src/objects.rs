@@ -182,6 +182,24 @@ enum Wait {
     Gone,
 }
 
+impl Wait {
+    /// The outcome of a wait for a flag (`acquire`, `join`, an event's `wait`): `false` on a
+    /// timeout, the client's absence as an error.
+    fn flag(r: Result<(), Wait>, out: &mut Vec<u8>) -> Result<Outcome, Outcome> {
+        match r {
+            Ok(()) => {
+                put_bool(out, true);
+                Ok(done())
+            }
+            Err(Wait::TimedOut) => {
+                put_bool(out, false);
+                Ok(done())
+            }
+            Err(Wait::Gone) => Err(gone()),
+        }
+    }
+}
+
 fn gone() -> Outcome {
     fail(K::RuntimeError, "the client went away while it waited")
 }
@@ -247,6 +265,23 @@ fn call_fn(f: &[u8], input: &[u8]) -> Result<Vec<u8>, Outcome> {
 }
 
 impl Obj {
+    /// Waits on the object's condvar until `ready` gives a value (checked first, and after
+    /// every wake-up), the deadline passes or the client goes.
+    fn wait_until<R>(
+        &self,
+        st: &mut MutexGuard<'_, State>,
+        deadline: Option<Instant>,
+        alive: &Alive<'_>,
+        mut ready: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<R, Wait> {
+        loop {
+            if let Some(r) = ready(st) {
+                return Ok(r);
+            }
+            block(&self.cv, st, deadline, alive)?;
+        }
+    }
+
     pub(crate) fn create(
         id: u64,
         kind: Kind,
@@ -810,48 +845,56 @@ impl Obj {
             } => match op {
                 op::Q_PUT => {
                     let deadline = deadline(args, 1)?;
-                    loop {
-                        let State::Queue { items, maxsize, .. } = &mut *st else {
+                    let value = blob_of(args, ctx, 0)?;
+                    let mut value = Some(value);
+                    let put = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                        let State::Queue {
+                            items,
+                            maxsize,
+                            unfinished,
+                        } = s
+                        else {
                             unreachable!()
                         };
-                        if *maxsize == 0 || items.len() < *maxsize {
-                            break;
+                        (*maxsize == 0 || items.len() < *maxsize).then(|| {
+                            items.push_back(value.take().expect("put once"));
+                            *unfinished += 1;
+                        })
+                    });
+                    match put {
+                        Ok(()) => {
+                            self.cv.notify_all();
+                            done()
                         }
-                        match block(&self.cv, &mut st, deadline, ctx.alive) {
-                            Ok(()) => {}
-                            Err(Wait::TimedOut) => return Err(fail(K::Full, "the queue is full")),
-                            Err(Wait::Gone) => return Err(gone()),
+                        Err(w) => {
+                            // The value was not stored: its references go.
+                            let refs = value.map(|b| b.refs).unwrap_or_default();
+                            let (kind, msg) = match w {
+                                Wait::TimedOut => (K::Full, "the queue is full"),
+                                Wait::Gone => {
+                                    (K::RuntimeError, "the client went away while it waited")
+                                }
+                            };
+                            Outcome::Failed(kind, msg.into(), refs)
                         }
                     }
-                    let State::Queue {
-                        items, unfinished, ..
-                    } = &mut *st
-                    else {
-                        unreachable!()
-                    };
-                    items.push_back(blob_of(args, ctx, 0)?);
-                    *unfinished += 1;
-                    self.cv.notify_all();
-                    done()
                 }
                 op::Q_GET => {
                     let deadline = deadline(args, 0)?;
-                    loop {
-                        let State::Queue { items, .. } = &mut *st else {
+                    let got = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                        let State::Queue { items, .. } = s else {
                             unreachable!()
                         };
-                        if let Some(b) = items.pop_front() {
+                        items.pop_front()
+                    });
+                    match got {
+                        Ok(b) => {
                             out.extend_from_slice(&b.bytes);
                             self.cv.notify_all();
-                            return Ok(returned(Some(b)));
+                            returned(Some(b))
                         }
-                        match block(&self.cv, &mut st, deadline, ctx.alive) {
-                            Ok(()) => {}
-                            Err(Wait::TimedOut) => {
-                                return Err(fail(K::Empty, "the queue is empty"));
-                            }
-                            Err(Wait::Gone) => return Err(gone()),
-                        }
+                        Err(Wait::TimedOut) => fail(K::Empty, "the queue is empty"),
+                        Err(Wait::Gone) => gone(),
                     }
                 }
                 op::Q_QSIZE => {
@@ -874,23 +917,13 @@ impl Obj {
                 }
                 op::Q_JOIN if self.kind == Kind::JoinableQueue => {
                     let deadline = deadline(args, 0)?;
-                    loop {
-                        let State::Queue { unfinished, .. } = &mut *st else {
+                    let r = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                        let State::Queue { unfinished, .. } = s else {
                             unreachable!()
                         };
-                        if *unfinished == 0 {
-                            put_bool(out, true);
-                            return Ok(done());
-                        }
-                        match block(&self.cv, &mut st, deadline, ctx.alive) {
-                            Ok(()) => {}
-                            Err(Wait::TimedOut) => {
-                                put_bool(out, false);
-                                return Ok(done());
-                            }
-                            Err(Wait::Gone) => return Err(gone()),
-                        }
-                    }
+                        (*unfinished == 0).then_some(())
+                    });
+                    return Wait::flag(r, out);
                 }
                 _ => bad_op(),
             },
@@ -900,24 +933,13 @@ impl Obj {
             State::Semaphore { value, bound } => match op {
                 op::ACQUIRE => {
                     let deadline = deadline(args, 0)?;
-                    loop {
-                        let State::Semaphore { value, .. } = &mut *st else {
+                    let r = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                        let State::Semaphore { value, .. } = s else {
                             unreachable!()
                         };
-                        if *value > 0 {
-                            *value -= 1;
-                            put_bool(out, true);
-                            return Ok(done());
-                        }
-                        match block(&self.cv, &mut st, deadline, ctx.alive) {
-                            Ok(()) => {}
-                            Err(Wait::TimedOut) => {
-                                put_bool(out, false);
-                                return Ok(done());
-                            }
-                            Err(Wait::Gone) => return Err(gone()),
-                        }
-                    }
+                        (*value > 0).then(|| *value -= 1)
+                    });
+                    return Wait::flag(r, out);
                 }
                 op::RELEASE => {
                     if bound.is_some_and(|b| *value >= b) {
@@ -953,24 +975,14 @@ impl Obj {
                 op::EVENT_WAIT => {
                     let deadline = deadline(args, 0)?;
                     let start = *generation;
-                    loop {
-                        let State::Event { flag, generation } = &mut *st else {
+                    let r = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                        let State::Event { flag, generation } = s else {
                             unreachable!()
                         };
                         // Woken by a set() even if a clear() followed (Python's rule).
-                        if *flag || *generation != start {
-                            put_bool(out, true);
-                            return Ok(done());
-                        }
-                        match block(&self.cv, &mut st, deadline, ctx.alive) {
-                            Ok(()) => {}
-                            Err(Wait::TimedOut) => {
-                                put_bool(out, false);
-                                return Ok(done());
-                            }
-                            Err(Wait::Gone) => return Err(gone()),
-                        }
-                    }
+                        (*flag || *generation != start).then_some(())
+                    });
+                    return Wait::flag(r, out);
                 }
                 _ => bad_op(),
             },
@@ -1075,32 +1087,33 @@ impl Obj {
         match op {
             op::ACQUIRE => {
                 let deadline = deadline(args, 0)?;
-                loop {
-                    let o = owner_of(&mut st);
+                let r = self.wait_until(&mut st, deadline, ctx.alive, |s| {
+                    let (State::Lock { owner: o, .. } | State::Condition { owner: o, .. }) = s
+                    else {
+                        unreachable!("a lock")
+                    };
                     if o.conn.is_none() {
                         *o = Owner {
                             conn: Some(me),
                             count: 1,
                         };
-                        break;
-                    }
-                    if recursive && holds(o) {
+                        Some(())
+                    } else if recursive && holds(o) {
                         o.count += 1;
-                        break;
+                        Some(())
+                    } else {
+                        None
                     }
-                    match block(&self.cv, &mut st, deadline, ctx.alive) {
-                        Ok(()) => {}
-                        Err(Wait::TimedOut) => {
-                            put_bool(out, false);
-                            return Ok(done());
-                        }
-                        Err(Wait::Gone) => return Err(gone()),
+                });
+                let acquired = r.is_ok();
+                let outcome = Wait::flag(r, out)?;
+                Ok(if acquired {
+                    Outcome::Done {
+                        released: Vec::new(),
+                        locked: Some(true),
                     }
-                }
-                put_bool(out, true);
-                Ok(Outcome::Done {
-                    released: Vec::new(),
-                    locked: Some(true),
+                } else {
+                    outcome
                 })
             }
             op::RELEASE => {

@@ -33,6 +33,9 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// no request has).
 pub(crate) const MAILBOX_REQUEST: [u8; 2] = [0xff, 0x01];
 
+/// References taken for the proxies inside a call's arguments: `(argument index, object id)`.
+pub(crate) type Embedded = Vec<(u32, u64)>;
+
 /// The largest request the server accepts (a bigger frame closes the connection).
 const MAX_REQUEST: usize = 1 << 30;
 
@@ -260,20 +263,8 @@ impl Shared {
                 args,
                 embedded,
             } => {
-                let Some(obj) = self.get(id) else {
-                    error_reply(
-                        out,
-                        K::NoSuchObject,
-                        format!("object {id} no longer exists"),
-                    );
+                let Some((obj, refs)) = self.target(id, &embedded, out) else {
                     return Reply::Some;
-                };
-                let refs = match self.take_refs(&embedded) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        error_reply(out, K::NoSuchObject, e);
-                        return Reply::Some;
-                    }
                 };
                 out.push(OK);
                 let mut ctx = CallCtx {
@@ -293,20 +284,8 @@ impl Shared {
                 args,
                 embedded,
             } => {
-                let Some(obj) = self.get(id) else {
-                    error_reply(
-                        out,
-                        K::NoSuchObject,
-                        format!("object {id} no longer exists"),
-                    );
+                let Some((obj, refs)) = self.target(id, &embedded, out) else {
                     return Reply::Some;
-                };
-                let refs = match self.take_refs(&embedded) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        error_reply(out, K::NoSuchObject, e);
-                        return Reply::Some;
-                    }
                 };
                 // A registered type's methods keep no proxies: release what came along.
                 self.release(refs.into_iter().map(|(_, id)| id).collect());
@@ -558,13 +537,38 @@ impl Shared {
         let _ = obj;
     }
 
+    /// The object of a call and the references for the proxies in its arguments; `None`
+    /// (with the error reply in `out`) when either is gone.
+    fn target(
+        &self,
+        id: u64,
+        embedded: &[(u32, u64)],
+        out: &mut Vec<u8>,
+    ) -> Option<(Arc<Obj>, Embedded)> {
+        let Some(obj) = self.get(id) else {
+            error_reply(
+                out,
+                K::NoSuchObject,
+                format!("object {id} no longer exists"),
+            );
+            return None;
+        };
+        match self.take_refs(embedded) {
+            Ok(refs) => Some((obj, refs)),
+            Err(e) => {
+                error_reply(out, K::NoSuchObject, e);
+                None
+            }
+        }
+    }
+
     fn get(&self, id: u64) -> Option<Arc<Obj>> {
         self.table.lock().objects.get(&id).map(|e| e.obj.clone())
     }
 
     /// Takes a reference to each object that a proxy inside an argument names (values about
     /// to be stored), as `(argument index, object id)`.
-    fn take_refs(&self, ids: &[(u32, u64)]) -> Result<Vec<(u32, u64)>, String> {
+    fn take_refs(&self, ids: &[(u32, u64)]) -> Result<Embedded, String> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -656,7 +660,7 @@ pub(crate) struct CallCtx<'a> {
     /// Whether the client still waits for the answer.
     pub(crate) alive: &'a Alive<'a>,
     /// References taken for proxies inside the arguments (stored with the value).
-    pub(crate) refs: Vec<(u32, u64)>,
+    pub(crate) refs: Embedded,
 }
 
 /// Tells whether the client of a connection is still there (its end not closed).
