@@ -31,6 +31,8 @@ use crate::server::MAILBOX_REQUEST;
 
 /// How long connecting to a server (and its handshake) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request on the lifeline (references, creation, names) may wait for its answer.
+const LIFELINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a proxy carries across processes: where its object lives and what it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -292,10 +294,14 @@ impl ServerHandle {
                 .map(|()| Vec::new())
                 .map_err(|e| gone(&self.address, e));
         }
-        let reply = sent.and_then(|()| conn.recv_bytes()).map_err(|e| {
-            *lifeline = None;
-            gone(&self.address, e)
-        })?;
+        // Lifeline requests are quick table updates: a server that does not answer within the
+        // limit is taken for hung (this may run before a fork, which must not wait forever).
+        let reply = sent
+            .and_then(|()| conn.recv_bytes_timeout(LIFELINE_TIMEOUT))
+            .map_err(|e| {
+                *lifeline = None;
+                gone(&self.address, e)
+            })?;
         parse_reply(&self.address, &reply)?;
         Ok(reply[1..].to_vec())
     }
@@ -438,12 +444,16 @@ impl ServerHandle {
     }
 
     /// Stops the server (it replies before it stops).
-    pub(crate) fn shutdown(&self) -> Result<()> {
+    /// Waits `timeout` for the answer (the owner then terminates a server that did not give
+    /// one).
+    pub(crate) fn shutdown(&self, timeout: Duration) -> Result<()> {
         let mut conn = self.connect()?;
         let bytes = encode_request(&Request::Shutdown)?;
         conn.send_bytes(&bytes)
             .map_err(|e| gone(&self.address, e))?;
-        let reply = conn.recv_bytes().map_err(|e| gone(&self.address, e))?;
+        let reply = conn
+            .recv_bytes_timeout(timeout)
+            .map_err(|e| gone(&self.address, e))?;
         parse_reply(&self.address, &reply)
     }
 

@@ -110,15 +110,12 @@ pub enum ManagerError {
     /// A function could not be named across processes (see `FnRef`).
     #[error(transparent)]
     FnRef(#[from] multiproc_core::FnRefError),
-    /// The manager was shut down, or is not started.
+    /// The manager was shut down (its constructors refuse to make objects).
     #[error("the manager is {0}")]
     State(&'static str),
     /// A shared-memory segment could not be made ([`SharedMemoryManager`](crate::SharedMemoryManager)).
     #[error("shared memory: {0}")]
     SharedMemory(String),
-    /// A blocking call reached its timeout.
-    #[error("timed out")]
-    Timeout,
 }
 
 impl ManagerError {

@@ -570,7 +570,7 @@ impl Manager {
         match &self.owner {
             Owner::None => Ok(()),
             Owner::Thread(t) => {
-                let _ = self.server.shutdown();
+                let _ = self.server.shutdown(SHUTDOWN_TIMEOUT);
                 if let Some(t) = t.lock().take() {
                     let _ = t.join();
                 }
@@ -579,7 +579,7 @@ impl Manager {
             Owner::Process(p) => {
                 let p = p.lock().take();
                 let Some(p) = p else { return Ok(()) };
-                let _ = self.server.shutdown();
+                let _ = self.server.shutdown(SHUTDOWN_TIMEOUT);
                 if p.join_timeout(SHUTDOWN_TIMEOUT)?.is_none() {
                     let _ = p.terminate();
                     if p.join_timeout(SHUTDOWN_TIMEOUT)?.is_none() {
