@@ -72,8 +72,8 @@ fn reexports() {
     let _ = multiproc::ConditionProxy::notify_all;
     let _ = multiproc::EventProxy::set;
     let _ = multiproc::BarrierProxy::wait;
-    let e: multiproc::Error = multiproc::ManagerError::Timeout.into();
-    assert_eq!(e.to_string(), "timed out");
+    let e: multiproc::Error = multiproc::ManagerError::State("shut down").into();
+    assert_eq!(e.to_string(), "the manager is shut down");
     assert!(matches!(
         multiproc::manager::RemoteErrorKind::KeyError
             .to_string()
