@@ -357,8 +357,11 @@ fn both_refused(
 /// `Listener`: the right key gets its message echoed, a wrong key fails on both sides
 /// before anything is exchanged.
 fn python_client_to_rust_listener(form: &str) {
-    for address in addresses(&format!("client-{form}")) {
-        for key in [RIGHT_KEY, WRONG_KEY] {
+    // A name per key: a listener's name stays taken while any process holds its socket, and
+    // another test thread's `Command` holds copies of every fd between its fork and its exec,
+    // so binding the same name again right after dropping the listener can find it in use.
+    for (k, key) in [RIGHT_KEY, WRONG_KEY].into_iter().enumerate() {
+        for address in addresses(&format!("client-{form}-{k}")) {
             let listener = Listener::builder()
                 .address(&address)
                 .authkey(RIGHT_KEY)
