@@ -505,15 +505,10 @@ impl Manager {
     ///
     /// [`NotExposed`](crate::RemoteErrorKind::NotExposed) when `T` was not registered with
     /// this manager's server.
-    pub fn create_object<T: Managed>(&self, value: T) -> Result<T::Proxy> {
+    pub fn create<T: Managed>(&self, value: T) -> Result<T::Proxy> {
         let mut a = self.args();
         a.value(&value)?;
         self.make(&a)
-    }
-
-    /// Alias of [`create_object`](Self::create_object).
-    pub fn create<T: Managed>(&self, value: T) -> Result<T::Proxy> {
-        self.create_object(value)
     }
 
     /// Publishes `proxy`'s object under `name`: other clients find it with

@@ -275,7 +275,7 @@ impl Shared {
                 let outcome = obj.call(op, &args, &mut ctx, out);
                 // References for arguments the operation did not store.
                 self.release(ctx.refs.iter().map(|&(_, id)| id).collect());
-                self.finish(outcome, &obj, id, st, out);
+                self.finish(outcome, id, st, out);
                 Reply::Some
             }
             Request::Method {
@@ -291,7 +291,7 @@ impl Shared {
                 self.release(refs.into_iter().map(|(_, id)| id).collect());
                 out.push(OK);
                 let outcome = obj.method(method, args, out);
-                self.finish(outcome, &obj, id, st, out);
+                self.finish(outcome, id, st, out);
                 Reply::Some
             }
             Request::Create {
@@ -514,7 +514,7 @@ impl Shared {
 
     /// After a call: keep track of the locks this connection holds, release references the
     /// operation dropped, and turn an error into an error reply.
-    fn finish(&self, outcome: Outcome, obj: &Obj, id: u64, st: &mut ConnState, out: &mut Vec<u8>) {
+    fn finish(&self, outcome: Outcome, id: u64, st: &mut ConnState, out: &mut Vec<u8>) {
         match outcome {
             Outcome::Done { released, locked } => {
                 match locked {
@@ -534,7 +534,6 @@ impl Shared {
                 error_reply(out, kind, msg);
             }
         }
-        let _ = obj;
     }
 
     /// The object of a call and the references for the proxies in its arguments; `None`
