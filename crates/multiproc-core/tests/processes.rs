@@ -81,6 +81,7 @@ fn main() {
             "child_inherits_start_method_and_cwd",
             child_inherits_start_method_and_cwd,
         ),
+        ("child_stdin_is_dev_null", child_stdin_is_dev_null),
         (
             "parent_stdout_flushed_before_start",
             parent_stdout_flushed_before_start,
@@ -887,6 +888,41 @@ fn exit_joins_children_and_terminates_daemons(m: StartMethod) -> Result<(), Fail
 fn report_method_and_cwd(w: End) {
     w.send(&format!("{:?}", multiproc_core::start_method_if_set()));
     w.send(&std::env::current_dir().unwrap().display().to_string());
+}
+
+/// In the child: where fd 0 points, whether it is inherited across exec, and what a read of
+/// stdin returns.
+fn report_stdin(w: End) {
+    use std::io::Read;
+    let target = std::fs::read_link("/proc/self/fd/0").map(|p| p.display().to_string());
+    let cloexec = rustix::io::fcntl_getfd(rustix::stdio::stdin())
+        .map(|f| f.contains(rustix::io::FdFlags::CLOEXEC));
+    let mut buf = [0u8; 16];
+    let read = std::io::stdin().read(&mut buf).map_err(|e| e.to_string());
+    w.send(&format!("{target:?} {cloexec:?} {read:?}"));
+}
+
+/// Python gives every child a /dev/null stdin (a read is at end-of-file at once), which an
+/// exec'd grandchild inherits: fd 0 is not close-on-exec.
+fn child_stdin_is_dev_null(m: StartMethod) -> Result<(), Failed> {
+    // The parent's stdin is a pipe for the start (whatever the test runner gave it), so a
+    // child that kept the parent's stdin would show it.
+    let saved = rustix::io::dup(rustix::stdio::stdin())?;
+    // The write end is closed at once: a child reading this pipe sees end-of-file too (only
+    // where fd 0 points tells the two apart), so a failure is reported, not a hang.
+    let (pipe_r, _) = rustix::pipe::pipe()?;
+    rustix::stdio::dup2_stdin(&pipe_r)?;
+    let (r, w) = End::pair();
+    let started = start(m, report_stdin, w);
+    rustix::stdio::dup2_stdin(&saved)?;
+    let p = started?;
+    let line = r.line()?;
+    check!(join(&p)? == 0, "child failed");
+    check!(
+        line == r#"Ok("/dev/null") Ok(false) Ok(0)"#,
+        "child's stdin: {line}"
+    );
+    Ok(())
 }
 
 fn child_inherits_start_method_and_cwd(m: StartMethod) -> Result<(), Failed> {

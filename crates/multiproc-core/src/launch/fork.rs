@@ -38,7 +38,7 @@ pub(crate) fn forget_library_threads() {
 
 /// Forks: `Ok(None)` in the child, `Ok(Some(pid))` in the parent. Refused with
 /// [`Error::ForkWithThreads`] when other threads than the library's own run (unless the program
-/// opted in); stdout and stderr are flushed first; core's locks are free at the fork.
+/// opted in); stdout is flushed first; core's locks are free at the fork.
 pub(crate) fn fork() -> Result<Option<Pid>> {
     if !sys::fork_with_threads_allowed() {
         let others = || thread_count().saturating_sub(LIBRARY_THREADS.load(Ordering::Relaxed));
@@ -57,8 +57,9 @@ pub(crate) fn fork() -> Result<Option<Pid>> {
         }
     }
     atfork::run_before_fork_hooks();
+    // std's stderr is unbuffered (flushing it would only write its lock's page, which the
+    // fork then makes a copy-on-write fault).
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     let exclusive = atfork::exclusive();
     let forked = sys::fork().map_err(Error::os("fork"));
     // In the child too: the copy of the guard unlocks the child's copy of the lock.

@@ -138,15 +138,10 @@ pub(crate) fn install_panic_banner() {
     });
 }
 
-/// Python closes a child's stdin and reopens it on /dev/null.
+/// Python closes a child's stdin and reopens it on /dev/null: two system calls and no path
+/// conversion on the stack (in a fork child every page written is a copy).
 pub(crate) fn stdin_to_dev_null() {
-    if let Ok(null) = rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        0.into(),
-    ) {
-        let _ = rustix::stdio::dup2_stdin(&null);
-    }
+    sys::stdin_to_dev_null();
 }
 
 /// 0 on return, 1 after a panic (the hook printed it) or a start failure (printed here).
@@ -166,7 +161,7 @@ fn run_catching(f: impl FnOnce() -> Result<(), String>) -> i32 {
 fn finish(code: i32) -> ! {
     atfork::run_exit_hooks();
     let _ = std::panic::catch_unwind(children::exit_cleanup);
+    // std's stderr is unbuffered: only stdout can hold output.
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().flush();
     sys::exit_child(code)
 }

@@ -64,6 +64,24 @@ pub(crate) fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Puts fd 0 on /dev/null, read-only and inherited across exec (Python: `os.close(0)`, then
+/// `open(os.devnull)`, which takes the lowest free number). In a process with one thread.
+pub(crate) fn stdin_to_dev_null() {
+    // SAFETY: called where this process runs one thread (a new child, the forkserver), so
+    // nothing can take fd 0 between the two calls; fd 0 is stdin, which no `OwnedFd` of
+    // ours holds, and replacing it is what `dup2` onto it would do; the path is a
+    // NUL-terminated literal.
+    unsafe {
+        libc::close(0);
+        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+        if fd > 0 {
+            // fd 0 was taken after all: move it there.
+            libc::dup2(fd, 0);
+            libc::close(fd);
+        }
+    }
+}
+
 /// Sets SIGPIPE to ignored, as std does before `main` (the pre-`main` hook runs earlier).
 pub(crate) fn ignore_sigpipe() {
     // SAFETY: installing SIG_IGN for SIGPIPE has no preconditions; no handler code runs.
