@@ -3,13 +3,22 @@
 //! [`crate::runtime::serve`]).
 //!
 //! Protocol, over the server's bootstrap socket (the only way to reach it: it listens on
-//! nothing, so no other local user can ask it to run code):
-//! - request: a [`Boot`](crate::boot::Boot) record of kind `Run`, with fds `[status, arg fds…]`
-//!   where `status` is one end of a fresh socketpair whose other end the client keeps;
-//! - on `status` the server answers `[pid: i32 LE][errno: i32 LE]` with the child's pidfd
-//!   attached (pid 0 and an errno if fork failed), and, once it has reaped the child,
-//!   `[exit code: i32 LE]`. The client waits on the pidfd (readable when the child ends), then
-//!   reads the code.
+//! nothing, so no other local user can ask it to run code). The server keeps one child forked
+//! ahead of time, a *spare*, and announces it to the client before anyone asks:
+//! - announcement, server → client: `[pid: i32 LE][errno: i32 LE]` with the fds
+//!   `[pidfd, job, status]` attached: the spare's pidfd, the client's end of the spare's job
+//!   socket and the client's end of its status socket (pid 0, an errno and no fds if the fork
+//!   failed);
+//! - `start()` takes the announcement, sends the job (a [`Boot`](crate::boot::Boot) record of
+//!   kind `Run` with the arguments' fds) straight to the spare, then one byte, [`TAKEN`], to the
+//!   server, which forks and announces the next spare while the job runs;
+//! - the server reaps every child it forked and writes its `[exit code: i32 LE]` on its status
+//!   socket, on which the client waits (then on the pidfd, if the server died first).
+//!
+//! So a start wakes only the spare, and a join only the client: the request never waits for
+//! the server, which a request/reply protocol would wake once more before the child runs.
+//! A spare dies with the server (its parent-death signal, until it has a job), so a dead
+//! server's announcement can fail its job's delivery but never run a job unreported.
 //!
 //! The server exits when the control socket reaches EOF (the client process ended); daemon
 //! children die with it (their parent-death signal).
@@ -76,20 +85,52 @@ pub fn forkserver_pid() -> Option<u32> {
         .map(|s| s.pid.as_raw_nonzero().get() as u32)
 }
 
+/// The byte that tells the server its announced spare was taken (whether or not the job
+/// reached it): fork and announce the next one.
+pub(crate) const TAKEN: u8 = 1;
+
 /// Starts `target` as a child of the forkserver.
 pub(crate) fn start(mut info: ChildInfo, target: &dyn Target) -> Result<Child> {
     // The server's working directory is the one it was launched in; send the current one.
     info.cwd = std::env::current_dir().ok();
     let (record, fds) = spawn::job(info.clone(), target)?;
-    // A server that died (killed, or the machine's OOM killer) is replaced once: when sending
-    // fails, or when it closes a request without answering.
-    for attempt in 0..2 {
-        match request(&record, &fds)? {
-            Some((pid, pidfd, status)) => {
-                return Ok(Child::new(pid, pidfd, Waiter::Served { status }, &info));
+    let fds = fdpass::borrow_all(&fds);
+    // A server that died (killed, or the machine's OOM killer) is replaced once; a spare that
+    // died before its job reached it (killed by someone) is replaced by the next one.
+    let mut server_deaths = 0;
+    for _ in 0..4 {
+        let _fork = crate::atfork::hold();
+        let mut guard = SERVER.lock();
+        let spare = match next_spare(&mut guard)? {
+            Some(spare) => spare,
+            None if server_deaths == 0 => {
+                server_deaths += 1;
+                continue;
             }
-            None if attempt == 0 => continue,
             None => break,
+        };
+        let delivered = fdpass::send_msg(spare.job.as_fd(), &record, &fds).is_ok();
+        drop(spare.job);
+        // Whatever became of the job, the server forks the next spare now, while it runs.
+        let server = guard.as_ref().expect("a spare came from it");
+        if rustix::net::send(
+            server.control.as_fd(),
+            &[TAKEN],
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .is_err()
+        {
+            retire(guard.take().expect("present"));
+        }
+        if delivered {
+            return Ok(Child::new(
+                spare.pid,
+                spare.pidfd,
+                Waiter::Served {
+                    status: spare.status,
+                },
+                &info,
+            ));
         }
     }
     Err(Error::Forkserver(
@@ -97,53 +138,70 @@ pub(crate) fn start(mut info: ChildInfo, target: &dyn Target) -> Result<Child> {
     ))
 }
 
-/// Sends one request; `Ok(None)` if the server turned out to be dead (it was retired, so the
-/// next request starts a new one).
-fn request(record: &[u8], fds: &[OwnedFd]) -> Result<Option<(Pid, OwnedFd, OwnedFd)>> {
-    let (mine, theirs) = fdpass::socketpair().map_err(Error::os("socketpair"))?;
-    let mut passed = vec![theirs.as_fd()];
-    passed.extend(fdpass::borrow_all(fds));
-    let server_pid = {
-        let _fork = crate::atfork::hold();
-        let mut guard = SERVER.lock();
-        if guard
-            .as_ref()
-            .is_some_and(|s| s.owner != sys::current_pid())
+/// A spare the server announced: the job goes to `job`, the exit code comes on `status`.
+struct Announced {
+    pid: Pid,
+    pidfd: OwnedFd,
+    job: OwnedFd,
+    status: OwnedFd,
+}
+
+/// Takes the server's announced spare (launching the server first if there is none, or if
+/// this process is a fork child of the one that launched it); `Ok(None)` if the server turned
+/// out to be dead (it was retired, so the next call launches a new one).
+fn next_spare(guard: &mut Option<Server>) -> Result<Option<Announced>> {
+    if guard
+        .as_ref()
+        .is_some_and(|s| s.owner != sys::current_pid())
+    {
+        *guard = None;
+    }
+    if let Some(server) = guard.as_ref() {
+        // Its announcement may still be queued after its death (its spare then died with it).
+        if crate::wait::readable(server.pidfd.as_fd(), Some(std::time::Duration::ZERO))
+            .unwrap_or(true)
         {
-            *guard = None;
-        }
-        if guard.is_none() {
-            *guard = Some(launch()?);
-        }
-        let server = guard.as_ref().expect("just launched");
-        if fdpass::send_msg(server.control.as_fd(), record, &passed).is_err() {
             retire(guard.take().expect("present"));
             return Ok(None);
         }
-        server.pid
-    };
-    drop(passed);
-    drop(theirs);
-    let mut reply = [0u8; 8];
-    let got = fdpass::recv_with_fds(mine.as_fd(), &mut reply)
+    }
+    if guard.is_none() {
+        *guard = Some(launch()?);
+    }
+    let server = guard.as_ref().expect("just launched");
+    let mut msg = [0u8; 8];
+    let got = fdpass::recv_with_fds(server.control.as_fd(), &mut msg)
         .map_err(|e| Error::Forkserver(e.to_string()))?;
     let Some(got) = got else {
-        // The server closed our status socket unanswered: it died with the request queued.
-        let _fork = crate::atfork::hold();
-        let mut guard = SERVER.lock();
-        if guard.as_ref().is_some_and(|s| s.pid == server_pid) {
-            retire(guard.take().expect("present"));
-        }
+        // End-of-file: the server died.
+        retire(guard.take().expect("present"));
         return Ok(None);
     };
-    let pid = i32::from_le_bytes(reply[..4].try_into().expect("4 bytes"));
-    let errno = i32::from_le_bytes(reply[4..].try_into().expect("4 bytes"));
-    match (Pid::from_raw(pid), got.into_iter().next()) {
-        (Some(pid), Some(pidfd)) => Ok(Some((pid, pidfd, mine))),
-        _ => Err(Error::Os {
-            op: "fork (in the forkserver)",
-            source: std::io::Error::from_raw_os_error(errno),
-        }),
+    let pid = i32::from_le_bytes(msg[..4].try_into().expect("4 bytes"));
+    let errno = i32::from_le_bytes(msg[4..].try_into().expect("4 bytes"));
+    let mut got = got.into_iter();
+    match (Pid::from_raw(pid), got.next(), got.next(), got.next()) {
+        (Some(pid), Some(pidfd), Some(job), Some(status)) => Ok(Some(Announced {
+            pid,
+            pidfd,
+            job,
+            status,
+        })),
+        (Some(_), ..) => Err(Error::Forkserver(
+            "the forkserver announced a child without its fds".into(),
+        )),
+        (None, ..) => {
+            // The fork failed; the server tries again for the next start.
+            let _ = rustix::net::send(
+                server.control.as_fd(),
+                &[TAKEN],
+                rustix::net::SendFlags::NOSIGNAL,
+            );
+            Err(Error::Os {
+                op: "fork (in the forkserver)",
+                source: std::io::Error::from_raw_os_error(errno),
+            })
+        }
     }
 }
 

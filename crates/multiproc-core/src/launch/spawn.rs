@@ -36,8 +36,7 @@ pub(crate) fn job(info: ChildInfo, target: &dyn Target) -> Result<(Vec<u8>, Vec<
         _ => Error::TargetOutsideExecutable,
     })?;
     let (args, fds) = target.encode_args()?;
-    // One slot is kept for the forkserver's status socket.
-    if fds.len() >= fdpass::MAX_FDS {
+    if fds.len() > fdpass::MAX_FDS {
         return Err(Error::TooManyFds(fds.len()));
     }
     let boot = Boot {

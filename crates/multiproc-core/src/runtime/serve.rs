@@ -1,6 +1,6 @@
-//! The forkserver's loop (in a spawned child): keep a spare child forked ahead of requests,
-//! hand each request to it, report every child's exit code after reaping it. The protocol is
-//! described in [`crate::launch::forkserver`].
+//! The forkserver's loop (in a spawned child): keep a spare child forked ahead of requests and
+//! announced to the client, fork the next one when the client takes it, report every child's
+//! exit code after reaping it. The protocol is described in [`crate::launch::forkserver`].
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -8,6 +8,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, WaitId, WaitIdOptions};
 
 use crate::boot::{Boot, BootKind, MAX_BOOT_RECORD};
+use crate::launch::forkserver;
 use crate::runtime::bootstrap::{self, Launch};
 use crate::{fdpass, sys};
 
@@ -16,8 +17,8 @@ struct Served {
     status: OwnedFd,
 }
 
-/// A child forked ahead of time, waiting on `sock` for the job of the next request: the
-/// server answers a request by handing it over, so the fork is off the request's path.
+/// A child forked ahead of time, waiting on `sock` for its job, which the client sends it
+/// directly (the server hands the client `sock`): the fork is off the request's path.
 struct Spare {
     pid: Pid,
     pidfd: OwnedFd,
@@ -25,7 +26,7 @@ struct Spare {
 }
 
 impl Spare {
-    /// Kills and reaps a spare that can no longer take work.
+    /// Kills and reaps a spare that cannot be announced.
     fn discard(self) {
         crate::wait::kill_and_reap(self.pidfd.as_fd());
     }
@@ -67,6 +68,13 @@ fn fork_spare() -> std::io::Result<Forked<Spare>> {
 
 /// A spare child: waits for its job, then runs it. Never returns.
 fn run_spare(sock: OwnedFd, server: i32) -> ! {
+    // The client holds the other end of the job socket, so the server's death alone does not
+    // end a spare: it also watches the server, and leaves if the server dies before a job
+    // came (a job already there is run: its start has returned, as for any child started
+    // just before its server died).
+    if !job_or_server_gone(&sock, server) {
+        sys::exit_child(0);
+    }
     match fdpass::recv_msg(sock.as_fd(), MAX_BOOT_RECORD) {
         Ok(Some((record, fds))) => match postcard::from_bytes::<Boot>(&record) {
             Ok(Boot {
@@ -84,8 +92,35 @@ fn run_spare(sock: OwnedFd, server: i32) -> ! {
                 sys::exit_child(1)
             }
         },
-        // The server ended before giving this spare any work.
+        // The client ended (or dropped the spare) before giving it any work.
         _ => sys::exit_child(0),
+    }
+}
+
+/// Waits until the job socket is readable (`true`: a job, or the client's end closed) or the
+/// server has ended (`false`).
+fn job_or_server_gone(sock: &OwnedFd, server: i32) -> bool {
+    let Some(server) = Pid::from_raw(server)
+        .and_then(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
+    else {
+        // Gone already (or no fd left to watch it): only the job socket can say more.
+        return true;
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(sock, PollFlags::IN),
+            PollFd::new(&server, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return true,
+        }
+        if !fds[0].revents().is_empty() {
+            return true;
+        }
+        if !fds[1].revents().is_empty() {
+            return false;
+        }
     }
 }
 
@@ -116,10 +151,12 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     let _ = crate::exe::is_code(0);
     warm_up_for_children();
     let mut children: Vec<Served> = Vec::new();
-    let mut spare: Option<Spare> = None;
+    if let Some(sock) = announce(&control, &mut children) {
+        drop(control);
+        drop(children);
+        run_spare(sock, me)
+    }
     loop {
-        // Without a spare, only look at what is ready; if nothing is, fork the spare.
-        let idle_check = spare.is_none();
         let (control_ready, ready) = {
             let mut fds = Vec::with_capacity(children.len() + 1);
             fds.push(PollFd::new(&control, PollFlags::IN));
@@ -128,11 +165,7 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
                     .iter()
                     .map(|c| PollFd::new(&c.pidfd, PollFlags::IN)),
             );
-            let zero = rustix::event::Timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            match rustix::event::poll(&mut fds, idle_check.then_some(&zero)) {
+            match rustix::event::poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => sys::exit_child(1),
@@ -142,21 +175,6 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
                 .collect();
             (!fds[0].revents().is_empty(), ready)
         };
-        if idle_check && !control_ready && ready.is_empty() {
-            match fork_spare() {
-                Ok(Forked::Server(s)) => spare = Some(s),
-                Ok(Forked::Child(sock)) => {
-                    // In the spare: drop the server's fds (control socket, the children's
-                    // pidfds and status sockets) so only the server holds them.
-                    drop(control);
-                    drop(children);
-                    run_spare(sock, me)
-                }
-                // Requests will fork on demand (and report the error).
-                Err(_) => {}
-            }
-            continue;
-        }
         for i in ready.into_iter().rev() {
             let child = children.swap_remove(i - 1);
             let status = loop {
@@ -182,64 +200,55 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
             );
         }
         if control_ready {
-            match fdpass::recv_msg(control.as_fd(), MAX_BOOT_RECORD) {
-                Ok(Some((record, fds))) => match handle(&record, fds, &mut spare) {
-                    Some(Forked::Server(served)) => children.push(served),
-                    Some(Forked::Child(sock)) => {
+            let mut byte = [0u8; 1];
+            match rustix::io::read(&control, &mut byte) {
+                Ok(1) if byte[0] == forkserver::TAKEN => {
+                    if let Some(sock) = announce(&control, &mut children) {
                         drop(control);
                         drop(children);
                         run_spare(sock, me)
                     }
-                    None => {}
-                },
-                // EOF: the client process ended. Daemon children die with us; the spare sees
-                // its socket close and exits.
-                Ok(None) | Err(_) => sys::exit_child(0),
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                // EOF (the client process ended) or a byte that is not ours. Daemon children
+                // die with us; a spare not yet taken sees its job socket close and exits.
+                _ => sys::exit_child(0),
             }
         }
     }
 }
 
-/// Hands a request to the spare (forking one if there is none, or if it died) and answers
-/// the client; `None` if the request was malformed or fork failed (reported to the client).
-fn handle(
-    record: &[u8],
-    mut fds: Vec<OwnedFd>,
-    spare: &mut Option<Spare>,
-) -> Option<Forked<Served>> {
-    if fds.is_empty() {
-        return None;
-    }
-    let status = fds.remove(0);
-    let reply = |pid: i32, errno: i32, pidfd: Option<&OwnedFd>| {
-        let mut msg = [0u8; 8];
-        msg[..4].copy_from_slice(&pid.to_le_bytes());
-        msg[4..].copy_from_slice(&errno.to_le_bytes());
-        let fds: Vec<_> = pidfd.iter().map(|f| f.as_fd()).collect();
-        let _ = fdpass::send_bytes_with_fds(status.as_fd(), &msg, &fds);
+/// Forks the next spare and announces it to the client: its pid, with its pidfd, the client's
+/// end of its job socket and of its status socket (pid 0 and the errno if the fork failed).
+/// In the spare, returns its job socket.
+fn announce(control: &OwnedFd, children: &mut Vec<Served>) -> Option<OwnedFd> {
+    let spare = match fork_spare() {
+        Ok(Forked::Child(sock)) => return Some(sock),
+        Ok(Forked::Server(spare)) => Ok(spare),
+        Err(e) => Err(e),
     };
-    for _ in 0..2 {
-        let worker = match spare.take() {
-            Some(worker) => worker,
-            None => match fork_spare() {
-                Ok(Forked::Server(worker)) => worker,
-                Ok(Forked::Child(sock)) => return Some(Forked::Child(sock)),
-                Err(e) => {
-                    reply(0, e.raw_os_error().unwrap_or(libc::EIO), None);
-                    return None;
-                }
-            },
-        };
-        if fdpass::send_msg(worker.sock.as_fd(), record, &fdpass::borrow_all(&fds)).is_err() {
-            // The spare died while waiting (killed by someone): replace it once.
-            worker.discard();
-            continue;
+    let announced = spare.and_then(|spare| match fdpass::socketpair() {
+        Ok(pair) => Ok((spare, pair)),
+        Err(e) => {
+            spare.discard();
+            Err(e)
         }
-        let Spare { pid, pidfd, sock } = worker;
-        drop(sock);
-        reply(pid.as_raw_nonzero().get(), 0, Some(&pidfd));
-        return Some(Forked::Server(Served { pidfd, status }));
+    });
+    let mut msg = [0u8; 8];
+    match announced {
+        Ok((spare, (status, theirs))) => {
+            msg[..4].copy_from_slice(&spare.pid.as_raw_nonzero().get().to_le_bytes());
+            let fds = [spare.pidfd.as_fd(), spare.sock.as_fd(), theirs.as_fd()];
+            let _ = fdpass::send_bytes_with_fds(control.as_fd(), &msg, &fds);
+            children.push(Served {
+                pidfd: spare.pidfd,
+                status,
+            });
+        }
+        Err(e) => {
+            msg[4..].copy_from_slice(&e.raw_os_error().unwrap_or(libc::EIO).to_le_bytes());
+            let _ = fdpass::send_bytes_with_fds(control.as_fd(), &msg, &[]);
+        }
     }
-    reply(0, libc::EAGAIN, None);
     None
 }
