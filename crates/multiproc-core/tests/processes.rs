@@ -105,6 +105,10 @@ fn main() {
         "forkserver_death_is_an_error_then_restarts",
         forkserver_death_is_an_error_then_restarts,
     ));
+    trials.push(Trial::test(
+        "forkserver_spares_killed_or_orphaned",
+        forkserver_spares_killed_or_orphaned,
+    ));
     for method in METHODS {
         trials.push(Trial::test(
             format!("too_many_fds_is_an_error::{method}"),
@@ -733,6 +737,99 @@ fn current_process_in_main() -> Result<(), Failed> {
 }
 
 /// Waits for one line, then exits with code 7.
+/// The forkserver's children when no job runs (every child joined): its idle spare, the one
+/// it announced to this process, read from procfs once the server has forked it (it forks the
+/// next spare while the last job runs, so it may still be at it).
+fn forkserver_spares() -> Result<Vec<i32>, Failed> {
+    let server = multiproc_core::forkserver_pid().ok_or("no forkserver running")?;
+    let until = Instant::now() + LONG;
+    loop {
+        let list = std::fs::read_to_string(format!("/proc/{server}/task/{server}/children"))?;
+        let pids: Vec<i32> = list
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        if !pids.is_empty() {
+            return Ok(pids);
+        }
+        check!(Instant::now() < until, "the server forked no spare");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Waits until `pid` has ended (gone, or a zombie: an orphan's reaper may be slow), up to
+/// `LONG`.
+fn wait_gone(pid: i32) -> Result<(), Failed> {
+    let until = Instant::now() + LONG;
+    loop {
+        // The state follows the command name's closing parenthesis.
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().to_string())
+            });
+        match state {
+            None => return Ok(()),
+            Some(rest) if rest.starts_with('Z') || rest.starts_with('X') => return Ok(()),
+            Some(_) => {}
+        }
+        check!(Instant::now() < until, "process {pid} still running");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn exit_code_of(code: i32) {
+    std::process::exit(code);
+}
+
+/// The server announces its spare before anyone asks: a spare killed while it waits is
+/// replaced at the next start (the job goes to the next one, nothing fails), and a spare whose
+/// server died leaves by itself (the client holds its job socket, so only its watch of the
+/// server can end it).
+fn forkserver_spares_killed_or_orphaned() -> Result<(), Failed> {
+    let p = start(StartMethod::Forkserver, exit_code_of, 3)?;
+    check!(join(&p)? == 3, "first child");
+    let spares = forkserver_spares()?;
+    check!(spares.len() == 1, "idle spares of the server: {spares:?}");
+    for &pid in &spares {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )?;
+        wait_gone(pid)?;
+    }
+    for code in [4, 5] {
+        let p = start(StartMethod::Forkserver, exit_code_of, code)?;
+        check!(
+            !spares.contains(&(p.pid().unwrap() as i32)),
+            "the job went to the killed spare"
+        );
+        let got = join(&p)?;
+        check!(
+            got == code,
+            "child after the spare was killed: exit code {got}"
+        );
+    }
+    // Now the server dies with a spare announced: the spare goes too, and the next start
+    // launches a new server.
+    let spares = forkserver_spares()?;
+    check!(spares.len() == 1, "idle spares of the server: {spares:?}");
+    let server = multiproc_core::forkserver_pid().ok_or("no forkserver running")?;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )?;
+    wait_gone(spares[0])?;
+    let p = start(StartMethod::Forkserver, exit_code_of, 6)?;
+    check!(join(&p)? == 6, "child of the new server");
+    check!(
+        multiproc_core::forkserver_pid() != Some(server),
+        "same server pid"
+    );
+    Ok(())
+}
+
 fn exit_7_when_told(r: End) {
     let _ = r.lines(1);
     std::process::exit(7);
