@@ -109,6 +109,12 @@ fn main() {
         "forkserver_spares_killed_or_orphaned",
         forkserver_spares_killed_or_orphaned,
     ));
+    for method in [StartMethod::Forkserver, StartMethod::Spawn] {
+        trials.push(Trial::test(
+            format!("starts_from_four_threads_at_once::{method}"),
+            move || starts_from_four_threads_at_once(method),
+        ));
+    }
     for method in METHODS {
         trials.push(Trial::test(
             format!("too_many_fds_is_an_error::{method}"),
@@ -827,6 +833,31 @@ fn forkserver_spares_killed_or_orphaned() -> Result<(), Failed> {
         multiproc_core::forkserver_pid() != Some(server),
         "same server pid"
     );
+    Ok(())
+}
+
+/// Four threads start and join 25 children each at the same time (the forkserver hands out
+/// one announced spare at a time): every child runs its own job, as its exit code says.
+fn starts_from_four_threads_at_once(m: StartMethod) -> Result<(), Failed> {
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || -> Result<(), String> {
+                for i in 0..25u64 {
+                    let code = (t * 25 + i) % 100;
+                    let p = start(m, |c: u64| std::process::exit(c as i32), code)
+                        .map_err(|e| format!("{e:?}"))?;
+                    let got = join(&p).map_err(|e| format!("{e:?}"))?;
+                    if got != code as i32 {
+                        return Err(format!("thread {t} child {i}: exit code {got}, not {code}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| "a starting thread panicked")??;
+    }
     Ok(())
 }
 
