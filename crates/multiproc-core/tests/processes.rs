@@ -109,6 +109,10 @@ fn main() {
         "forkserver_spares_killed_or_orphaned",
         forkserver_spares_killed_or_orphaned,
     ));
+    trials.push(Trial::test(
+        "forkserver_without_fds_is_an_error_then_works",
+        forkserver_without_fds_is_an_error_then_works,
+    ));
     for method in [StartMethod::Forkserver, StartMethod::Spawn] {
         trials.push(Trial::test(
             format!("starts_from_four_threads_at_once::{method}"),
@@ -1685,6 +1689,70 @@ fn start_without_fds(w: End) {
             other => format!("waitpid found {other:?}"),
         }
     ));
+}
+
+/// With no fd left, starts a forkserver child (the announced spare's fds cannot be received),
+/// then, with fds again, another. Reports both outcomes.
+fn forkserver_start_without_fds(w: End) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // The server runs and has announced its spare.
+    let first = get_context(StartMethod::Forkserver)
+        .process(|_: ()| {}, ())
+        .start_join_code();
+    let max_fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(2);
+    let old = getrlimit(Resource::Nofile);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(max_fd + 1),
+            maximum: old.maximum,
+        },
+    )
+    .unwrap();
+    let mut fillers = Vec::new();
+    while let Ok(fd) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        0.into(),
+    ) {
+        fillers.push(fd);
+    }
+    let mut p = get_context(StartMethod::Forkserver).process(|_: ()| {}, ());
+    let without = match p.start() {
+        Err(Error::Forkserver(msg)) if msg.contains("without its fds") => "refused".to_string(),
+        other => format!("unexpected {other:?}"),
+    };
+    drop(fillers);
+    setrlimit(Resource::Nofile, old).unwrap();
+    let again = get_context(StartMethod::Forkserver)
+        .process(|_: ()| std::process::exit(5), ())
+        .start_join_code();
+    w.send(&format!("{first:?} / {without} / {again:?}"));
+}
+
+trait StartJoinCode {
+    fn start_join_code(self) -> Result<i32, String>;
+}
+
+impl StartJoinCode for Process {
+    fn start_join_code(mut self) -> Result<i32, String> {
+        self.start().map_err(|e| e.to_string())?;
+        self.join().map_err(|e| e.to_string())
+    }
+}
+
+fn forkserver_without_fds_is_an_error_then_works() -> Result<(), Failed> {
+    // In a spawned process of its own, so the fd limit does not touch this one.
+    let (r, w) = End::pair();
+    let p = start(StartMethod::Spawn, forkserver_start_without_fds, w)?;
+    let lines = r.lines(1)?;
+    check!(join(&p)? == 0, "middle process exit {:?}", p.exitcode());
+    check!(lines == ["Ok(0) / refused / Ok(5)"], "got {lines:?}");
+    Ok(())
 }
 
 fn untrackable_child_is_killed_and_reaped() -> Result<(), Failed> {

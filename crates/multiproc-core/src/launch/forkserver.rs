@@ -187,19 +187,25 @@ fn next_spare(guard: &mut Option<Server>) -> Result<Option<Announced>> {
             job,
             status,
         })),
-        (Some(_), ..) => Err(Error::Forkserver(
-            "the forkserver announced a child without its fds".into(),
-        )),
-        (None, ..) => {
-            // The fork failed; the server tries again for the next start.
+        (pid, ..) => {
+            // Either the fork failed, or the kernel could not give us the fds (none left in
+            // this process): that spare is lost (its job socket closes with what we dropped).
+            // Either way the server announces another for the next start.
             let _ = rustix::net::send(
                 server.control.as_fd(),
                 &[TAKEN],
                 rustix::net::SendFlags::NOSIGNAL,
             );
-            Err(Error::Os {
-                op: "fork (in the forkserver)",
-                source: std::io::Error::from_raw_os_error(errno),
+            Err(match pid {
+                None => Error::Os {
+                    op: "fork (in the forkserver)",
+                    source: std::io::Error::from_raw_os_error(errno),
+                },
+                Some(_) => Error::Forkserver(
+                    "the forkserver's new child came without its fds (no fd left in this \
+                     process?)"
+                        .into(),
+                ),
             })
         }
     }
