@@ -1648,7 +1648,9 @@ fn children_of_a_program_that_ignores_sigchld() -> Result<(), Failed> {
 
 /// With no fd left, starts a fork child: its pidfd cannot be opened, so `start()` must kill
 /// and reap it and return the error. Reports the error and what `waitpid(-1)` finds after.
-fn start_without_fds(w: End) {
+/// Lowers this process's fd limit to its highest open fd and fills the holes below it: from
+/// then on every new fd is EMFILE. Returns the fillers and the limit before.
+fn use_up_fds() -> (Vec<OwnedFd>, rustix::process::Rlimit) {
     use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     let max_fd = std::fs::read_dir("/proc/self/fd")
         .unwrap()
@@ -1664,7 +1666,6 @@ fn start_without_fds(w: End) {
         },
     )
     .unwrap();
-    // Fill the holes below the limit: from now on every new fd is EMFILE.
     let mut fillers = Vec::new();
     while let Ok(fd) = rustix::fs::open(
         "/dev/null",
@@ -1673,6 +1674,11 @@ fn start_without_fds(w: End) {
     ) {
         fillers.push(fd);
     }
+    (fillers, old)
+}
+
+fn start_without_fds(w: End) {
+    let (fillers, _) = use_up_fds();
     let mut p = get_context(StartMethod::Fork).process(sleep_forever, ());
     let started = p.start();
     let after = rustix::process::waitpid(None, rustix::process::WaitOptions::NOHANG);
@@ -1694,40 +1700,18 @@ fn start_without_fds(w: End) {
 /// With no fd left, starts a forkserver child (the announced spare's fds cannot be received),
 /// then, with fds again, another. Reports both outcomes.
 fn forkserver_start_without_fds(w: End) {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
     // The server runs and has announced its spare.
     let first = get_context(StartMethod::Forkserver)
         .process(|_: ()| {}, ())
         .start_join_code();
-    let max_fd = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(2);
-    let old = getrlimit(Resource::Nofile);
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(max_fd + 1),
-            maximum: old.maximum,
-        },
-    )
-    .unwrap();
-    let mut fillers = Vec::new();
-    while let Ok(fd) = rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-        0.into(),
-    ) {
-        fillers.push(fd);
-    }
+    let (fillers, old) = use_up_fds();
     let mut p = get_context(StartMethod::Forkserver).process(|_: ()| {}, ());
     let without = match p.start() {
         Err(Error::Forkserver(msg)) if msg.contains("without its fds") => "refused".to_string(),
         other => format!("unexpected {other:?}"),
     };
     drop(fillers);
-    setrlimit(Resource::Nofile, old).unwrap();
+    rustix::process::setrlimit(rustix::process::Resource::Nofile, old).unwrap();
     let again = get_context(StartMethod::Forkserver)
         .process(|_: ()| std::process::exit(5), ())
         .start_join_code();

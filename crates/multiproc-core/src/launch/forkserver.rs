@@ -17,8 +17,9 @@
 //!
 //! So a start wakes only the spare, and a join only the client: the request never waits for
 //! the server, which a request/reply protocol would wake once more before the child runs.
-//! A spare dies with the server (its parent-death signal, until it has a job), so a dead
-//! server's announcement can fail its job's delivery but never run a job unreported.
+//! A spare watches the server's pidfd until its job comes and leaves if the server dies
+//! first; the client checks the server's pidfd before taking an announcement, which may
+//! still be queued after the server's death.
 //!
 //! The server exits when the control socket reaches EOF (the client process ended); daemon
 //! children die with it (their parent-death signal).
@@ -112,14 +113,7 @@ pub(crate) fn start(mut info: ChildInfo, target: &dyn Target) -> Result<Child> {
         let delivered = fdpass::send_msg(spare.job.as_fd(), &record, &fds).is_ok();
         drop(spare.job);
         // Whatever became of the job, the server forks the next spare now, while it runs.
-        let server = guard.as_ref().expect("a spare came from it");
-        if rustix::net::send(
-            server.control.as_fd(),
-            &[TAKEN],
-            rustix::net::SendFlags::NOSIGNAL,
-        )
-        .is_err()
-        {
+        if !taken(guard.as_ref().expect("a spare came from it")) {
             retire(guard.take().expect("present"));
         }
         if delivered {
@@ -136,6 +130,16 @@ pub(crate) fn start(mut info: ChildInfo, target: &dyn Target) -> Result<Child> {
     Err(Error::Forkserver(
         "the forkserver died twice while handling a request".into(),
     ))
+}
+
+/// Tells `server` its announced spare was taken; `false` if it is gone.
+fn taken(server: &Server) -> bool {
+    rustix::net::send(
+        server.control.as_fd(),
+        &[TAKEN],
+        rustix::net::SendFlags::NOSIGNAL,
+    )
+    .is_ok()
 }
 
 /// A spare the server announced: the job goes to `job`, the exit code comes on `status`.
@@ -191,11 +195,7 @@ fn next_spare(guard: &mut Option<Server>) -> Result<Option<Announced>> {
             // Either the fork failed, or the kernel could not give us the fds (none left in
             // this process): that spare is lost (its job socket closes with what we dropped).
             // Either way the server announces another for the next start.
-            let _ = rustix::net::send(
-                server.control.as_fd(),
-                &[TAKEN],
-                rustix::net::SendFlags::NOSIGNAL,
-            );
+            taken(server);
             Err(match pid {
                 None => Error::Os {
                     op: "fork (in the forkserver)",

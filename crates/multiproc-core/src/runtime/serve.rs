@@ -151,12 +151,17 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
     let _ = crate::exe::is_code(0);
     warm_up_for_children();
     let mut children: Vec<Served> = Vec::new();
-    if let Some(sock) = announce(&control, &mut children) {
-        drop(control);
-        drop(children);
-        run_spare(sock, me)
-    }
+    // The first spare at once; each next one when the client says it took the last.
+    let mut spare_wanted = true;
     loop {
+        if std::mem::take(&mut spare_wanted)
+            && let Some(sock) = announce(&control, &mut children)
+        {
+            // In the new spare: only the server keeps the control socket and the children.
+            drop(control);
+            drop(children);
+            run_spare(sock, me)
+        }
         let (control_ready, ready) = {
             let mut fds = Vec::with_capacity(children.len() + 1);
             fds.push(PollFd::new(&control, PollFlags::IN));
@@ -202,13 +207,7 @@ pub(crate) fn serve(control: OwnedFd) -> ! {
         if control_ready {
             let mut byte = [0u8; 1];
             match rustix::io::read(&control, &mut byte) {
-                Ok(1) if byte[0] == forkserver::TAKEN => {
-                    if let Some(sock) = announce(&control, &mut children) {
-                        drop(control);
-                        drop(children);
-                        run_spare(sock, me)
-                    }
-                }
+                Ok(1) if byte[0] == forkserver::TAKEN => spare_wanted = true,
                 Err(rustix::io::Errno::INTR) => {}
                 // EOF (the client process ended) or a byte that is not ours. Daemon children
                 // die with us; a spare not yet taken sees its job socket close and exits.
