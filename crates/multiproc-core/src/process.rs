@@ -35,7 +35,10 @@ impl<A: Serialize + DeserializeOwned + Send + 'static> Target for FnTarget<A> {
     }
 
     fn run(self: Box<Self>) {
-        (self.f)(self.args)
+        // Not freed: in a fork child a free writes pages shared with the parent (page faults),
+        // and the process ends when the target returns.
+        let FnTarget { f, args } = crate::sys::take_leaking(self);
+        f(args)
     }
 }
 
@@ -267,12 +270,12 @@ impl Process {
 #[allow(clippy::type_complexity)]
 fn start_child(
     method: StartMethod,
-    info: ChildInfo,
+    mut info: ChildInfo,
     target: Box<dyn Target>,
 ) -> std::result::Result<Child, (Error, Box<dyn Target>)> {
     let made = match method {
         StartMethod::Fork => match fork::fork() {
-            Ok(None) => bootstrap::run_forked(info, target),
+            Ok(None) => bootstrap::run_forked(&mut info, target),
             Ok(Some(pid)) => Child::own(pid, &info),
             Err(e) => Err(e),
         },

@@ -1,7 +1,6 @@
 //! Identity of the calling process: Python's `current_process()` and `parent_process()`.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -43,10 +42,11 @@ fn with<R>(f: impl FnOnce(&mut State) -> R) -> R {
     f(guard.get_or_insert_with(main_state))
 }
 
-/// Installs the identity a child received from its parent (moving its strings in: in a fork
-/// child every allocation and free writes to pages shared with the parent, each a
-/// copy-on-write fault).
-pub(crate) fn become_child(info: ChildInfo) {
+/// Installs the identity a child received from its parent, taking its strings (in a fork
+/// child every allocation, free or large move touches a page shared with the parent or a code
+/// page not yet mapped, each a fault: this writes the parent's state in place and frees
+/// nothing).
+pub(crate) fn become_child(info: &mut ChildInfo) {
     // As CPython's `_bootstrap`: a Process made by a context forces that context's method.
     crate::method::force_start_method(info.context_method.or(info.global_method));
     crate::fnref::set_tree_key(info.fn_key);
@@ -67,32 +67,46 @@ pub(crate) fn become_child(info: ChildInfo) {
         }
         StartMethod::Fork | StartMethod::Spawn => ParentFd::Lazy,
     };
-    let ChildInfo {
-        name,
-        identity,
-        daemon,
-        authkey,
-        parent_pid,
-        parent_name,
-        method,
-        ..
-    } = info;
-    let state = State {
-        name,
-        identity,
-        daemon,
-        authkey,
-        parent: Some(ParentProcess {
-            name: parent_name,
-            pid: parent_pid as u32,
-            pidfd: Arc::new(parking_lot::Mutex::new(pidfd)),
-        }),
-        method: Some(method),
-        counter: 0,
-    };
+    let parent_pid = info.parent_pid as u32;
     let _fork = crate::atfork::hold();
-    // The parent's copy is not freed: the free would only cost page faults in a fork child.
-    std::mem::forget(STATE.write().replace(state));
+    // The parent's copies are forgotten, not freed: a free would only cost page faults in a
+    // fork child.
+    std::mem::forget(std::mem::replace(
+        &mut *PARENT_FD.lock(),
+        (parent_pid, pidfd),
+    ));
+    let mut guard = STATE.write();
+    let Some(state) = guard.as_mut() else {
+        *guard = Some(State {
+            name: std::mem::take(&mut info.name),
+            identity: std::mem::take(&mut info.identity),
+            daemon: info.daemon,
+            authkey: info.authkey,
+            parent: Some(ParentProcess {
+                name: std::mem::take(&mut info.parent_name),
+                pid: parent_pid,
+            }),
+            method: Some(info.method),
+            counter: 0,
+        });
+        return;
+    };
+    std::mem::forget(std::mem::replace(
+        &mut state.name,
+        std::mem::take(&mut info.name),
+    ));
+    std::mem::forget(std::mem::replace(
+        &mut state.identity,
+        std::mem::take(&mut info.identity),
+    ));
+    state.daemon = info.daemon;
+    state.authkey = info.authkey;
+    std::mem::forget(state.parent.replace(ParentProcess {
+        name: std::mem::take(&mut info.parent_name),
+        pid: parent_pid,
+    }));
+    state.method = Some(info.method);
+    state.counter = 0;
 }
 
 /// The name to print above a child's panic (`Process NAME:`), if this process is a child;
@@ -202,8 +216,12 @@ pub fn parent_process() -> Option<ParentProcess> {
 pub struct ParentProcess {
     name: String,
     pid: u32,
-    pidfd: Arc<parking_lot::Mutex<ParentFd>>,
 }
+
+/// The pid of this process's parent and its pidfd (one per process, so a child allocates
+/// nothing for it).
+static PARENT_FD: parking_lot::Mutex<(u32, ParentFd)> =
+    parking_lot::Mutex::new((0, ParentFd::Lazy));
 
 /// The parent's pidfd: opened at start (forkserver children), or on first use.
 #[derive(Debug)]
@@ -231,11 +249,23 @@ impl ParentProcess {
     /// Waits up to `timeout` for the parent to exit; returns whether it did.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         let fd = {
-            let mut slot = self.pidfd.lock();
-            if let ParentFd::Lazy = *slot {
-                *slot = ParentFd::Opened(self.open_own_parent());
+            let mut slot = PARENT_FD.lock();
+            if slot.0 != self.pid {
+                // A value carried over a fork: it names the parent of the process that
+                // forked, which is not ours, so it is looked up by its pid.
+                drop(slot);
+                let fd = rustix::process::Pid::from_raw(self.pid as i32).and_then(|pid| {
+                    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+                });
+                return match fd {
+                    Some(fd) => crate::wait::readable(fd.as_fd(), Some(timeout)).unwrap_or(true),
+                    None => true,
+                };
             }
-            match &*slot {
+            if let ParentFd::Lazy = slot.1 {
+                slot.1 = ParentFd::Opened(self.open_own_parent());
+            }
+            match &slot.1 {
                 ParentFd::Opened(Some(fd)) => fd.try_clone().ok(),
                 _ => None,
             }

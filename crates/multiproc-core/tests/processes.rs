@@ -31,6 +31,10 @@ fn main() {
             "grandchild_sees_its_parent_die",
             grandchild_sees_its_parent_die,
         ),
+        (
+            "parent_process_carried_over_a_fork",
+            parent_process_carried_over_a_fork,
+        ),
         ("exit_code_return_is_0", exit_code_return_is_0),
         ("exit_code_exit_3", exit_code_exit_3),
         (
@@ -1572,6 +1576,62 @@ fn grandchild_sees_its_parent_die(m: StartMethod) -> Result<(), Failed> {
     let second = r.line()?;
     let want = format!("parent {} gone true, alive now false", p.pid().unwrap());
     check!(second.trim() == want, "grandchild said {second:?}");
+    Ok(())
+}
+
+/// The child's `parent_process()`, kept for its fork child.
+static CARRIED: std::sync::Mutex<Option<multiproc_core::ParentProcess>> =
+    std::sync::Mutex::new(None);
+
+/// Keeps its own `parent_process()`, forks a grandchild that reports on both that value and
+/// its own parent, then waits for a line before it ends.
+fn parent_of_carrier((w, r): (End, End)) {
+    *CARRIED.lock().unwrap() = multiproc_core::parent_process();
+    let mut g = get_context(StartMethod::Fork).process(report_carried, w);
+    g.start().unwrap();
+    g.join().unwrap();
+    let _ = r.lines(1);
+}
+
+fn report_carried(w: End) {
+    let carried = CARRIED.lock().unwrap().clone().unwrap();
+    let own = multiproc_core::parent_process().unwrap();
+    w.send(&format!(
+        "carried {} {} {}",
+        carried.name(),
+        carried.pid(),
+        carried.is_alive()
+    ));
+    w.send(&format!(
+        "own {} {} {} {}",
+        own.name(),
+        own.pid(),
+        own.is_alive(),
+        std::os::unix::process::parent_id()
+    ));
+}
+
+/// A `ParentProcess` taken before a fork still names the process it named (the grandparent),
+/// alive, while the fork child's own `parent_process()` names its parent: one pidfd per
+/// process, not shared between the two.
+fn parent_process_carried_over_a_fork(m: StartMethod) -> Result<(), Failed> {
+    let (r, w) = End::pair();
+    let (done_r, done_w) = End::pair();
+    let p = start(m, parent_of_carrier, (w, done_r))?;
+    let lines = r.lines(2)?;
+    done_w.send("done");
+    check!(join(&p)? == 0, "child failed");
+    let child = p.pid().unwrap();
+    check!(
+        lines[0] == format!("carried MainProcess {} true", std::process::id()),
+        "grandchild said {:?}",
+        lines[0]
+    );
+    check!(
+        lines[1] == format!("own {} {child} true {child}", p.name()),
+        "grandchild said {:?}",
+        lines[1]
+    );
     Ok(())
 }
 

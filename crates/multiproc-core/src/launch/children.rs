@@ -319,7 +319,13 @@ pub fn set_exit_join_timeout(timeout: Option<Duration>) {
 pub(crate) fn exit_cleanup() {
     let children = {
         let _fork = atfork::hold();
-        std::mem::take(&mut *REGISTRY.lock())
+        let mut registry = REGISTRY.lock();
+        if registry.is_empty() {
+            // Nothing to free either: in a fork child the table's allocation is the parent's
+            // (a free would cost page faults).
+            return;
+        }
+        std::mem::take(&mut *registry)
     };
     for child in children.iter().filter(|c| c.daemon()) {
         let _ = child.terminate();

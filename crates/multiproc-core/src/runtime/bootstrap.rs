@@ -70,9 +70,13 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
         Launch::Spawned { parent } => (parent, false),
         Launch::Served { server } => (server, true),
     };
-    let Job { info, entry, args } = job;
+    let Job {
+        mut info,
+        entry,
+        args,
+    } = job;
     // The forkserver put its own stdin on /dev/null once for all its children.
-    begin(info, os_parent, !served);
+    begin(&mut info, os_parent, !served);
     let code = run_catching(move || {
         // The reference is checked (executable, tag, image range) before anything is called.
         entry
@@ -83,8 +87,9 @@ pub(crate) fn run_job(job: Job, fds: Vec<OwnedFd>, launch: Launch) -> ! {
     finish(code)
 }
 
-/// Runs the target in a fork child. Never returns.
-pub(crate) fn run_forked(info: ChildInfo, target: Box<dyn Target>) -> ! {
+/// Runs the target in a fork child. Never returns. `info` is borrowed (its strings taken), not
+/// moved: a move of it would call `memcpy`, whose code page the child has not mapped yet.
+pub(crate) fn run_forked(info: &mut ChildInfo, target: Box<dyn Target>) -> ! {
     let parent = info.parent_pid;
     begin(info, parent, true);
     let code = run_catching(move || {
@@ -96,7 +101,7 @@ pub(crate) fn run_forked(info: ChildInfo, target: Box<dyn Target>) -> ! {
 
 /// Identity, children table, forkserver client, after-fork hooks, daemon death signal, stdin
 /// and panic banner.
-fn begin(info: ChildInfo, os_parent: i32, reopen_stdin: bool) {
+fn begin(info: &mut ChildInfo, os_parent: i32, reopen_stdin: bool) {
     let daemon = info.daemon;
     install_panic_banner();
     state::become_child(info);

@@ -64,20 +64,47 @@ pub(crate) fn exit_child(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Moves the value out of `boxed` and leaks its allocation (for a fork child about to end,
+/// where a free would only write pages shared with the parent: each a copy-on-write fault).
+pub(crate) fn take_leaking<T>(boxed: Box<T>) -> T {
+    let leaked: *mut T = Box::into_raw(boxed);
+    // SAFETY: `leaked` comes from a live `Box`, so it is aligned and points to an initialised
+    // `T`; the allocation is never used again (its only pointer goes out of scope here), so the
+    // value read is its one owner and is never dropped twice.
+    unsafe { leaked.read() }
+}
+
 /// Puts fd 0 on /dev/null, read-only and inherited across exec (Python: `os.close(0)`, then
 /// `open(os.devnull)`, which takes the lowest free number). In a process with one thread.
+///
+/// Written for a fork child, where every code or data page touched for the first time faults:
+/// the system calls are rustix's inline ones (no libc code page) and the path is built on the
+/// stack (no read-only data page).
 pub(crate) fn stdin_to_dev_null() {
+    // Stored as immediates: "/dev/nul" and "l\0".
+    let path: [u64; 2] = [
+        u64::from_ne_bytes(*b"/dev/nul"),
+        u64::from_ne_bytes([b'l', 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    // SAFETY: the 16 bytes of `path` are initialised, live for the borrow, and `u8` has no
+    // alignment or validity requirement; `from_ne_bytes` makes each word's bytes in memory the
+    // given ones, so they read "/dev/null" and NUL bytes: the first 10 end with the first NUL,
+    // a C string.
+    let path = unsafe {
+        let bytes = std::slice::from_raw_parts(path.as_ptr().cast::<u8>(), 10);
+        std::ffi::CStr::from_bytes_with_nul_unchecked(bytes)
+    };
     // SAFETY: called where this process runs one thread (a new child, the forkserver), so
-    // nothing can take fd 0 between the two calls; fd 0 is stdin, which no `OwnedFd` of
-    // ours holds, and replacing it is what `dup2` onto it would do; the path is a
-    // NUL-terminated literal.
-    unsafe {
-        libc::close(0);
-        let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-        if fd > 0 {
-            // fd 0 was taken after all: move it there.
-            libc::dup2(fd, 0);
-            libc::close(fd);
+    // nothing can take fd 0 between the two calls; fd 0 is stdin, which no `OwnedFd` of ours
+    // holds, and replacing it is what `dup2` onto it would do.
+    unsafe { rustix::io::close(0) };
+    if let Ok(fd) = rustix::fs::open(path, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()) {
+        if std::os::fd::AsRawFd::as_raw_fd(&fd) == 0 {
+            // It stays open as stdin.
+            std::mem::forget(fd);
+        } else {
+            // fd 0 was taken after all: move it there (and close this one).
+            let _ = rustix::stdio::dup2_stdin(&fd);
         }
     }
 }
