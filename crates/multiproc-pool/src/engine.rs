@@ -248,6 +248,10 @@ impl Engine {
             threads: Mutex::new(Vec::new()),
             handler_thread: OnceLock::new(),
         });
+        // The parent writes every page of the task ring and reads every page of the result
+        // ring over the pool's first maps: faulted in now, not one page at a time then.
+        engine.tasks.prefault();
+        engine.results.prefault();
         for slot in 0..n {
             let w = engine.start_worker(slot)?;
             engine.state.lock().workers[slot] = Some(w);
@@ -850,6 +854,10 @@ fn worker_main(a: WorkerArgs) {
     multiproc_core::ignore_interrupts();
     multiproc_core::retain_freed_memory(WORKER_RETAIN);
     let me = &a.slots[a.slot * SLOT_WORDS..(a.slot + 1) * SLOT_WORDS];
+    // As the parent: this worker will read every page of the task ring and write every page
+    // of the result ring.
+    a.tasks.prefault();
+    a.results.prefault();
     if a.timed {
         let _ = TIMED_SLOT.set((a.slots.clone(), a.slot));
     }

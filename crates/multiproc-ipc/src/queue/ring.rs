@@ -276,6 +276,11 @@ impl Ring {
         (self.data.len() * 8) as u64
     }
 
+    /// Maps the ring's pages into this process now (see [`SharedSlice::prefault`]).
+    pub(crate) fn prefault(&self) {
+        self.data.prefault();
+    }
+
     /// The largest record (header included) written whole; larger items are chunked.
     fn max_record(&self) -> u64 {
         self.cap() / 4
@@ -545,11 +550,18 @@ fn store_words(dst: &[AtomicU64], src: &[u8]) {
     }
 }
 
-/// Appends the words of `src` (little-endian) to `out`: relaxed loads into a block on the
-/// stack, then one append per block (a tight load loop and a `memcpy` from L1 beat an append
-/// per cache line).
+/// Appends the words of `src` (little-endian) to `out`. Short runs (most records: a header's
+/// worth of bytes) one word at a time; long ones by relaxed loads into a block on the stack
+/// appended with one `memcpy` (a tight load loop, and a copy from L1, beat an append per word;
+/// the block is zeroed once per call, which only a long run pays back).
 fn load_words(src: &[AtomicU64], out: &mut Vec<u8>) {
     const BLOCK: usize = 512;
+    if src.len() < BLOCK {
+        for w in src {
+            out.extend_from_slice(&w.load(Relaxed).to_le_bytes());
+        }
+        return;
+    }
     let mut buf = [0u64; BLOCK];
     for block in src.chunks(BLOCK) {
         let buf = &mut buf[..block.len()];
