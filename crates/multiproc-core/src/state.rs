@@ -249,25 +249,23 @@ impl ParentProcess {
     /// Waits up to `timeout` for the parent to exit; returns whether it did.
     pub fn join_timeout(&self, timeout: Duration) -> bool {
         let fd = {
+            // As every state lock: never held across a fork (a fork child would find it taken).
+            let _fork = crate::atfork::hold();
             let mut slot = PARENT_FD.lock();
             if slot.0 != self.pid {
                 // A value carried over a fork: it names the parent of the process that
                 // forked, which is not ours, so it is looked up by its pid.
-                drop(slot);
-                let fd = rustix::process::Pid::from_raw(self.pid as i32).and_then(|pid| {
+                rustix::process::Pid::from_raw(self.pid as i32).and_then(|pid| {
                     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-                });
-                return match fd {
-                    Some(fd) => crate::wait::readable(fd.as_fd(), Some(timeout)).unwrap_or(true),
-                    None => true,
-                };
-            }
-            if let ParentFd::Lazy = slot.1 {
-                slot.1 = ParentFd::Opened(self.open_own_parent());
-            }
-            match &slot.1 {
-                ParentFd::Opened(Some(fd)) => fd.try_clone().ok(),
-                _ => None,
+                })
+            } else {
+                if let ParentFd::Lazy = slot.1 {
+                    slot.1 = ParentFd::Opened(self.open_own_parent());
+                }
+                match &slot.1 {
+                    ParentFd::Opened(Some(fd)) => fd.try_clone().ok(),
+                    _ => None,
+                }
             }
         };
         match fd {
