@@ -69,9 +69,10 @@ pub(crate) fn become_child(info: &mut ChildInfo) {
     };
     let parent_pid = info.parent_pid as u32;
     let _fork = crate::atfork::hold();
-    // The parent's copies are forgotten, not freed: a free would only cost page faults in a
-    // fork child.
-    std::mem::forget(std::mem::replace(
+    // A pidfd this process held of its own parent is closed (nothing to free: `ParentFd` owns
+    // no memory). The parent's strings below are forgotten, not freed: a free would only cost
+    // page faults in a fork child.
+    drop(std::mem::replace(
         &mut *PARENT_FD.lock(),
         (parent_pid, pidfd),
     ));

@@ -1587,6 +1587,8 @@ static CARRIED: std::sync::Mutex<Option<multiproc_core::ParentProcess>> =
 /// its own parent, then waits for a line before it ends.
 fn parent_of_carrier((w, r): (End, End)) {
     *CARRIED.lock().unwrap() = multiproc_core::parent_process();
+    // Opens this child's pidfd of its parent, which its fork child must not inherit.
+    assert!(CARRIED.lock().unwrap().as_ref().unwrap().is_alive());
     let mut g = get_context(StartMethod::Fork).process(report_carried, w);
     g.start().unwrap();
     g.join().unwrap();
@@ -1609,19 +1611,54 @@ fn report_carried(w: End) {
         own.is_alive(),
         std::os::unix::process::parent_id()
     ));
+    w.send(&format!("pidfds of {:?}", pidfd_pids()));
+}
+
+/// The pids that this process's pidfds refer to (from `/proc/self/fdinfo`), sorted.
+fn pidfd_pids() -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let target = std::fs::read_link(entry.path()).unwrap_or_default();
+        if target.to_string_lossy() != "anon_inode:[pidfd]" {
+            continue;
+        }
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        if let Some(pid) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("Pid:"))
+            .and_then(|v| v.trim().parse().ok())
+        {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
 }
 
 /// A `ParentProcess` taken before a fork still names the process it named (the grandparent),
 /// alive, while the fork child's own `parent_process()` names its parent: one pidfd per
-/// process, not shared between the two.
+/// process, not shared between the two, and the fork child does not keep the pidfd its parent
+/// held of the grandparent.
 fn parent_process_carried_over_a_fork(m: StartMethod) -> Result<(), Failed> {
     let (r, w) = End::pair();
     let (done_r, done_w) = End::pair();
     let p = start(m, parent_of_carrier, (w, done_r))?;
-    let lines = r.lines(2)?;
+    let lines = r.lines(3)?;
     done_w.send("done");
     check!(join(&p)? == 0, "child failed");
     let child = p.pid().unwrap();
+    // Its own parent's pidfd (opened by `own.is_alive()`), nothing of this process.
+    check!(
+        lines[2] == format!("pidfds of [{child}]"),
+        "grandchild said {:?} (this process is {})",
+        lines[2],
+        std::process::id()
+    );
     check!(
         lines[0] == format!("carried MainProcess {} true", std::process::id()),
         "grandchild said {:?}",
