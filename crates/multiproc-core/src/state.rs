@@ -72,26 +72,18 @@ pub(crate) fn become_child(info: &mut ChildInfo) {
     // A pidfd this process held of its own parent is closed (nothing to free: `ParentFd` owns
     // no memory). The parent's strings below are forgotten, not freed: a free would only cost
     // page faults in a fork child.
-    drop(std::mem::replace(
-        &mut *PARENT_FD.lock(),
-        (parent_pid, pidfd),
-    ));
+    *PARENT_FD.lock() = (parent_pid, pidfd);
     let mut guard = STATE.write();
-    let Some(state) = guard.as_mut() else {
-        *guard = Some(State {
-            name: std::mem::take(&mut info.name),
-            identity: std::mem::take(&mut info.identity),
-            daemon: info.daemon,
-            authkey: info.authkey,
-            parent: Some(ParentProcess {
-                name: std::mem::take(&mut info.parent_name),
-                pid: parent_pid,
-            }),
-            method: Some(info.method),
-            counter: 0,
-        });
-        return;
-    };
+    // A spawned child has no state yet; a fork child overwrites its parent's in place.
+    let state = guard.get_or_insert_with(|| State {
+        name: String::new(),
+        identity: Vec::new(),
+        daemon: false,
+        authkey: [0; 32],
+        parent: None,
+        method: None,
+        counter: 0,
+    });
     std::mem::forget(std::mem::replace(
         &mut state.name,
         std::mem::take(&mut info.name),

@@ -103,10 +103,9 @@ const SOCKET_SEND_BUFFER: usize = 256 * 1024;
 /// doubles the request, capped at `net.core.wmem_max` first, so a stock kernel (whose default
 /// buffer is `wmem_default`, 208 KiB, and `wmem_max` the same) gives 416 KiB, and this
 /// machine (`wmem_max` 4 MiB) 512 KiB. A stream of 64 KiB messages then runs several messages
-/// ahead of its reader instead of about three: 6.2–6.8 → 8.4–8.8 GB/s for `pipe()`'s large
-/// messages on this 2-vCPU machine, 16 MiB ones 4.7–4.9 → 6.6–7.1 GB/s. Only a limit: no memory
-/// is taken until bytes are in flight. Refused (it never is for a Unix socket), the default
-/// stays.
+/// ahead of its reader instead of about three (measured in `docs/decisions.md`, "The side
+/// socket asks for a wider send buffer"). Only a limit: no memory is taken until bytes are in
+/// flight. Refused (it never is for a Unix socket), the default stays.
 fn widen_send_buffer(socket: &OwnedFd) {
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(socket, SOCKET_SEND_BUFFER);
 }
