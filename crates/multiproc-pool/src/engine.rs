@@ -440,10 +440,16 @@ impl Engine {
         cancelled
     }
 
-    /// Whether a worker holds chunk `id` now.
+    /// Whether chunk `id` runs now. A tracked chunk runs once a worker has moved its state word
+    /// to running: the worker claims a record (its slot's `HOLD`) before that move, and a
+    /// `cancel` between the two still succeeds, so the claim alone would let `running()` say
+    /// true of a call that is then cancelled. An untracked chunk runs while a worker holds it.
     pub(crate) fn is_running(&self, id: u64) -> bool {
-        self.state_word(id).load(Acquire) == id << 2 | RUNNING
-            || (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
+        let w = self.state_word(id).load(Acquire);
+        if w >> 2 == id {
+            return w & 3 == RUNNING;
+        }
+        (0..self.cfg.processes).any(|i| self.slot(i)[HOLD].load(Acquire) == id)
     }
 
     // ------------------------------------------------------------------ shutdown
